@@ -1,0 +1,174 @@
+"""LazyConfig: the pruning schedule and token-scoring settings of LazyLLM (Fu et al. 2024, §3.2–3.3).
+
+Layer indices are 0-based decoder-layer indices. "Pruning at layer l" means: layer l runs on every token that is
+alive at l, its attention (the query window's queries against all alive keys) scores the alive prompt tokens, and only
+the kept ones are computed by layers l+1, l+2, ... The keep ratios are **cumulative**: ``keep_ratios[i]`` is the
+fraction of the *whole prompt* still alive after ``prune_layers[i]``, so they must not increase.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PruningMethod = Literal["attention", "static", "random"]
+Reduce = Literal["mean", "max"]
+
+
+class LazyConfig(BaseModel):
+    """Validated pruning schedule. ``LazyConfig.off()`` computes every token (the exact baseline through the same
+    engine); ``LazyConfig.default_for(model)`` is the evaluated default; ``LazyConfig.paper(model)`` is the paper's
+    own scoring (last token only, mean over heads, no pooling)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: PruningMethod = Field(
+        "attention",
+        description="How tokens are scored at a pruning layer: 'attention' (LazyLLM), 'static' (prune once, at the "
+        "first pruning layer, to the last keep ratio, by that layer's attention scores; the paper's static baseline) or "
+        "'random' (uniformly random scores; the paper's random-drop baseline).",
+    )
+    prune_layers: list[int] = Field(
+        default_factory=list,
+        description="0-based decoder layers after which tokens are pruned, strictly increasing. Empty = no pruning.",
+    )
+    keep_ratios: list[float] = Field(
+        default_factory=list,
+        description="Cumulative fraction of the prompt's tokens kept after each pruning layer, in (0, 1], "
+        "non-increasing, one per entry of prune_layers.",
+    )
+    min_keep_tokens: int = Field(
+        64, ge=1, description="Floor of the keep budget in tokens, whatever the ratio (never more than the prompt)."
+    )
+    revive: bool = Field(
+        True,
+        description="Aux Cache revival during decoding (§3.3): a pruned token selected again by a later query is "
+        "computed once from the layer where it was pruned. False = prefill-only pruning.",
+    )
+    query_window: int = Field(
+        1, ge=1, description="How many of the last prompt tokens act as queries when scoring in prefill (1 = paper)."
+    )
+    head_reduce: Reduce = Field("mean", description="Aggregation of attention probabilities over heads ('mean' = paper).")
+    query_reduce: Reduce = Field("max", description="Aggregation over the query window's queries.")
+    pool_kernel: int = Field(
+        1,
+        ge=1,
+        description="Odd width of a 1-D max-pool over token positions applied to the scores, so a kept token keeps its "
+        "neighbours (1 = no pooling, the paper).",
+    )
+    keep_tail: int = Field(
+        1, ge=1, description="The last keep_tail prompt tokens are always kept (the last token always is)."
+    )
+    seed: int = Field(0, description="Seed of the 'random' method's scores.")
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> LazyConfig:
+        if len(self.prune_layers) != len(self.keep_ratios):
+            raise ValueError(
+                f"prune_layers has {len(self.prune_layers)} entries but keep_ratios has {len(self.keep_ratios)}; "
+                "give one cumulative keep ratio per pruning layer"
+            )
+        if any(layer < 0 for layer in self.prune_layers):
+            raise ValueError(f"prune_layers must be >= 0 (0-based layer indices), got {self.prune_layers}")
+        if any(b <= a for a, b in zip(self.prune_layers, self.prune_layers[1:])):
+            raise ValueError(f"prune_layers must be strictly increasing, got {self.prune_layers}")
+        for r in self.keep_ratios:
+            if not (0.0 < r <= 1.0) or math.isnan(r):
+                raise ValueError(f"keep_ratios must lie in (0, 1], got {self.keep_ratios}")
+        if any(b > a for a, b in zip(self.keep_ratios, self.keep_ratios[1:])):
+            raise ValueError(
+                f"keep_ratios are cumulative fractions of the prompt and must not increase, got {self.keep_ratios}"
+            )
+        if self.pool_kernel % 2 == 0:
+            raise ValueError(f"pool_kernel must be odd so the pool is centred on each token, got {self.pool_kernel}")
+        return self
+
+    # ---- presets -------------------------------------------------------------------------------------------------
+
+    @property
+    def enabled(self) -> bool:
+        """True when this config prunes anything."""
+        return bool(self.prune_layers) and min(self.keep_ratios) < 1.0
+
+    @classmethod
+    def off(cls) -> LazyConfig:
+        """No pruning: every token is computed at every layer (the exact baseline, same engine)."""
+        return cls(prune_layers=[], keep_ratios=[])
+
+    @classmethod
+    def default_for(cls, model_or_num_layers: Any) -> LazyConfig:
+        """The evaluated default schedule, scaled to the model's depth.
+
+        Pruning after 7/30, 14/30 and 21/30 of the depth (0-based layers 6, 13, 20 on the 30-layer default model)
+        keeping 30 % / 10 % / 5 % of the prompt, scored with the last 32 prompt tokens as queries (the question sits
+        there), max over heads and queries, and a max-pool of width 31 so a kept token keeps its neighbours.
+        Where the layers sit and why: see BENCHMARKS.md ("Default schedule"), which records the sweep that chose it.
+        """
+        num_layers = _num_layers(model_or_num_layers)
+        if num_layers < 4:
+            return cls.off()
+        fractions = (7 / 30, 14 / 30, 21 / 30)
+        layers = sorted({min(num_layers - 2, max(0, round(f * num_layers) - 1)) for f in fractions})
+        ratios = [0.3, 0.1, 0.05][: len(layers)]
+        return cls(
+            prune_layers=layers,
+            keep_ratios=ratios,
+            min_keep_tokens=64,
+            revive=True,
+            query_window=32,
+            head_reduce="max",
+            query_reduce="max",
+            pool_kernel=31,
+            keep_tail=32,
+        )
+
+    @classmethod
+    def paper(cls, model_or_num_layers: Any, keep_ratios: tuple[float, ...] = (0.7, 0.5, 0.3)) -> LazyConfig:
+        """The paper's scoring (§3.2): last prompt token as the only query, mean over heads, no pooling, pruning
+        at about 1/3, 2/3 and the end of the depth (the schedule of the prototype that DESIGN.md reports)."""
+        num_layers = _num_layers(model_or_num_layers)
+        fractions = (9 / 30, 19 / 30, 28 / 30)
+        layers = sorted({min(num_layers - 2, max(0, round(f * num_layers) - 1)) for f in fractions})
+        return cls(
+            prune_layers=layers,
+            keep_ratios=list(keep_ratios[: len(layers)]),
+            min_keep_tokens=1,
+            query_window=1,
+            head_reduce="mean",
+            query_reduce="mean",
+            pool_kernel=1,
+            keep_tail=1,
+        )
+
+    # ---- schedule arithmetic -------------------------------------------------------------------------------------
+
+    def keep_budget(self, step: int, prompt_tokens: int) -> int:
+        """Tokens of a ``prompt_tokens``-long prompt alive after pruning step ``step`` (index into prune_layers)."""
+        ratio = self.keep_ratios[step]
+        if self.method == "static":
+            ratio = self.keep_ratios[-1]
+        budget = max(self.min_keep_tokens, math.ceil(ratio * prompt_tokens), min(self.keep_tail, prompt_tokens))
+        return min(prompt_tokens, budget)
+
+    def check_depth(self, num_layers: int) -> None:
+        """Raise ValueError if a pruning layer does not exist in a ``num_layers``-deep model."""
+        bad = [layer for layer in self.prune_layers if layer > num_layers - 2]
+        if bad:
+            raise ValueError(
+                f"prune_layers {bad} out of range for a {num_layers}-layer model: pruning after layer l needs a layer "
+                f"l+1, so valid layers are 0..{num_layers - 2}"
+            )
+
+
+def _num_layers(model_or_num_layers: Any) -> int:
+    if isinstance(model_or_num_layers, int):
+        return model_or_num_layers
+    config = getattr(model_or_num_layers, "config", model_or_num_layers)
+    num = getattr(config, "num_hidden_layers", None)
+    if not isinstance(num, int):
+        raise TypeError(
+            f"expected a Hugging Face model, its config or a layer count, got {type(model_or_num_layers).__name__}"
+        )
+    return num
