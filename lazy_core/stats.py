@@ -58,6 +58,6 @@ class FlopModel:
         """A causal layer over ``tokens`` tokens that all attend to each other's predecessors."""
         return tokens * self.linear_per_token + tokens * (tokens + 1) / 2 * self.attn_per_pair
 
-    def score(self, queries: int, keys: int) -> float:
-        """The extra q·k work of scoring ``keys`` tokens with ``queries`` queries."""
-        return queries * keys * self.attn_per_pair / 2
+    def score_pairs(self, pairs: float) -> float:
+        """The extra q·k work of scoring ``pairs`` (query, key) pairs at pruning layers."""
+        return pairs * self.attn_per_pair / 2

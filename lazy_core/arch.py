@@ -1,0 +1,83 @@
+"""The parts of a Hugging Face decoder-only model that the lazy engine drives: embeddings, decoder layers, rotary
+embedding, final norm and lm_head. The model's own modules do all the math; nothing here is copied modeling code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+@dataclass(frozen=True)
+class ModelParts:
+    embed: nn.Module
+    layers: list[nn.Module]
+    rotary: nn.Module
+    norm: nn.Module
+    lm_head: nn.Module
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    max_positions: int
+    sliding_windows: list[int | None]  # per layer; None = full causal attention
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+
+def model_parts(model: nn.Module) -> ModelParts:
+    """Locate the modules the engine drives, or raise ValueError naming the supported architectures."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"model type {model_type!r} ({type(model).__name__}) is not supported by the lazy engine; supported "
+            f"families: {', '.join(SUPPORTED_MODEL_TYPES)} (decoder-only *ForCausalLM models of transformers 5.x)"
+        )
+    inner = getattr(model, "model", None)
+    lm_head = getattr(model, "lm_head", None)
+    if inner is None or lm_head is None or not hasattr(inner, "layers"):
+        raise ValueError(
+            f"{type(model).__name__} is not a *ForCausalLM model with .model.layers and .lm_head; load it with "
+            "AutoModelForCausalLM (or lazy_core.load_model)"
+        )
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return ModelParts(
+        embed=inner.embed_tokens,
+        layers=list(inner.layers),
+        rotary=inner.rotary_emb,
+        norm=inner.norm,
+        lm_head=lm_head,
+        num_heads=heads,
+        num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+        head_dim=head_dim,
+        hidden_size=config.hidden_size,
+        max_positions=int(getattr(config, "max_position_embeddings", 0) or 0),
+        sliding_windows=[_sliding_window(config, i) for i in range(config.num_hidden_layers)],
+    )
+
+
+def _sliding_window(config, layer_idx: int) -> int | None:
+    window = getattr(config, "sliding_window", None)
+    if not window:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return int(window) if layer_types[layer_idx] == "sliding_attention" else None
+    if getattr(config, "use_sliding_window", True) is False:
+        return None
+    return int(window)

@@ -1,0 +1,75 @@
+"""The engine's hook into the model's attention, through transformers' official ``AttentionInterface``.
+
+While the engine runs, ``config._attn_implementation`` points at ``"lazyllm"``: a thin function that records the
+queries the scorer needs (after RoPE, after any q-norm: exactly what the model computed) and then calls the
+implementation the user chose (sdpa, eager, ...) with a mask in that implementation's format. The previous value is
+restored on exit, so the model is unchanged after use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+HOOK_NAME = "lazyllm"
+
+
+@dataclass
+class AttentionStep:
+    """What one layer call needs beyond the model's own arguments. Passed to the layer as ``lazy_step=``."""
+
+    inner: str  # the model's own attention implementation
+    mask: torch.Tensor | None  # [B, 1, Q, K] bool (True = attend) or None for plain causal/full attention
+    query_rows: torch.Tensor | None = None  # [B, W] rows whose queries the scorer wants, or None
+    captured_query: torch.Tensor | None = field(default=None, repr=False)  # [B, H, W, d] after the call
+
+
+def lazy_attention(module: nn.Module, query, key, value, attention_mask, lazy_step: AttentionStep | None = None,
+                   **kwargs):
+    """query: [B, H, Q, d]; key/value: [B, H_kv, K, d] (the engine's cache returns every key of the layer)."""
+    if lazy_step is None:  # called outside the engine (should not happen while the hook is installed)
+        inner = ALL_ATTENTION_FUNCTIONS.get_interface("sdpa", None)
+        return inner(module, query, key, value, attention_mask, **kwargs)
+    if lazy_step.query_rows is not None:
+        rows = lazy_step.query_rows[:, None, :, None].expand(-1, query.shape[1], -1, query.shape[3])
+        lazy_step.captured_query = query.gather(2, rows)
+    mask = lazy_step.mask
+    kwargs.pop("sliding_window", None)  # the engine's masks already carry the window
+    if lazy_step.inner == "eager":
+        from transformers.models.llama.modeling_llama import eager_attention_forward
+
+        if mask is None:  # eager applies no causality of its own
+            q_len, k_len = query.shape[2], key.shape[2]
+            mask = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)[None, None]
+        additive = torch.zeros(mask.shape, dtype=query.dtype, device=query.device)
+        additive.masked_fill_(~mask, torch.finfo(query.dtype).min)
+        return eager_attention_forward(module, query, key, value, additive, **kwargs)
+    if mask is not None and lazy_step.inner != "sdpa":
+        # flash / flex kernels take no arbitrary boolean mask: masked steps (batch padding, revival) use sdpa.
+        inner = ALL_ATTENTION_FUNCTIONS.get_interface("sdpa", None)
+    else:
+        inner = ALL_ATTENTION_FUNCTIONS.get_interface(lazy_step.inner, None)
+    return inner(module, query, key, value, mask, **kwargs)
+
+
+@contextmanager
+def attention_hook(model: nn.Module) -> Iterator[str]:
+    """Route the model's attention through :func:`lazy_attention`; yields the model's own implementation name."""
+    if HOOK_NAME not in ALL_ATTENTION_FUNCTIONS:
+        AttentionInterface.register(HOOK_NAME, lazy_attention)
+    config = model.config
+    previous = config._attn_implementation
+    if previous == HOOK_NAME:
+        raise RuntimeError("the lazy engine is already running on this model (re-entrant use is not supported)")
+    inner = previous or "sdpa"
+    config._attn_implementation = HOOK_NAME
+    try:
+        yield inner
+    finally:
+        config._attn_implementation = previous

