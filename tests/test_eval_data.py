@@ -1,0 +1,130 @@
+"""Evaluation item builders (benchmarks/data.py) on the real installed data, with the tiny byte-level tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from benchmarks.data import (
+    NEEDLE_QUESTION,
+    QA_INSTRUCTION,
+    SUMMARY_INSTRUCTION,
+    SuiteSpec,
+    build_suite,
+    essay_prompt_ids,
+    load_essays,
+    load_hotpotqa,
+    load_squad,
+)
+
+SPEC = SuiteSpec(
+    needle_lengths=[1024, 2048],
+    needle_depths=[0.0, 0.5, 1.0],
+    multidoc_lengths=[8192],
+    multidoc_items=2,
+    single_lengths=[3072],
+    single_items=2,
+    summarize_lengths=[1024],
+    summarize_items=2,
+)
+
+
+@pytest.fixture(scope="module")
+def suite(tiny_tokenizer):
+    return build_suite(tiny_tokenizer, SPEC)
+
+
+def _text(tok, item) -> str:
+    return tok.decode(item.prompt_ids)
+
+
+def test_sources_are_the_installed_real_data():
+    assert len(load_essays()) == 49
+    assert len(load_hotpotqa()) > 1000 and {"question", "answer", "context"} <= set(load_hotpotqa()[0])
+    assert len(load_squad()) > 10 and "paragraphs" in load_squad()[0]
+
+
+def test_counts_ids_and_lengths(suite):
+    by_task = {t: [i for i in suite if i.task == t] for t in ("needle", "multidoc_qa", "single_qa", "summarize")}
+    assert len(by_task["needle"]) == 2 * 3
+    assert len(by_task["multidoc_qa"]) == 2
+    assert len(by_task["single_qa"]) == 2
+    assert len(by_task["summarize"]) == 2
+    assert len({i.item_id for i in suite}) == len(suite)
+    for item in suite:
+        assert item.prompt_tokens <= item.target_tokens
+    for item in by_task["needle"]:  # filled up to the target
+        assert item.prompt_tokens >= item.target_tokens - 16
+    for item in by_task["multidoc_qa"]:  # filled with whole paragraphs
+        assert item.prompt_tokens >= 0.9 * item.target_tokens
+
+
+def test_same_seed_same_items_other_seed_other_items(tiny_tokenizer, suite):
+    again = build_suite(tiny_tokenizer, SPEC)
+    assert [(i.item_id, i.prompt_ids, i.answers) for i in again] == [
+        (i.item_id, i.prompt_ids, i.answers) for i in suite
+    ]
+    other = build_suite(tiny_tokenizer, SPEC.model_copy(update={"seed": 1, "tasks": ["needle"]}))
+    assert [i.answers for i in other] != [i.answers for i in suite if i.task == "needle"]
+
+
+def test_needle_is_inside_at_its_depth_and_asked_at_the_end(tiny_tokenizer, suite):
+    for item in (i for i in suite if i.task == "needle"):
+        text = _text(tiny_tokenizer, item)
+        passkey = item.answers[0]
+        assert len(passkey) == 6 and passkey.isdigit()
+        assert text.count(passkey) == 2  # the needle sentence states it twice, nowhere else
+        body = text[len("<s>user\n") : text.index(NEEDLE_QUESTION)]  # the haystack with the needle
+        where = body.index(passkey) / len(body)
+        assert abs(where - item.meta["depth"]) < 0.05 + 250 / len(body)  # snapped to a sentence boundary
+        assert text.rstrip().endswith("assistant") and NEEDLE_QUESTION in text[-300:]
+        assert text.startswith("<s>user\n")  # the chat template is applied
+
+
+def test_multidoc_keeps_gold_paragraphs_and_pads_with_others(tiny_tokenizer, suite):
+    data = {d["_id"]: d for d in load_hotpotqa()}
+    for item in (i for i in suite if i.task == "multidoc_qa"):
+        text = _text(tiny_tokenizer, item)
+        record = data[item.meta["source_id"]]
+        assert item.answers == [record["answer"]] and record["answer"].lower() not in ("yes", "no")
+        for title in item.meta["gold_titles"]:
+            assert f"Passage: {title}\n" in text
+        own = {e[0] for e in record["context"]}
+        titles = [line[len("Passage: ") :] for line in text.splitlines() if line.startswith("Passage: ")]
+        assert any(t not in own for t in titles)  # padded with other questions' paragraphs
+        assert text.rstrip().endswith("assistant") and record["question"].strip() in text[-400:]
+        assert QA_INSTRUCTION in text
+
+
+def test_single_qa_context_holds_the_answer(tiny_tokenizer, suite):
+    for item in (i for i in suite if i.task == "single_qa"):
+        text = _text(tiny_tokenizer, item)
+        assert any(answer in text for answer in item.answers)
+        assert item.meta["question"] in text[-400:]
+
+
+def test_summarize_is_an_essay_prefix(tiny_tokenizer, suite):
+    essays = load_essays()
+    for item in (i for i in suite if i.task == "summarize"):
+        text = _text(tiny_tokenizer, item)
+        assert essays[item.meta["essay_index"]][:200] in text
+        assert SUMMARY_INSTRUCTION in text[-200:]
+        assert item.answers == []
+
+
+@pytest.mark.parametrize("n", [300, 1000, 2500])
+def test_timing_prompt_has_exact_length(tiny_tokenizer, n):
+    ids = essay_prompt_ids(tiny_tokenizer, n)
+    assert len(ids) == n
+    assert SUMMARY_INSTRUCTION in tiny_tokenizer.decode(ids)
+    with pytest.raises(ValueError, match="no room"):
+        essay_prompt_ids(tiny_tokenizer, 10)
+
+
+def test_spec_rejects_bad_values():
+    with pytest.raises(ValidationError, match=">= 256 tokens"):
+        SuiteSpec(needle_lengths=[100])
+    with pytest.raises(ValidationError, match="fractions in"):
+        SuiteSpec(needle_depths=[1.5])
+    with pytest.raises(ValidationError):
+        SuiteSpec(tasks=["translate"])
