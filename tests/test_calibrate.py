@@ -1,0 +1,102 @@
+"""lazy_core.calibrate on a tiny model: fastest-first search, the max_drop rule, determinism, errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from lazy_core import LazyConfig
+from lazy_core.calibrate import (
+    _word_f1,
+    calibrate,
+    calibrate_report,
+    candidate_schedules,
+    predicted_speedup,
+)
+from lazy_core.stats import FlopModel
+
+TEXT = "The quick brown fox jumps over the lazy dog while the cat watches from the old red barn. " * 3
+
+
+def _samples(tok):
+    prompts = [TEXT[i * 7 :] + f" Question {i}: what jumps?" for i in range(3)]
+    return [
+        tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+        for p in prompts
+    ]
+
+
+def _cands():
+    mild = LazyConfig(prune_layers=[1], keep_ratios=[0.8], min_keep_tokens=1)
+    strong = LazyConfig(prune_layers=[0, 1], keep_ratios=[0.3, 0.1], min_keep_tokens=1)
+    medium = LazyConfig(prune_layers=[1], keep_ratios=[0.4], min_keep_tokens=1, query_window=4, pool_kernel=3)
+    return [mild, strong, medium]
+
+
+def test_any_drop_allowed_returns_the_fastest(tiny_llama, tiny_tokenizer):
+    report = calibrate_report(tiny_llama, tiny_tokenizer, _samples(tiny_tokenizer), max_drop=1.0, candidates=_cands())
+    assert report.config == _cands()[1]  # the strongest pruning, whatever its position in the list
+    assert len(report.tried) == 1
+    assert report.full.score == 1.0 and report.full.drop == 0.0  # no references: full is its own target
+    assert 0.0 <= report.tried[0].score <= 1.0
+    assert report.tried[0].est_speedup > 1.0 and report.tried[0].computed_token_fraction < 1.0
+
+
+def test_choice_is_the_first_qualifying_in_speed_order_and_deterministic(tiny_llama, tiny_tokenizer):
+    samples = _samples(tiny_tokenizer)
+    report = calibrate_report(tiny_llama, tiny_tokenizer, samples, max_drop=0.0, candidates=_cands())
+    speeds = [r.predicted_speedup for r in report.tried]
+    assert speeds == sorted(speeds, reverse=True)
+    for r in report.tried[:-1]:
+        assert r.drop > 0.0  # everything faster than the chosen one lost quality
+    if report.config != LazyConfig.off():
+        assert report.config == report.tried[-1].config and report.tried[-1].drop <= 0.0
+    else:
+        assert len(report.tried) == 3 and all(r.drop > 0.0 for r in report.tried)
+    again = calibrate(tiny_llama, tiny_tokenizer, samples, max_drop=0.0, candidates=_cands())
+    assert again == report.config
+
+
+def test_references_are_the_target_when_given(tiny_llama, tiny_tokenizer):
+    samples = [{"prompt": p, "reference": "zzz qqq"} for p in _samples(tiny_tokenizer)]
+    report = calibrate_report(tiny_llama, tiny_tokenizer, samples, max_drop=1.0, candidates=_cands())
+    expected = sum(_word_f1(o, "zzz qqq") for o in report.full.outputs) / len(samples)
+    assert report.full.score == pytest.approx(expected)
+
+
+def test_nothing_faster_than_full_gives_off(tiny_llama, tiny_tokenizer):
+    # a keep floor above the prompt length computes every token: no speedup to gain
+    no_gain = LazyConfig(prune_layers=[1], keep_ratios=[0.5], min_keep_tokens=100_000)
+    report = calibrate_report(tiny_llama, tiny_tokenizer, _samples(tiny_tokenizer), candidates=[no_gain])
+    assert report.config == LazyConfig.off() and report.tried == []
+
+
+def test_predicted_speedup_matches_the_flop_model(tiny_llama):
+    flops = FlopModel.from_config(tiny_llama.config)
+    cfg = LazyConfig(prune_layers=[1], keep_ratios=[0.25], min_keep_tokens=1)
+    n, layers = 400, tiny_llama.config.num_hidden_layers
+    expected = layers * flops.causal_layer(n) / (2 * flops.causal_layer(n) + (layers - 2) * flops.causal_layer(100))
+    assert predicted_speedup(cfg, flops, layers, [n]) == pytest.approx(expected)
+    assert predicted_speedup(LazyConfig.off(), flops, layers, [n]) == pytest.approx(1.0)
+
+
+def test_default_candidates_fit_the_depth():
+    for depth in (4, 12, 30):
+        cands = candidate_schedules(depth)
+        assert cands and len(set(map(str, cands))) == len(cands)
+        for cfg in cands:
+            cfg.check_depth(depth)
+    assert LazyConfig.default_for(30) in candidate_schedules(30)
+    assert candidate_schedules(2) == []
+
+
+def test_bad_input_errors(tiny_llama, tiny_tokenizer):
+    with pytest.raises(ValueError, match="non-empty list"):
+        calibrate(tiny_llama, tiny_tokenizer, [])
+    with pytest.raises(ValueError, match="needs 'prompt'"):
+        calibrate(tiny_llama, tiny_tokenizer, [{"text": "x"}])
+    with pytest.raises(ValueError, match="max_drop"):
+        calibrate(tiny_llama, tiny_tokenizer, ["x"], max_drop=2.0)
+    with pytest.raises(ValueError, match="empty prompt"):
+        calibrate(tiny_llama, tiny_tokenizer, [[]])
+    with pytest.raises(TypeError, match="LazyConfig"):
+        calibrate(tiny_llama, tiny_tokenizer, ["hello"], candidates=[{"prune_layers": [1]}])
