@@ -1,0 +1,50 @@
+"""Length bucketing: sort items by prompt length and cut batches by a padded-token budget and a size cap."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Indices (into the caller's item list) of one batch, longest prompt first."""
+
+    indices: tuple[int, ...]
+    max_len: int
+    real_tokens: int
+
+    @property
+    def padded_tokens(self) -> int:
+        return self.max_len * len(self.indices)
+
+
+def bucket_by_length(lengths: list[int], max_batch_tokens: int, max_batch_size: int) -> list[Bucket]:
+    """Sort by length (descending, ties by index so the result is deterministic) and cut greedily: a batch grows
+    while ``len(batch) * longest <= max_batch_tokens`` and ``len(batch) <= max_batch_size``. A prompt longer than the
+    budget gets a batch of its own. Neighbours in the sorted order have similar lengths, so padding stays small."""
+    if max_batch_tokens < 1 or max_batch_size < 1:
+        raise ValueError("max_batch_tokens and max_batch_size must be >= 1")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    buckets: list[Bucket] = []
+    current: list[int] = []
+    for i in order:
+        if current:
+            longest = lengths[current[0]]  # descending order: the first is the longest
+            if len(current) + 1 > max_batch_size or (len(current) + 1) * longest > max_batch_tokens:
+                buckets.append(_make(current, lengths))
+                current = []
+        current.append(i)
+    if current:
+        buckets.append(_make(current, lengths))
+    return buckets
+
+
+def _make(indices: list[int], lengths: list[int]) -> Bucket:
+    return Bucket(tuple(indices), max(lengths[i] for i in indices), sum(lengths[i] for i in indices))
+
+
+def padding_waste(buckets: list[Bucket]) -> float:
+    """Fraction of the padded batch tokens that are padding (0 = none)."""
+    padded = sum(b.padded_tokens for b in buckets)
+    real = sum(b.real_tokens for b in buckets)
+    return 0.0 if padded == 0 else 1.0 - real / padded

@@ -1,0 +1,191 @@
+"""PipelineConfig: everything a pipeline run needs, validated once at the boundary (dict, YAML path or object)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from lazy_core import LazyConfig
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+BUILTIN_TASKS = ("summarize", "qa")
+
+
+class PipelineConfig(BaseModel):
+    """A batch run: Parquet shards in, one output shard per input shard out (see docs/pipeline.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    input: str = Field(description="Directory or glob of Parquet shards; a local path or any pyarrow filesystem URI.")
+    output: str = Field(description="Output directory (local path or pyarrow filesystem URI); created if missing.")
+    model: str = Field(DEFAULT_MODEL, description="Model name for lazy_core.load_model: the embedded default, a local "
+                       "HF directory or an HF hub id available offline.")
+    task: str = Field(
+        "summarize",
+        description="'summarize', 'qa' (needs question_column) or a template string containing {text} "
+        "(and optionally {question}); the prompt goes through the tokenizer's chat template.",
+    )
+    id_column: str = Field("id", description="Column holding a unique id per row.")
+    text_column: str = Field("text", description="Column holding the document text.")
+    question_column: str = Field("question", description="Column holding the question (task 'qa' or {question}).")
+    passthrough_columns: list[str] = Field(
+        default_factory=list, description="Input columns copied unchanged into the output rows."
+    )
+    max_new_tokens: int = Field(64, ge=1, le=8192, description="Tokens generated per item at most.")
+    lazy: LazyConfig | Literal["default", "off"] = Field(
+        "default",
+        description="Pruning schedule: a LazyConfig (or its dict), 'default' (LazyConfig.default_for(model)) or 'off'.",
+    )
+    do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
+    temperature: float = Field(1.0, gt=0.0, description="Sampling temperature (do_sample only).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (do_sample only).")
+    seed: int = Field(0, description="Sampling seed (each batch seeds from it, so reruns are reproducible).")
+    chat_template: bool = Field(True, description="Wrap the prompt in the tokenizer's chat template.")
+    system_prompt: str | None = Field(None, description="Optional system message placed before the user prompt.")
+    baseline_sample_rate: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of items (chosen by a hash of the id) that the worker also runs through the full "
+        "model, for measured speedup and agreement.",
+    )
+    max_prompt_tokens: int = Field(
+        8192, ge=16, description="Prompts longer than this (in tokens, chat template included) are over-length."
+    )
+    truncate: Literal["middle", "error"] = Field(
+        "middle",
+        description="Over-length prompts: 'middle' keeps the first and last halves (as LongBench), 'error' makes "
+        "them error rows.",
+    )
+    max_text_chars: int = Field(
+        4_000_000, ge=1, description="Rows whose text is longer than this (in characters) are error rows (huge rows)."
+    )
+    max_batch_tokens: int = Field(
+        16384, ge=1, description="Token budget of a batch: batch size x longest prompt (padded) at most."
+    )
+    max_batch_size: int = Field(8, ge=1, description="Items per batch at most.")
+    num_workers: int | None = Field(
+        None, ge=1, description="Ray actors, each holding one model. Default: one per GPU in the cluster, else 1."
+    )
+    cpus_per_worker: int = Field(1, ge=1, description="CPUs per actor when there is no GPU (torch threads match).")
+    device: str = Field("auto", description="'auto' (cuda when the actor has a GPU, else cpu), 'cpu' or 'cuda'.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Model dtype: 'auto' = bfloat16 on GPU, float32 on CPU."
+    )
+    max_in_flight: int | None = Field(
+        None, ge=1, description="Batches submitted and not finished, at most (backpressure). Default 2 per worker."
+    )
+    max_retries: int = Field(
+        2, ge=0, le=20, description="Retries of a batch whose worker died or hung; then it is split, then failed."
+    )
+    max_restarts: int = Field(3, ge=0, le=100, description="Ray restarts of a dead actor before it is replaced.")
+    batch_timeout_s: float = Field(
+        900.0, gt=0.0, description="A batch running longer than this is treated as hung: its worker is restarted."
+    )
+    overwrite: bool = Field(
+        False, description="Allow writing into an output directory finished with a different config hash."
+    )
+    progress: bool = Field(True, description="Show a progress bar on the driver (stderr).")
+
+    @field_validator("task")
+    @classmethod
+    def _check_task(cls, task: str) -> str:
+        if task not in BUILTIN_TASKS and "{text}" not in task:
+            raise ValueError(
+                f"task must be one of {BUILTIN_TASKS} or a template string containing '{{text}}', got {task!r}"
+            )
+        return task
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, device: str) -> str:
+        if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+        return device
+
+    @field_validator("lazy", mode="before")
+    @classmethod
+    def _coerce_lazy(cls, lazy: Any) -> Any:
+        if isinstance(lazy, dict):
+            return LazyConfig(**lazy)
+        return lazy
+
+    @model_validator(mode="after")
+    def _check_columns(self) -> PipelineConfig:
+        reserved = set(OUTPUT_COLUMNS) - {"id"}
+        clash = sorted(set(self.passthrough_columns) & reserved)
+        if clash:
+            raise ValueError(f"passthrough_columns {clash} collide with output columns; rename them in the input")
+        if self.id_column in self.passthrough_columns:
+            raise ValueError(f"id column {self.id_column!r} is always written as 'id'; remove it from passthrough")
+        if len(set(self.passthrough_columns)) != len(self.passthrough_columns):
+            raise ValueError(f"passthrough_columns has duplicates: {self.passthrough_columns}")
+        return self
+
+    # ---- derived -------------------------------------------------------------------------------------------------
+
+    @property
+    def needs_question(self) -> bool:
+        return self.task == "qa" or "{question}" in self.task
+
+    @property
+    def required_columns(self) -> list[str]:
+        cols = [self.id_column, self.text_column]
+        if self.needs_question:
+            cols.append(self.question_column)
+        return cols + [c for c in self.passthrough_columns if c not in cols]
+
+    @property
+    def config_hash(self) -> str:
+        """sha256 (16 hex) of every setting that changes what an output row contains. Paths, parallelism, batching,
+        retries and timeouts are left out: they change how a run goes, not what it writes."""
+        affecting = self.model_dump(
+            mode="json",
+            include={
+                "model", "task", "id_column", "text_column", "question_column", "passthrough_columns",
+                "max_new_tokens", "lazy", "do_sample", "temperature", "top_p", "seed", "chat_template",
+                "system_prompt", "baseline_sample_rate", "max_prompt_tokens", "truncate", "max_text_chars", "dtype",
+            },
+        )
+        blob = json.dumps(affecting, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    # ---- construction --------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_any(cls, config: PipelineConfig | dict[str, Any] | str | os.PathLike[str]) -> PipelineConfig:
+        """Accept a PipelineConfig, a dict of its fields, or the path of a YAML file holding that dict."""
+        if isinstance(config, PipelineConfig):
+            return config
+        if isinstance(config, dict):
+            return cls(**config)
+        if isinstance(config, (str, os.PathLike)):
+            return cls.from_yaml(config)
+        raise TypeError(f"expected a PipelineConfig, a dict or a YAML path, got {type(config).__name__}")
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str], **overrides: Any) -> PipelineConfig:
+        """Load a YAML mapping of fields; ``overrides`` (e.g. CLI flags) win over the file."""
+        import yaml
+
+        file = Path(path)
+        if not file.is_file():
+            raise FileNotFoundError(f"config file {str(file)!r} not found; pass a YAML file of PipelineConfig fields")
+        data = yaml.safe_load(file.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {str(file)!r} must hold a YAML mapping of fields, got {type(data).__name__}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
+
+
+# Output columns after the id and the passthrough columns, in order (schema: docs/pipeline.md, README).
+OUTPUT_COLUMNS = (
+    "id", "generation", "status", "error", "prompt_tokens", "prompt_tokens_used", "new_tokens", "ttft_s", "decode_s",
+    "computed_token_fraction", "est_speedup", "baseline_ttft_s", "measured_speedup", "first_token_agrees",
+    "rouge_l_vs_baseline", "worker", "model", "config_hash",
+)

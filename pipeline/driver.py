@@ -1,0 +1,249 @@
+"""run_pipeline(): the driver. Streams shards, schedules batches on Ray workers, writes output shards atomically,
+keeps the manifest for resume, and returns (and saves) the RunReport."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+import time
+import uuid
+from collections import deque
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pipeline.config import PipelineConfig
+from pipeline.manifest import is_finished, load_manifest, open_for_run, record_shard, save_manifest, write_success
+from pipeline.plan import ShardWork, id_key, output_table, plan_shard
+from pipeline.prompts import check_chat_template
+from pipeline.report import Aggregator, FailedShard, RunReport, save_report
+from pipeline.scheduler import ActorPool, BatchTask
+from pipeline.shards import Shard, discover_shards, read_schema, remove_stale_temps, resolve_fs, write_table_atomic
+from pipeline.tokenizer import load_tokenizer
+
+log = logging.getLogger("pipeline")
+MAX_SHARDS_IN_MEMORY = 2  # the shard being drained and the next one being fed
+
+
+def _event(name: str, **fields: Any) -> None:
+    log.info("%s %s", name, json.dumps(fields, sort_keys=True, default=str))
+
+
+def check_inputs(
+    config: PipelineConfig,
+) -> tuple[pafs.FileSystem, list[Shard], list[tuple[Shard, int]], list[Shard], list[FailedShard]]:
+    """Before any work: find the shards, split finished (resume) from to-do ones, read each to-do footer and check
+    the required columns. Returns (input fs, all shards, [(to-do shard, rows)], skipped, unreadable).
+    Raises ValueError naming the missing column and the ones found, or on a config-hash mismatch."""
+    in_fs, shards = discover_shards(config.input)
+    out_fs, out_dir = resolve_fs(config.output)
+    manifest = load_manifest(out_fs, out_dir) if out_fs.get_file_info(out_dir).type == pafs.FileType.Directory else None
+    if manifest is not None and manifest.config_hash != config.config_hash and not config.overwrite:
+        raise ValueError(
+            f"output {config.output!r} holds shards written with config hash {manifest.config_hash}, this config "
+            f"hashes to {config.config_hash}; use a new output directory or pass overwrite=True to replace them"
+        )
+    resuming = manifest is not None and manifest.config_hash == config.config_hash
+    todo: list[tuple[Shard, int]] = []
+    skipped: list[Shard] = []
+    unreadable: list[FailedShard] = []
+    for shard in shards:
+        if resuming and manifest is not None and is_finished(out_fs, out_dir, manifest, shard.name):
+            skipped.append(shard)
+            continue
+        try:
+            schema, rows = read_schema(in_fs, shard)
+        except (OSError, pa.ArrowException) as exc:
+            unreadable.append(FailedShard(shard=shard.path, reason=f"unreadable_shard: {exc}"))
+            continue
+        missing = [c for c in config.required_columns if c not in schema.names]
+        if missing:
+            raise ValueError(
+                f"shard {shard.path!r}: column(s) {missing} not found; columns are: {', '.join(schema.names)}. "
+                "Set id_column= / text_column= / question_column= / passthrough_columns= to match the input"
+            )
+        todo.append((shard, rows))
+    return in_fs, shards, todo, skipped, unreadable
+
+
+def run_pipeline(config: PipelineConfig | dict[str, Any] | str | os.PathLike[str]) -> RunReport:
+    """Run the pipeline (see docs/pipeline.md). Starts Ray only if it is not initialised (inside ``ray job submit``
+    or a notebook the caller's Ray is used) and stops only what it started."""
+    cfg = PipelineConfig.from_any(config)
+    started = time.monotonic()
+    in_fs, shards, todo, skipped, unreadable = check_inputs(cfg)
+    out_fs, out_dir = resolve_fs(cfg.output)
+    report = RunReport(
+        output=cfg.output, config_hash=cfg.config_hash, shards_total=len(shards), shards_skipped=len(skipped),
+        shards_failed=list(unreadable),
+    )
+    _event("run_start", config_hash=cfg.config_hash, shards=len(shards), todo=len(todo), skipped=len(skipped),
+           unreadable=len(unreadable), rows=sum(r for _, r in todo))
+    if not todo:
+        report.wall_s = time.monotonic() - started
+        if unreadable:  # something to report; a finished directory is left untouched
+            out_fs.create_dir(out_dir, recursive=True)
+            save_report(out_fs, out_dir, report, [])
+        return report
+
+    out_fs.create_dir(out_dir, recursive=True)
+    manifest, fresh = open_for_run(out_fs, out_dir, cfg.config_hash, cfg.overwrite)
+    if fresh:
+        save_manifest(out_fs, out_dir, manifest)
+    if remove_stale_temps(out_fs, out_dir):
+        _event("stale_temps_removed", output=cfg.output)
+    tokenizer = load_tokenizer(cfg.model)
+    check_chat_template(tokenizer, cfg)
+    seen_ids = _ids_of_finished(out_fs, out_dir, skipped)
+
+    import ray
+
+    started_ray = False
+    if not ray.is_initialized():
+        ray.init()
+        started_ray = True
+    progress = _progress(cfg, sum(r for _, r in todo))
+    pool: ActorPool | None = None
+    agg = Aggregator()
+    try:
+        pool = _make_pool(cfg)
+        _drive(cfg, pool, in_fs, out_fs, out_dir, todo, manifest, seen_ids, report, agg, progress, tokenizer)
+        report.batch_retries = pool.retries
+        report.worker_restarts = pool.failures_seen
+    finally:
+        progress.close()
+        if pool is not None:
+            pool.shutdown()
+        if started_ray:
+            ray.shutdown()
+    report.wall_s = time.monotonic() - started
+    agg.fill(report)
+    save_report(out_fs, out_dir, report, agg.speedups)
+    if report.ok:
+        write_success(out_fs, out_dir, {"config_hash": cfg.config_hash, "shards": len(shards)})
+    _event("run_done", **{k: v for k, v in report.model_dump().items() if k != "shards_failed"},
+           shards_failed=len(report.shards_failed))
+    return report
+
+
+def _drive(
+    cfg: PipelineConfig,
+    pool: ActorPool,
+    in_fs: pafs.FileSystem,
+    out_fs: pafs.FileSystem,
+    out_dir: str,
+    todo: list[tuple[Shard, int]],
+    manifest: Any,
+    seen_ids: set[Any],
+    report: RunReport,
+    agg: Aggregator,
+    progress: Any,
+    tokenizer: Any,
+) -> None:
+    """The scheduling loop: feed batches while the pool has room (backpressure), at most two shards in memory."""
+    upcoming = deque(enumerate(shard for shard, _ in todo))
+    active: dict[int, ShardWork] = {}
+    feed: deque[BatchTask] = deque()
+    padded = real = 0
+
+    def finalize(work: ShardWork) -> None:
+        table = output_table(work, cfg.model, cfg.config_hash)
+        path = posixpath.join(out_dir, work.shard.name)
+        write_table_atomic(out_fs, table, path)
+        rows = table.to_pylist()
+        ok = sum(1 for r in rows if r["status"] == "ok")
+        record_shard(manifest, work.shard.name, len(rows), ok, work.shard.path)
+        save_manifest(out_fs, out_dir, manifest)
+        agg.add_rows(rows)
+        report.shards_done += 1
+        del active[work.index]
+        _event("shard_done", shard=work.shard.name, rows=len(rows), ok=ok, failed=len(rows) - ok)
+
+    while True:
+        while pool.has_room:
+            if feed:
+                pool.add(feed.popleft())
+                continue
+            if not upcoming or len(active) >= MAX_SHARDS_IN_MEMORY:
+                break
+            index, shard = upcoming.popleft()
+            try:
+                work = plan_shard(index, in_fs, shard, cfg, tokenizer=tokenizer, seen_ids=seen_ids)
+            except (OSError, pa.ArrowException) as exc:
+                report.shards_failed.append(FailedShard(shard=shard.path, reason=f"unreadable_shard: {exc}"))
+                _event("shard_failed", shard=shard.path, reason=str(exc))
+                continue
+            active[index] = work
+            padded += work.padded_tokens
+            real += work.real_tokens
+            report.batches += len(work.tasks)
+            report.padding_waste = 0.0 if padded == 0 else 1.0 - real / padded
+            progress.update(len(work.results) - work.remaining)  # error rows are done already
+            _event("shard_planned", shard=shard.name, rows=len(work.results), batches=len(work.tasks),
+                   error_rows=len(work.results) - work.remaining)
+            feed.extend(work.tasks)
+            if work.remaining == 0:
+                finalize(work)
+        if not pool.busy and not feed and not upcoming:
+            break
+        for outcome in pool.step(wait_s=0.5):
+            work = active[outcome.task.shard]
+            if outcome.rows is not None:
+                work.apply(outcome.task.positions, outcome.rows)
+            else:
+                work.fail(outcome.task.positions, str(outcome.error))
+            progress.update(len(outcome.task.positions))
+            if work.remaining == 0:
+                finalize(work)
+    if active:
+        raise RuntimeError(f"internal error: shards {sorted(w.shard.name for w in active.values())} never finished")
+
+
+def _make_pool(cfg: PipelineConfig) -> ActorPool:
+    import ray
+
+    from workers.actor import LazyWorker
+    from workers.spec import WorkerSpec, actor_options
+
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    num_workers = cfg.num_workers or (int(gpus) if gpus >= 1 else 1)
+    lazy = cfg.lazy if isinstance(cfg.lazy, str) else cfg.lazy.model_dump()
+    spec = WorkerSpec(
+        model=cfg.model, lazy=lazy, dtype=cfg.dtype, device=cfg.device,
+        num_threads=None if gpus >= 1 else cfg.cpus_per_worker, max_new_tokens=cfg.max_new_tokens,
+        do_sample=cfg.do_sample, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
+    )
+    options = actor_options(gpus, cfg.cpus_per_worker, cfg.max_restarts)
+    remote_cls = ray.remote(LazyWorker)
+    run_tag = uuid.uuid4().hex[:8]
+    counter = iter(range(1_000_000))
+
+    def make_actor() -> Any:
+        return remote_cls.options(name=f"lazy-worker-{run_tag}-{next(counter)}", **options).remote(spec)
+
+    _event("pool_start", workers=num_workers, options=options)
+    return ActorPool(
+        make_actor, num_workers=num_workers, max_in_flight=cfg.max_in_flight or 2 * num_workers,
+        max_retries=cfg.max_retries, batch_timeout_s=cfg.batch_timeout_s,
+    )
+
+
+def _ids_of_finished(fs: pafs.FileSystem, out_dir: str, skipped: list[Shard]) -> set[Any]:
+    """Ids already written by finished shards, so duplicates across a resumed run are still caught."""
+    seen: set[Any] = set()
+    for shard in skipped:
+        with fs.open_input_file(posixpath.join(out_dir, shard.name)) as f:
+            for item_id in pq.read_table(f, columns=["id"]).column("id").to_pylist():
+                if item_id is not None:
+                    seen.add(id_key(item_id))
+    return seen
+
+
+def _progress(cfg: PipelineConfig, total: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="row", desc="pipeline", disable=not cfg.progress, dynamic_ncols=True)

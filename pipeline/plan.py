@@ -1,0 +1,151 @@
+"""One input shard turned into work: error rows for bad input, length-bucketed batches for the rest, and the
+output table once every batch came back (rows in input order, rows out == rows in)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from pipeline.bucketing import Bucket, bucket_by_length
+from pipeline.config import OUTPUT_COLUMNS, PipelineConfig
+from pipeline.prompts import is_sampled, prepare_row
+from pipeline.scheduler import BatchTask
+from pipeline.shards import Shard, read_shard
+
+RESULT_TYPES: dict[str, pa.DataType] = {
+    "generation": pa.string(),
+    "status": pa.string(),
+    "error": pa.string(),
+    "prompt_tokens": pa.int64(),
+    "prompt_tokens_used": pa.int64(),
+    "new_tokens": pa.int64(),
+    "ttft_s": pa.float64(),
+    "decode_s": pa.float64(),
+    "computed_token_fraction": pa.float64(),
+    "est_speedup": pa.float64(),
+    "baseline_ttft_s": pa.float64(),
+    "measured_speedup": pa.float64(),
+    "first_token_agrees": pa.bool_(),
+    "rouge_l_vs_baseline": pa.float64(),
+    "worker": pa.string(),
+}
+
+
+@dataclass
+class ShardWork:
+    """The state of one shard in flight; ``results[i]`` is row i's result columns once known."""
+
+    index: int
+    shard: Shard
+    base: pa.Table  # id (renamed "id") + passthrough columns, input order
+    results: list[dict[str, Any] | None]
+    tasks: list[BatchTask] = field(default_factory=list)
+    remaining: int = 0  # rows still waiting for a worker
+    real_tokens: int = 0
+    padded_tokens: int = 0
+
+    def apply(self, positions: list[int], rows: list[dict[str, Any]]) -> None:
+        for pos, row in zip(positions, rows, strict=True):
+            merged = dict(self.results[pos] or {})
+            merged.update({k: v for k, v in row.items() if k in RESULT_TYPES})
+            self.results[pos] = merged
+        self.remaining -= len(positions)
+
+    def fail(self, positions: list[int], reason: str) -> None:
+        self.apply(positions, [{"status": "error", "error": reason} for _ in positions])
+
+
+def error_result(reason: str, prompt_tokens: int | None = None) -> dict[str, Any]:
+    return {"status": "error", "error": reason, "prompt_tokens": prompt_tokens}
+
+
+def plan_shard(
+    index: int,
+    fs: pafs.FileSystem,
+    shard: Shard,
+    config: PipelineConfig,
+    tokenizer: Any,
+    seen_ids: set[Any],
+) -> ShardWork:
+    """Read one shard, validate and tokenize its rows, bucket the good ones into batches. ``seen_ids`` holds the ids
+    of earlier shards (duplicates become error rows) and is updated. Raises OSError/ArrowException on a corrupt file."""
+    columns = list(dict.fromkeys(config.required_columns))
+    table = read_shard(fs, shard, columns)
+    base = pa.table(
+        [table.column(config.id_column)] + [table.column(c) for c in config.passthrough_columns],
+        names=["id", *config.passthrough_columns],
+    )
+    ids = table.column(config.id_column).to_pylist()
+    texts = table.column(config.text_column).to_pylist()
+    questions = table.column(config.question_column).to_pylist() if config.needs_question else [None] * len(ids)
+    results: list[dict[str, Any] | None] = [None] * len(ids)
+    good: list[tuple[int, list[int]]] = []  # (row position, prompt ids)
+    for pos, (item_id, text, question) in enumerate(zip(ids, texts, questions, strict=True)):
+        id_error = _check_id(item_id, config.id_column, seen_ids)
+        if id_error is not None:
+            results[pos] = error_result(id_error)
+            continue
+        prepared = prepare_row(tokenizer, config, text, question)
+        if prepared.error is not None or prepared.input_ids is None:
+            results[pos] = error_result(str(prepared.error), prepared.prompt_tokens)
+            continue
+        results[pos] = {"prompt_tokens": prepared.prompt_tokens, "prompt_tokens_used": len(prepared.input_ids)}
+        good.append((pos, prepared.input_ids))
+    work = ShardWork(index=index, shard=shard, base=base, results=results, remaining=len(good))
+    sampled = [g for g in good if is_sampled(ids[g[0]], config.baseline_sample_rate)]
+    plain = [g for g in good if not is_sampled(ids[g[0]], config.baseline_sample_rate)]
+    # sampled items batch together: their full-model shadow run then covers exactly the batch the lazy run saw
+    for group, flag in ((plain, False), (sampled, True)):
+        buckets = bucket_by_length([len(g[1]) for g in group], config.max_batch_tokens, config.max_batch_size)
+        for bucket in buckets:
+            work.tasks.append(_task(index, group, bucket, flag, config.seed + index * 100_003 + len(work.tasks)))
+            work.real_tokens += bucket.real_tokens
+            work.padded_tokens += bucket.padded_tokens
+    return work
+
+
+def _task(index: int, group: list[tuple[int, list[int]]], bucket: Bucket, sampled: bool, seed: int) -> BatchTask:
+    return BatchTask(
+        shard=index,
+        positions=[group[i][0] for i in bucket.indices],
+        input_ids=[group[i][1] for i in bucket.indices],
+        sampled=sampled,
+        seed=seed,
+    )
+
+
+def _check_id(item_id: Any, column: str, seen_ids: set[Any]) -> str | None:
+    if item_id is None:
+        return f"null_id: column {column!r} is null"
+    try:
+        key = id_key(item_id)
+        duplicate = key in seen_ids
+    except TypeError:
+        return f"bad_id: column {column!r} holds an unhashable {type(item_id).__name__}"
+    if duplicate:
+        return f"duplicate_id: id {item_id!r} appeared earlier in this corpus"
+    seen_ids.add(key)
+    return None
+
+
+def id_key(item_id: Any) -> tuple[str, Any]:
+    """How ``seen_ids`` stores an id (the type keeps 1 and '1' apart)."""
+    return (type(item_id).__name__, item_id)
+
+
+def output_table(work: ShardWork, model: str, config_hash: str) -> pa.Table:
+    """The output shard: id, passthrough columns, then the result columns (schema in docs/pipeline.md)."""
+    rows = work.results
+    if any(r is None or "status" not in r for r in rows):
+        raise RuntimeError(f"shard {work.shard.name}: some rows have no result; refusing to write a partial shard")
+    filled: list[dict[str, Any]] = [r for r in rows if r is not None]
+    columns = {name: pa.array([r.get(name) for r in filled], type=typ) for name, typ in RESULT_TYPES.items()}
+    columns["model"] = pa.array([model] * len(rows), type=pa.string())
+    columns["config_hash"] = pa.array([config_hash] * len(rows), type=pa.string())
+    table = work.base
+    for name in OUTPUT_COLUMNS[1:]:
+        table = table.append_column(name, columns[name])
+    return table

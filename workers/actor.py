@@ -1,0 +1,158 @@
+"""LazyWorker: one model per actor, one batch per call, shadow full-model runs on sampled batches.
+
+Ray's batch-inference pattern: load once in ``__init__``, infer per call under ``torch.inference_mode()``, return
+plain columns. The class is plain Python (usable in-process, e.g. by the benchmark); ``pipeline`` wraps it in
+``ray.remote`` with the resources of :func:`actor_options`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+import torch
+
+from lazy_core import LazyConfig, LazyLLM
+from lazy_core.loading import load_model
+from workers.rouge import rouge_l_f
+from workers.spec import WorkerSpec
+
+
+class LazyWorker:
+    """Holds the model, a LazyLLM with the run's schedule and one with ``LazyConfig.off()`` for shadow runs."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        if spec.num_threads is not None:
+            torch.set_num_threads(spec.num_threads)
+        device = spec.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = spec.dtype
+        if dtype == "auto":
+            dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        self.device = torch.device(device)
+        self.model, self.tokenizer = load_model(spec.model, dtype=dtype, device=device)
+        if spec.lazy == "default":
+            lazy_config = LazyConfig.default_for(self.model)
+        elif spec.lazy == "off":
+            lazy_config = LazyConfig.off()
+        else:
+            lazy_config = LazyConfig(**spec.lazy)
+        self.lazy_config = lazy_config
+        self.lazy = LazyLLM(self.model, lazy_config)
+        self.full = LazyLLM(self.model, LazyConfig.off())
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.tokenizer.eos_token_id
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+
+    def ready(self) -> dict[str, Any]:
+        """Liveness probe and identity: returned once the model is loaded."""
+        lazy = self.lazy_config.model_dump()
+        return {"worker": self.name, "pid": os.getpid(), "device": str(self.device), "lazy": lazy}
+
+    def run_batch(self, input_ids: list[list[int]], sampled: bool, seed: int) -> list[dict[str, Any]]:
+        """Generate for one batch. ``sampled``: also run the full model on the same batch (shadow baseline) and
+        compare. A batch that raises is retried item by item, so one bad item becomes one error row.
+
+        Returns one dict per item, in input order (plain columns, see pipeline's output schema)."""
+        try:
+            return self._run(input_ids, sampled, seed)
+        except Exception as exc:  # noqa: BLE001 - isolate the failing item(s), each error becomes a row
+            if len(input_ids) == 1:
+                return [_error_row(exc, self.name)]
+            rows = []
+            for ids in input_ids:
+                try:
+                    rows.extend(self._run([ids], sampled, seed))
+                except Exception as item_exc:  # noqa: BLE001 - per-item error capture
+                    rows.append(_error_row(item_exc, self.name))
+            return rows
+
+    # ---- internals -----------------------------------------------------------------------------------------------
+
+    def _generate(self, engine: LazyLLM, input_ids: list[list[int]], seed: int) -> tuple[list[list[int]], list[Any]]:
+        ids, mask = self._pad_left(input_ids)  # ids, mask: [B, T]
+        with torch.inference_mode():
+            out = engine.generate(
+                ids,
+                attention_mask=mask,
+                max_new_tokens=self.spec.max_new_tokens,
+                do_sample=self.spec.do_sample,
+                temperature=self.spec.temperature,
+                top_p=self.spec.top_p,
+                seed=seed if self.spec.do_sample else None,
+                eos_token_id=None,  # the model's generation config (chat models end turns with their own id)
+                pad_token_id=self.pad_id,
+            )
+        prompt_len = ids.shape[1]
+        new = []
+        for row, stats in zip(out.sequences.tolist(), out.stats, strict=True):
+            new.append(row[prompt_len : prompt_len + stats.new_tokens])
+        return new, out.stats
+
+    def _run(self, input_ids: list[list[int]], sampled: bool, seed: int) -> list[dict[str, Any]]:
+        started = time.perf_counter()
+        new_ids, stats = self._generate(self.lazy, input_ids, seed)
+        lazy_s = time.perf_counter() - started
+        rows = []
+        for ids, st in zip(new_ids, stats, strict=True):
+            rows.append(
+                {
+                    "status": "ok",
+                    "error": None,
+                    "generation": self.tokenizer.decode(ids, skip_special_tokens=True),
+                    "new_tokens": st.new_tokens,
+                    "ttft_s": st.ttft_s,
+                    "decode_s": st.decode_s,
+                    "computed_token_fraction": st.computed_token_fraction,
+                    "est_speedup": st.est_speedup,
+                    "baseline_ttft_s": None,
+                    "measured_speedup": None,
+                    "first_token_agrees": None,
+                    "rouge_l_vs_baseline": None,
+                    "worker": self.name,
+                    "batch_s": lazy_s,
+                }
+            )
+        if sampled:
+            full_ids, full_stats = self._generate(self.full, input_ids, seed)
+            for row, lazy_new, full_new, fst in zip(rows, new_ids, full_ids, full_stats, strict=True):
+                row["baseline_ttft_s"] = fst.ttft_s
+                row["measured_speedup"] = fst.ttft_s / row["ttft_s"] if row["ttft_s"] > 0 else None
+                row["first_token_agrees"] = bool(lazy_new[:1] == full_new[:1])
+                row["rouge_l_vs_baseline"] = rouge_l_f(lazy_new, full_new)
+        return rows
+
+    def _pad_left(self, input_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left padding, as HF generate expects for decoder-only models. Returns ids, mask: [B, T_max]."""
+        longest = max(len(x) for x in input_ids)
+        ids = torch.full((len(input_ids), longest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(input_ids), longest), dtype=torch.long)
+        for i, row in enumerate(input_ids):
+            ids[i, longest - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[i, longest - len(row) :] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+
+def _error_row(exc: BaseException, worker: str) -> dict[str, Any]:
+    message = str(exc).splitlines()[0] if str(exc) else ""
+    return {
+        "status": "error",
+        "error": f"engine_error: {type(exc).__name__}: {message}"[:2000],
+        "generation": None,
+        "new_tokens": None,
+        "ttft_s": None,
+        "decode_s": None,
+        "computed_token_fraction": None,
+        "est_speedup": None,
+        "baseline_ttft_s": None,
+        "measured_speedup": None,
+        "first_token_agrees": None,
+        "rouge_l_vs_baseline": None,
+        "worker": worker,
+        "batch_s": None,
+    }
