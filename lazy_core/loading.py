@@ -22,8 +22,9 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -46,6 +47,7 @@ _DTYPES: dict[str, torch.dtype | str] = {
     "auto": "auto",
 }
 _DEVICE_TYPES = ("cpu", "cuda", "mps")
+_T = TypeVar("_T")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
@@ -77,11 +79,36 @@ def load_model(
     torch_device = _resolve_device(device)
     model_dir = _resolve_source(name_or_path)
     if model_dir is not None:
-        model, tokenizer = _load_local(model_dir, torch_dtype, attn_implementation)
+        tokenizer = _local_tokenizer(model_dir)  # first: a directory without one fails before any weight is read
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=torch_dtype, attn_implementation=attn_implementation, local_files_only=True
+        )
     else:
-        model, tokenizer = _load_hub(str(name_or_path), torch_dtype, attn_implementation)
+        name = str(name_or_path)
+        model, tokenizer = _from_hub(
+            name,
+            lambda local_only: (
+                AutoModelForCausalLM.from_pretrained(
+                    name, dtype=torch_dtype, attn_implementation=attn_implementation, local_files_only=local_only
+                ),
+                AutoTokenizer.from_pretrained(name, local_files_only=local_only),
+            ),
+        )
     _ensure_padding(tokenizer, str(name_or_path))
     return model.to(torch_device).eval(), tokenizer
+
+
+def load_tokenizer(name_or_path: str | os.PathLike[str] = DEFAULT_MODEL) -> PreTrainedTokenizerBase:
+    """The tokenizer that ``load_model(name_or_path)`` returns (pad token set, left padding), without reading any
+    model weights: for a driver that only tokenizes. Same name resolution and errors as :func:`load_model`."""
+    model_dir = _resolve_source(name_or_path)
+    if model_dir is not None:
+        tokenizer = _local_tokenizer(model_dir)
+    else:
+        name = str(name_or_path)
+        tokenizer = _from_hub(name, lambda local_only: AutoTokenizer.from_pretrained(name, local_files_only=local_only))
+    _ensure_padding(tokenizer, str(name_or_path))
+    return tokenizer
 
 
 def cache_root() -> Path:
@@ -185,26 +212,20 @@ def _ensure_padding(tokenizer: PreTrainedTokenizerBase, name: str) -> None:
 # ---- local directories and the hub -------------------------------------------------------------------------------
 
 
-def _load_local(
-    model_dir: Path, dtype: torch.dtype | str, attn_implementation: str
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=dtype, attn_implementation=attn_implementation, local_files_only=True
-    )
+def _local_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
     if not any((model_dir / name).is_file() for name in _TOKENIZER_FILES):
         raise ModelNotFoundError(
             f"model directory {str(model_dir)!r} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); save one "
             "there with tokenizer.save_pretrained()"
         )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     except (OSError, ValueError) as exc:
         reason = " ".join(str(exc).split())
         raise ModelNotFoundError(
             f"model directory {str(model_dir)!r} has no usable tokenizer ({reason}); save one there with "
             "tokenizer.save_pretrained()"
         ) from exc
-    return model, tokenizer
 
 
 def _offline() -> bool:
@@ -215,20 +236,15 @@ def _offline() -> bool:
     return constants.is_offline_mode() or any(f and f.upper() in {"1", "ON", "YES", "TRUE"} for f in flags)
 
 
-def _load_hub(
-    name: str, dtype: torch.dtype | str, attn_implementation: str
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _from_hub(name: str, load: Callable[[bool], _T]) -> _T:
+    """``load(local_files_only)``: from the local HF cache, then the hub unless offline; a clear error if neither."""
     errors: list[str] = []
     for local_only in (True, False):
         if not local_only and _offline():
             errors.append("hub download skipped: offline mode is on (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)")
             break
         try:
-            model = AutoModelForCausalLM.from_pretrained(
-                name, dtype=dtype, attn_implementation=attn_implementation, local_files_only=local_only
-            )
-            tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
-            return model, tokenizer
+            return load(local_only)
         except (OSError, ValueError) as exc:
             where = "local Hugging Face cache" if local_only else "Hugging Face hub"
             errors.append(f"{where}: {str(exc).splitlines()[0]}")
@@ -262,7 +278,7 @@ def _gguf_path() -> Path:
 
 
 def _entry_is_valid(entry: Path, source_bytes: int | None) -> bool:
-    """True when ``entry`` holds exactly the files its marker lists, at their recorded sizes, with safetensors headers
+    """True when ``entry`` holds every file its marker lists, at their recorded sizes, with safetensors headers
     that parse and list the recorded tensors. ``source_bytes``: size of the GGUF it must come from (None: unchecked)."""
     from safetensors import SafetensorError, safe_open
 

@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lazy_core import loading
-from lazy_core.loading import DEFAULT_MODEL, ModelNotFoundError, load_model
+from lazy_core.loading import DEFAULT_MODEL, ModelNotFoundError, load_model, load_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -180,6 +180,18 @@ def test_local_dir_loads_with_its_weights(tiny_model_dir):
     assert tokenizer.padding_side == "left" and tokenizer.pad_token == "<pad>"
     same, _ = load_model(str(tiny_model_dir), dtype="bfloat16", device=torch.device("cpu"))
     assert same.dtype == torch.bfloat16
+
+
+def test_load_tokenizer_matches_load_model_without_weights(tiny_model_dir, no_network):
+    _, from_model = load_model(tiny_model_dir, device="cpu")
+    alone = load_tokenizer(tiny_model_dir)
+    text = "héllo wörld"
+    assert alone(text)["input_ids"] == from_model(text)["input_ids"]
+    assert (alone.pad_token, alone.padding_side) == (from_model.pad_token, "left")
+    default = load_tokenizer(DEFAULT_MODEL)
+    assert default.pad_token == "<|im_end|>" and default.padding_side == "left" and default.chat_template
+    with pytest.raises(ModelNotFoundError, match="'no-such-org/no-such-tokenizer'.*offline mode"):
+        load_tokenizer("no-such-org/no-such-tokenizer")
 
 
 def test_local_dir_without_pad_token_pads_with_eos(tmp_path, tiny_model_dir):
