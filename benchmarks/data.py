@@ -230,7 +230,7 @@ def build_needle(builder: PromptBuilder, spec: SuiteSpec) -> list[EvalItem]:
                         target_tokens=length,
                         prompt_ids=ids,
                         answers=[passkey],
-                        max_new_tokens=12,
+                        max_new_tokens=24,
                         meta={"depth": depth, "passkey": passkey, "essay_offset": start},
                     )
                 )

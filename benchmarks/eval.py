@@ -1,0 +1,190 @@
+"""Accuracy vs. speed of LazyLLM and its baselines on real long-context items (evaluation issue; paper §4, Table 1).
+
+Every method runs on the same fixed-seed items (benchmarks/data.py), one item at a time, greedy. Each (method, item)
+writes one JSON line to the results file as soon as it is done, so a run can be stopped and resumed (pairs already
+present are skipped) and ``python -m benchmarks.report`` can summarise whatever is there.
+
+Methods: ``full`` (LazyConfig.off(), the exact baseline through the same engine), ``lazy`` (LazyConfig.default_for),
+``paper`` (LazyConfig.paper: the paper's own scoring), ``prefill_only`` (default without Aux Cache revival),
+``static`` and ``random`` (the paper's baselines), and a sweep of schedules and scoring settings (``sweep_*``).
+
+    python -m benchmarks.eval                       # default size: tens of items, prompts <= 4K tokens
+    python -m benchmarks.eval --long                # adds 8K-token needle and multi-doc items
+    python -m benchmarks.eval --methods full lazy --tasks needle --needle-lengths 2048
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import RESULTS_DIR, context_limit, load, machine
+from benchmarks.data import TASKS, EvalItem, SuiteSpec, build_suite
+from lazy_core import LazyConfig, LazyLLM
+
+
+def _default(model: Any, **update: Any) -> LazyConfig:
+    return LazyConfig.default_for(model).model_copy(update=update)
+
+
+def _layers(model: Any, fractions: tuple[float, ...]) -> list[int]:
+    num = model.config.num_hidden_layers
+    return sorted({min(num - 2, max(0, round(f * num) - 1)) for f in fractions})
+
+
+# name -> (description, config factory). Fractions of depth map to the layers of LazyConfig.default_for.
+METHODS: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
+    "full": ("full prefill (LazyConfig.off())", lambda m: LazyConfig.off()),
+    "lazy": ("LazyLLM, LazyConfig.default_for(model)", lambda m: LazyConfig.default_for(m)),
+    "paper": ("LazyLLM with the paper's scoring (LazyConfig.paper)", lambda m: LazyConfig.paper(m)),
+    "prefill_only": ("default schedule, no Aux Cache revival", lambda m: _default(m, revive=False)),
+    "static": ("static pruning (once, at the first layer)", lambda m: _default(m, method="static")),
+    "random": ("random pruning, default schedule", lambda m: _default(m, method="random")),
+    "sweep_mild": ("default layers, keep 0.5/0.3/0.2", lambda m: _default(m, keep_ratios=[0.5, 0.3, 0.2])),
+    "sweep_strong": ("default layers, keep 0.2/0.07/0.03", lambda m: _default(m, keep_ratios=[0.2, 0.07, 0.03])),
+    "sweep_late": (
+        "layers at 10/17/24 of 30, keep 0.3/0.1/0.05",
+        lambda m: _default(m, prune_layers=_layers(m, (10 / 30, 17 / 30, 24 / 30))),
+    ),
+    "sweep_early": (
+        "layers at 3/14/21 of 30, keep 0.3/0.1/0.05",
+        lambda m: _default(m, prune_layers=_layers(m, (3 / 30, 14 / 30, 21 / 30))),
+    ),
+    "sweep_pool15": ("default schedule, pool kernel 15", lambda m: _default(m, pool_kernel=15)),
+    "sweep_window1": ("default schedule, last token as the only query", lambda m: _default(m, query_window=1)),
+}
+DEFAULT_METHODS = ["full", "lazy", "paper", "prefill_only", "static", "random", "sweep_mild", "sweep_strong"]
+
+
+def run_item(lazy: LazyLLM, tok: Any, item: EvalItem, loglik: bool) -> dict[str, Any]:
+    """One greedy generation (+ the gold answer's log-likelihood when asked) -> a JSON-able record."""
+    ids = torch.tensor([item.prompt_ids])  # [1, T]
+    start = time.perf_counter()
+    out = lazy.generate(ids, max_new_tokens=item.max_new_tokens, do_sample=False)
+    wall = time.perf_counter() - start
+    new = out.sequences[0, ids.shape[1] :].tolist()
+    s = out.stats[0]
+    new = new[: s.new_tokens]
+    record = {
+        "item_id": item.item_id,
+        "task": item.task,
+        "target_tokens": item.target_tokens,
+        "prompt_tokens": item.prompt_tokens,
+        "answers": item.answers,
+        "new_ids": new,
+        "text": tok.decode(new, skip_special_tokens=True),
+        "ttft_s": s.ttft_s,
+        "wall_s": wall,
+        "computed_token_fraction": s.computed_token_fraction,
+        "computed_token_fraction_total": s.computed_token_fraction_total,
+        "est_speedup": s.est_speedup,
+        "kept_per_layer": s.kept_per_layer,
+        "revived_tokens": s.revived_tokens,
+        "gold_loglik": None,
+    }
+    if loglik and item.answers:
+        gold = tok(item.answers[0], add_special_tokens=False)["input_ids"]
+        record["gold_loglik"] = lazy.loglikelihood(ids, None, [gold])[0]
+        record["gold_tokens"] = len(gold)
+    return record
+
+
+def interleave(items: list[EvalItem]) -> list[EvalItem]:
+    """Shortest prompts first, the tasks taking turns within a length: partial runs cover every task."""
+    rank: dict[tuple[str, int], int] = {}
+    keyed = []
+    for item in items:
+        key = (item.task, item.target_tokens)
+        rank[key] = rank.get(key, -1) + 1
+        keyed.append((item.target_tokens, rank[key], TASKS.index(item.task), item))
+    return [k[-1] for k in sorted(keyed, key=lambda k: k[:3])]
+
+
+def _done(path: Path) -> set[tuple[str, str]]:
+    if not path.exists():
+        return set()
+    done = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            done.add((rec["method"], rec["item_id"]))
+    return done
+
+
+def spec_from_args(args: argparse.Namespace, limit: int) -> SuiteSpec:
+    long_len = min(8192, limit) - 16  # room for the answer inside the model's context
+    needle = list(args.needle_lengths) + ([long_len] if args.long else [])
+    multidoc = list(args.qa_lengths) + ([long_len] if args.long else [])
+    return SuiteSpec(
+        seed=args.seed,
+        needle_lengths=needle,
+        needle_depths=args.depths,
+        multidoc_lengths=multidoc,
+        multidoc_items=args.items,
+        single_lengths=args.qa_lengths,
+        single_items=args.items,
+        summarize_lengths=args.summarize_lengths,
+        summarize_items=args.summarize_items,
+        tasks=args.tasks,
+    )
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=sorted(METHODS) + ["all"])
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--needle-lengths", type=int, nargs="+", default=[2048, 4096])
+    parser.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9])
+    parser.add_argument("--qa-lengths", type=int, nargs="+", default=[2048])
+    parser.add_argument("--items", type=int, default=3, help="QA questions per length and task")
+    parser.add_argument("--summarize-lengths", type=int, nargs="+", default=[2048])
+    parser.add_argument("--summarize-items", type=int, default=2)
+    parser.add_argument("--long", action="store_true", help="add 8K-token needle and multi-doc items")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-loglik", action="store_true", help="skip the gold answers' log-likelihoods")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "eval.jsonl")
+    parser.add_argument(
+        "--without-full", action="store_true", help="do not add 'full' (when another process's file holds it)"
+    )
+    parser.add_argument("--fresh", action="store_true", help="delete the results file first instead of resuming")
+    args = parser.parse_args(argv)
+    methods = sorted(METHODS) if "all" in args.methods else list(dict.fromkeys(args.methods))
+    if "full" not in methods and not args.without_full:
+        methods.insert(0, "full")  # every score is relative to the full model
+    model, tok = load(args.model, args.threads)
+    items = build_suite(tok, spec_from_args(args, context_limit(model)))
+    if args.fresh and args.out.exists():
+        args.out.unlink()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    done = _done(args.out)
+    env = machine()
+    print(f"{len(items)} items x {len(methods)} methods -> {args.out} ({len(done)} pairs already there)", flush=True)
+    engines = {name: LazyLLM(model, METHODS[name][1](model)) for name in methods}
+    with args.out.open("a", encoding="utf-8") as sink:
+        for item in interleave(items):  # item-major: a stopped run still compares every method on the same items
+            for name, lazy in engines.items():
+                if (name, item.item_id) in done:
+                    continue
+                loglik = not args.no_loglik and item.task in ("multidoc_qa", "single_qa")
+                record = run_item(lazy, tok, item, loglik=loglik)
+                record.update(method=name, config=lazy.config.model_dump(), machine=env)
+                sink.write(json.dumps(record) + "\n")
+                sink.flush()
+                print(
+                    f"{name:>14} {item.item_id:<42} {record['prompt_tokens']:>5} tok ttft {record['ttft_s']:.2f}s "
+                    f"computed {record['computed_token_fraction']:.2f} -> {record['text'][:40]!r}",
+                    flush=True,
+                )
+    return args.out
+
+
+if __name__ == "__main__":
+    main()
