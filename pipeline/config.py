@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import string
 from pathlib import Path
 from typing import Any, Literal
 
@@ -95,10 +96,21 @@ class PipelineConfig(BaseModel):
     @field_validator("task")
     @classmethod
     def _check_task(cls, task: str) -> str:
-        if task not in BUILTIN_TASKS and "{text}" not in task:
+        if task in BUILTIN_TASKS:
+            return task
+        if "{text}" not in task:
             raise ValueError(
                 f"task must be one of {BUILTIN_TASKS} or a template string containing '{{text}}', got {task!r}"
             )
+        try:
+            fields = {name for _, name, _, _ in string.Formatter().parse(task) if name is not None}
+        except ValueError as exc:
+            raise ValueError(
+                f"task template {task!r} is not a valid format string ({exc}); write literal braces as {{{{ }}}}"
+            ) from exc
+        unknown = sorted(fields - {"text", "question"})
+        if unknown:
+            raise ValueError(f"task template uses unknown fields {unknown}; only {{text}} and {{question}} are filled")
         return task
 
     @field_validator("device")

@@ -119,15 +119,12 @@ class ActorPool:
         for slot in self.slots:
             if slot.probe is not None and slot.probe in ready_set:
                 self._finish_probe(slot)
-            while slot.queue and slot.queue[0].ref in ready_set:
-                running = slot.queue.popleft()
-                outcomes.extend(self._finish(slot, running))
-                if slot.queue and slot.queue[0].started_at is None:
-                    slot.queue[0].started_at = now
-            # a call behind the head may be ready too (a dead actor fails them all at once)
-            for running in [r for r in slot.queue if r.ref in ready_set]:
-                slot.queue.remove(running)
-                outcomes.extend(self._finish(slot, running))
+            for running in [r for r in slot.queue if r.ref in ready_set]:  # queue order: the head first
+                if running in slot.queue:  # a fault earlier in this loop may have requeued the rest
+                    slot.queue.remove(running)
+                    outcomes.extend(self._finish(slot, running))
+            if slot.queue and slot.queue[0].started_at is None:
+                slot.queue[0].started_at = now
         self._check_hangs(time.monotonic())
         return outcomes
 
@@ -184,6 +181,11 @@ class ActorPool:
         if slot.probe is None:
             slot.probe = slot.actor.ready.remote()
             slot.probe_started = time.monotonic()
+        # calls queued behind this one died with the worker or will run on its restarted self: resubmit them
+        # uncharged (their results, if any, are ignored) once the worker answers its probe
+        for other in slot.queue:
+            self.pending.appendleft(other.task)
+        slot.queue.clear()
         task = running.task
         if running.started_at is None:  # it was only queued behind the failing call: not its fault
             self.pending.appendleft(task)

@@ -1,0 +1,305 @@
+"""run_pipeline on a local Ray (``ray.init(num_cpus=2)``, started and stopped by this module) with tiny models, the
+fault paths of the actor pool, and one end-to-end run on the real default model."""
+
+from __future__ import annotations
+
+import _thread
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import PipelineConfig, dry_run, run_pipeline
+from pipeline.config import OUTPUT_COLUMNS
+from pipeline.prompts import is_sampled
+from pipeline.scheduler import ActorPool, BatchTask
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    if ray.is_initialized():
+        pytest.fail("Ray is already initialised in this process; these tests start their own local Ray")
+    temp_dir = tempfile.mkdtemp(prefix="rayp-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
+    yield
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def make_corpus(root: Path, shards: int, rows: int, prefix: str = "doc") -> list[str]:
+    """Shards of rows with varied lengths; returns the ids in input order."""
+    root.mkdir(parents=True, exist_ok=True)
+    all_ids = []
+    for s in range(shards):
+        ids = [f"{prefix}-{s}-{i}" for i in range(rows)]
+        texts = [f"Document {s}.{i}. " + "lorem ipsum dolor " * (1 + (i * 7) % 11) for i in range(rows)]
+        pq.write_table(pa.table({"id": ids, "text": texts, "title": [f"t{i}" for i in range(rows)]}),
+                       root / f"part-{s:05d}.parquet")
+        all_ids += ids
+    return all_ids
+
+
+def base_config(tiny_model_dir, tmp_path, **extra) -> dict:
+    fields = dict(input=str(tmp_path / "in"), output=str(tmp_path / "out"), model=str(tiny_model_dir),
+                  max_new_tokens=4, baseline_sample_rate=0.5, progress=False, num_workers=1, max_batch_size=3)
+    fields.update(extra)
+    return fields
+
+
+def output_ids(out: Path) -> list:
+    return [i for f in sorted(out.glob("*.parquet")) for i in pq.read_table(f, columns=["id"]).column("id").to_pylist()]
+
+
+def snapshot(out: Path) -> dict:
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()}
+
+
+def test_rows_in_rows_out_order_names_report_and_idempotent_rerun(local_ray, tiny_model_dir, tmp_path):
+    ids = make_corpus(tmp_path / "in", shards=3, rows=7)
+    cfg = base_config(tiny_model_dir, tmp_path, num_workers=2, passthrough_columns=["title"])
+    report = run_pipeline(cfg)
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("*.parquet")) == ["part-00000.parquet", "part-00001.parquet",
+                                                            "part-00002.parquet"]
+    assert output_ids(out) == ids  # rows out == rows in, unique, in input order (bucketing reorders batches only)
+    table = pq.read_table(out / "part-00001.parquet")
+    assert table.column_names == ["id", "title", *OUTPUT_COLUMNS[1:]]
+    rows = table.to_pylist()
+    assert all(r["status"] == "ok" and r["error"] is None and r["new_tokens"] >= 1 for r in rows)
+    assert all(r["prompt_tokens"] == r["prompt_tokens_used"] > 0 and r["ttft_s"] > 0 for r in rows)
+    assert [r["title"] for r in rows] == [f"t{i}" for i in range(7)]
+    for r in rows:
+        sampled = is_sampled(r["id"], 0.5)
+        assert (r["measured_speedup"] is not None) == sampled == (r["baseline_ttft_s"] is not None)
+        if sampled:
+            assert r["measured_speedup"] == pytest.approx(r["baseline_ttft_s"] / r["ttft_s"])
+            assert 0.0 <= r["rouge_l_vs_baseline"] <= 1.0 and isinstance(r["first_token_agrees"], bool)
+    assert {r["config_hash"] for r in rows} == {PipelineConfig(**cfg).config_hash}
+    assert (report.rows_in, report.rows_ok, report.rows_failed) == (21, 21, 0)
+    assert (report.shards_done, report.shards_skipped, report.ok) == (3, 0, True)
+    assert report.sampled_items == sum(is_sampled(i, 0.5) for i in ids) and report.median_speedup > 0
+    saved = json.loads((out / "_run_report.json").read_text())
+    assert saved["rows_ok"] == 21 and saved["config_hash"] == report.config_hash
+    assert (out / "_SUCCESS").exists() and (out / "_speedup_hist.png").stat().st_size > 1000
+    assert set(json.loads((out / "_manifest.json").read_text())["shards"]) == {p.name for p in out.glob("*.parquet")}
+
+    before = snapshot(out)
+    again = run_pipeline(cfg)
+    assert (again.shards_done, again.shards_skipped, again.rows_in) == (0, 3, 0)
+    assert snapshot(out) == before  # a finished directory: no work, no file touched
+
+
+def test_bad_inputs_become_error_rows_and_failed_shards(local_ray, tiny_model_dir, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    pq.write_table(pa.table({
+        "id": ["ok1", "null", "empty", "blank", "ok2", "ok1", "huge", "long"],
+        "text": ["fine text", None, "", "  \n ", "more text", "dup id", "y" * 5000, "word " * 150],
+    }), src / "a.parquet")
+    pq.write_table(pa.table({"id": ["n1", "n2"], "text": [1, 2]}), src / "b.parquet")  # non-string column
+    (src / "c.parquet").write_bytes(b"PAR1 this is not parquet at all")  # corrupt shard
+    report = run_pipeline(base_config(tiny_model_dir, tmp_path, max_text_chars=4000, max_prompt_tokens=400,
+                                      truncate="error"))
+    out = tmp_path / "out"
+    a = {r["id"] + ("#2" if r["text_dup"] else ""): r for r in _with_dup_marker(pq.read_table(out / "a.parquet"))}
+    reasons = {k: (r["error"] or "ok").split(":")[0] for k, r in a.items()}
+    assert reasons == {"ok1": "ok", "null": "null_text", "empty": "empty_text", "blank": "empty_text", "ok2": "ok",
+                       "ok1#2": "duplicate_id", "huge": "huge_text", "long": "over_length"}
+    assert a["long"]["prompt_tokens"] > 400 and a["long"]["prompt_tokens_used"] is None
+    b = pq.read_table(out / "b.parquet").to_pylist()
+    assert [r["error"].split(":")[0] for r in b] == ["non_string_text", "non_string_text"]
+    assert [s.reason.split(":")[0] for s in report.shards_failed] == ["unreadable_shard"]
+    assert report.shards_failed[0].shard.endswith("c.parquet") and not (out / "c.parquet").exists()
+    assert (report.rows_in, report.rows_ok, report.rows_failed, report.shards_done) == (10, 2, 8, 2)
+    assert report.failures_by_reason == {"duplicate_id": 1, "empty_text": 2, "huge_text": 1, "non_string_text": 2,
+                                         "null_text": 1, "over_length": 1}
+    assert not report.ok and not (out / "_SUCCESS").exists()
+
+
+def _with_dup_marker(table: pa.Table) -> list[dict]:
+    rows = table.to_pylist()
+    seen: set = set()
+    for r in rows:
+        r["text_dup"] = r["id"] in seen
+        seen.add(r["id"])
+    return rows
+
+
+def test_missing_column_fails_before_any_work(local_ray, tiny_model_dir, tmp_path):
+    make_corpus(tmp_path / "in", shards=2, rows=2)
+    with pytest.raises(ValueError, match=r"column\(s\) \['body'\] not found; columns are: id, text, title"):
+        run_pipeline(base_config(tiny_model_dir, tmp_path, text_column="body"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_hash_mismatch_refuses_unless_overwrite(local_ray, tiny_model_dir, tmp_path):
+    ids = make_corpus(tmp_path / "in", shards=1, rows=3)
+    run_pipeline(base_config(tiny_model_dir, tmp_path))
+    changed = base_config(tiny_model_dir, tmp_path, max_new_tokens=2)
+    with pytest.raises(ValueError, match="config hash .* overwrite=True"):
+        run_pipeline(changed)
+    report = run_pipeline({**changed, "overwrite": True})
+    assert report.shards_done == 1 and output_ids(tmp_path / "out") == ids
+    rows = pq.read_table(tmp_path / "out" / "part-00000.parquet").to_pylist()
+    assert {r["config_hash"] for r in rows} == {PipelineConfig(**changed).config_hash}
+    assert all(r["new_tokens"] <= 2 for r in rows)
+
+
+def _wait_for_shards(out: Path, count: int, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            if len(json.loads((out / "_manifest.json").read_text())["shards"]) >= count:
+                return True
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.01)
+    return False
+
+
+def test_killing_an_actor_mid_run_loses_and_duplicates_nothing(local_ray, tiny_model_dir, tmp_path):
+    ids = make_corpus(tmp_path / "in", shards=4, rows=6)
+    out = tmp_path / "out"
+    stop, killed = threading.Event(), []
+
+    def killer():
+        if _wait_for_shards(out, 1, stop):
+            for actor in ray.util.list_named_actors(all_namespaces=True):
+                if actor["name"].startswith("lazy-worker-"):
+                    ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=False)
+                    killed.append(actor["name"])
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        report = run_pipeline(base_config(tiny_model_dir, tmp_path, max_batch_size=1, max_new_tokens=24))
+    finally:
+        stop.set()
+        thread.join()
+    assert killed, "the run finished before the actor could be killed"
+    assert report.worker_restarts >= 1 and report.batch_retries >= 1
+    assert output_ids(out) == ids
+    assert (report.rows_ok, report.rows_failed, report.shards_done) == (24, 0, 4)
+
+
+def test_interrupted_driver_resumes_to_exactly_the_input_ids(local_ray, tiny_model_dir, tmp_path):
+    ids = make_corpus(tmp_path / "in", shards=4, rows=6)
+    out = tmp_path / "out"
+    cfg = base_config(tiny_model_dir, tmp_path, max_batch_size=1, max_new_tokens=24)
+    stop = threading.Event()
+
+    def interrupter():
+        if _wait_for_shards(out, 1, stop):
+            _thread.interrupt_main()  # what Ctrl-C does to the driver
+
+    thread = threading.Thread(target=interrupter, daemon=True)
+    thread.start()
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            run_pipeline(cfg)
+        finally:
+            stop.set()
+            thread.join()
+    done_before = len(json.loads((out / "_manifest.json").read_text())["shards"])
+    assert 1 <= done_before < 4 and not (out / "_SUCCESS").exists()
+    assert not [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("lazy-worker-")]
+    report = run_pipeline(cfg)
+    assert report.shards_skipped == done_before and report.shards_done == 4 - done_before
+    assert output_ids(out) == ids and report.ok and (out / "_SUCCESS").exists()
+
+
+def test_dry_run_counts_without_ray_work(tiny_model_dir, tmp_path):
+    make_corpus(tmp_path / "in", shards=2, rows=5)
+    pq.write_table(pa.table({"id": ["x", "y"], "text": ["", "ok text"], "title": ["a", "b"]}),
+                   tmp_path / "in" / "part-00009.parquet")
+    result = dry_run(base_config(tiny_model_dir, tmp_path, baseline_sample_rate=0.0))
+    assert (result.shards_total, result.shards_todo, result.rows, result.rows_invalid) == (3, 3, 12, 1)
+    assert result.invalid_by_reason == {"empty_text": 1} and result.batches >= 4 and result.prompt_tokens > 0
+    assert result.max_new_tokens_total == 11 * 4 and not (tmp_path / "out").exists()
+
+
+# ---- the actor pool's fault handling, with a stand-in actor (the real one is tested above) ------------------------
+
+
+def _flaky_actor_class():
+    class Flaky:
+        """Echoes ids; [666] kills its process, [777] hangs."""
+
+        def ready(self):
+            return {"pid": os.getpid()}
+
+        def run_batch(self, input_ids, sampled, seed):
+            if [666] in input_ids:
+                os._exit(1)
+            if [777] in input_ids:
+                time.sleep(3600)
+            return [{"status": "ok", "echo": ids} for ids in input_ids]
+
+    return ray.remote(Flaky).options(max_restarts=2, max_task_retries=0, num_cpus=0)
+
+
+def _drain(pool: ActorPool, deadline_s: float = 120) -> list:
+    outcomes, end = [], time.monotonic() + deadline_s
+    while pool.busy and time.monotonic() < end:
+        outcomes += pool.step(wait_s=0.2)
+    assert not pool.busy, "pool never finished"
+    return outcomes
+
+
+def test_item_that_keeps_killing_its_worker_fails_alone(local_ray):
+    cls = _flaky_actor_class()
+    pool = ActorPool(cls.remote, num_workers=1, max_in_flight=2, max_retries=1, batch_timeout_s=60)
+    try:
+        pool.add(BatchTask(shard=0, positions=[0, 1, 2], input_ids=[[1], [666], [2]], sampled=False, seed=0))
+        pool.add(BatchTask(shard=0, positions=[3], input_ids=[[3]], sampled=False, seed=0))
+        outcomes = _drain(pool)
+    finally:
+        pool.shutdown()
+    done = {p: o for o in outcomes for p in o.task.positions}
+    assert sorted(done) == [0, 1, 2, 3]  # every item exactly once
+    assert [done[p].rows[done[p].task.positions.index(p)]["echo"] for p in (0, 2, 3)] == [[1], [2], [3]]
+    assert done[1].rows is None and done[1].error.startswith("worker_died") and "after 2 attempts" in done[1].error
+    assert pool.replacements >= 1  # 4 deaths > max_restarts=2: the dead actor was replaced
+
+
+def test_hung_worker_is_detected_by_timeout(local_ray):
+    cls = _flaky_actor_class()
+    pool = ActorPool(cls.remote, num_workers=1, max_in_flight=2, max_retries=1, batch_timeout_s=1.5)
+    try:
+        pool.add(BatchTask(shard=0, positions=[0], input_ids=[[777]], sampled=False, seed=0))
+        pool.add(BatchTask(shard=0, positions=[1], input_ids=[[5]], sampled=False, seed=0))
+        started = time.monotonic()
+        outcomes = _drain(pool, deadline_s=60)
+    finally:
+        pool.shutdown()
+    by_pos = {o.task.positions[0]: o for o in outcomes}
+    assert by_pos[0].error.startswith("worker_hung") and by_pos[1].rows[0]["echo"] == [5]
+    assert time.monotonic() - started < 45
+
+
+# ---- the real default model, end to end ---------------------------------------------------------------------------
+
+
+def test_end_to_end_real_default_model(local_ray, tmp_path):
+    essays = [
+        "The Eiffel Tower is in Paris. It was finished in 1889 and is 330 metres tall. Millions visit it every year.",
+        "Photosynthesis lets plants turn sunlight, water and carbon dioxide into sugar and oxygen in their leaves.",
+    ]
+    src = tmp_path / "in"
+    src.mkdir()
+    pq.write_table(pa.table({"id": ["e0", "e1"], "text": essays}), src / "essays.parquet")
+    report = run_pipeline(dict(input=str(src), output=str(tmp_path / "out"), max_new_tokens=8,
+                               baseline_sample_rate=1.0, progress=False, num_workers=1, cpus_per_worker=2))
+    rows = pq.read_table(tmp_path / "out" / "essays.parquet").to_pylist()
+    assert [r["id"] for r in rows] == ["e0", "e1"] and report.rows_ok == 2
+    assert all(r["model"] == "smollm2-135m-instruct" and r["new_tokens"] >= 1 for r in rows)
+    assert all(len(r["generation"].strip()) > 0 and r["measured_speedup"] > 0 for r in rows)
+    assert report.sampled_items == 2 and report.first_token_agreement is not None
