@@ -174,8 +174,8 @@ def _pythonpath() -> list[str]:
 def format_summary(report: Any) -> str:
     """The run report in a few lines (the full report is ``_run_report.json`` in the output dir)."""
 
-    def num(value: float | None, fmt: str) -> str:
-        return "n/a" if value is None else format(value, fmt)
+    def num(value: float | None, fmt: str, unit: str = "") -> str:
+        return "n/a" if value is None else format(value, fmt) + unit
 
     lines = [
         f"run report: {report.output}  (config {report.config_hash})",
@@ -185,8 +185,8 @@ def format_summary(report: Any) -> str:
         f"  speed:  {report.rows_per_s:.2f} rows/s, {report.tokens_per_s:.0f} tokens/s, {report.wall_s:.1f} s wall, "
         f"padding waste {report.padding_waste:.1%}",
         f"  lazy:   computed-token fraction {num(report.mean_computed_token_fraction, '.3f')}, est. speedup "
-        f"{num(report.median_est_speedup, '.2f')}x (median)",
-        f"  vs full ({report.sampled_items} sampled): speedup median {num(report.median_speedup, '.2f')}x "
+        f"{num(report.median_est_speedup, '.2f', 'x')} (median)",
+        f"  vs full ({report.sampled_items} sampled): speedup median {num(report.median_speedup, '.2f', 'x')} "
         f"[p10 {num(report.p10_speedup, '.2f')}, p90 {num(report.p90_speedup, '.2f')}], first-token agreement "
         f"{num(report.first_token_agreement, '.1%')}, ROUGE-L {num(report.mean_rouge_l_vs_baseline, '.3f')}",
     ]

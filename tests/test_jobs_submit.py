@@ -328,3 +328,64 @@ def test_a_bad_input_path_fails_the_job_with_the_reason_in_its_logs(
     assert "Traceback" not in text, "a bad path is a user error: one line, no stack trace"
     assert "exit code 2" in ray_cluster.job("status", "nightly-bad").stdout
     assert not (tmp_path / "out").exists()
+
+
+def _actor_pids(node: RayNode) -> set[int]:
+    pids = set()
+    for proc in node.processes():
+        try:
+            if proc.cmdline() and proc.cmdline()[0].startswith("ray::LazyWorker"):
+                pids.add(proc.pid)
+        except psutil.NoSuchProcess:
+            continue
+    return pids
+
+
+def test_a_second_node_joins_and_its_loss_mid_run_loses_no_row(
+    ray_cluster: LocalRayCluster, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Two workers of 2 CPUs each on a 2-CPU head + a 2-CPU node: one per node. Killing every process of the second
+    node mid-run leaves its worker unplaceable; its batches go to the head's worker and the job still finishes with
+    exactly the input rows."""
+    head = next(n for n in ray_cluster.nodes if n.head)
+    second = ray_cluster.add_node(num_cpus=2)
+    try:
+        layout = essay_corpus(tmp_path / "corpus", shards=4, rows_per_shard=3, chars=500)
+        config = tmp_path / "nightly.yaml"
+        config.write_text(
+            "num_workers: 2\ncpus_per_worker: 2\nmax_batch_size: 1\nmax_in_flight: 2\nprogress: false\n"
+            "baseline_sample_rate: 0.0\n"
+        )
+        out = tmp_path / "out"
+        submit(ray_cluster, "nightly-2nodes", f"--config={config}", f"--input={tmp_path / 'corpus'}",
+               f"--output={out}", f"--model={tiny_model_dir}", "--max-new-tokens=16")
+
+        deadline = time.monotonic() + 120
+        while not (_actor_pids(head) and _actor_pids(second)):
+            assert time.monotonic() < deadline, f"workers did not spread:\n{logs(ray_cluster, 'nightly-2nodes')}"
+            time.sleep(0.2)
+        second_actor = _actor_pids(second)
+        head_actor = _actor_pids(head)
+        while not list(out.glob("part-*.parquet")):  # the run is under way: kill the node mid-run
+            assert time.monotonic() < deadline, logs(ray_cluster, "nightly-2nodes")
+            time.sleep(0.1)
+        assert second.kill(signal.SIGKILL) > 0
+
+        status = wait_for(ray_cluster, "nightly-2nodes")
+        text = logs(ray_cluster, "nightly-2nodes")
+        assert status == "SUCCEEDED", text
+    finally:
+        second.kill(signal.SIGTERM)
+        ray_cluster.nodes.remove(second)
+
+    written = read_output(out)
+    assert sorted(written) == sorted(layout)
+    for name, ids in layout.items():
+        assert [r["id"] for r in written[name]] == ids, f"{name}: rows lost, duplicated or reordered"
+        assert all(r["status"] == "ok" for r in written[name])
+    workers = {int(r["worker"].rsplit(":", 1)[1]) for rows in written.values() for r in rows}
+    assert workers & second_actor, "the second node's worker did part of the work before it was killed"
+    assert workers & head_actor
+    report = run_report(out)
+    assert report["rows_in"] == report["rows_ok"] == 12
+    assert report["worker_restarts"] >= 1, "the kill happened after the run ended: nothing was tested"
