@@ -1,0 +1,143 @@
+"""The evaluation runner and report (benchmarks/eval.py, benchmarks/report.py): records, scoring, sections, plots."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from benchmarks.common import replace_section
+from benchmarks.data import EvalItem
+from benchmarks.eval import interleave, run_item
+from benchmarks.report import build_report, load_records, score_records, summarise
+from lazy_core import LazyConfig, LazyLLM
+
+
+def _rec(method, item_id, task, text, new_ids, answers, ttft, loglik=None, est=1.0, frac=1.0, length=1000):
+    return {
+        "method": method,
+        "item_id": item_id,
+        "task": task,
+        "target_tokens": length,
+        "prompt_tokens": length,
+        "answers": answers,
+        "new_ids": new_ids,
+        "text": text,
+        "ttft_s": ttft,
+        "wall_s": ttft,
+        "computed_token_fraction": frac,
+        "computed_token_fraction_total": frac,
+        "est_speedup": est,
+        "kept_per_layer": [length, length // 2, length // 4],
+        "revived_tokens": 0,
+        "gold_loglik": loglik,
+        "config": {},
+        "machine": {"date_utc": "2026-01-01 00:00", "git_commit": "abc", "cpu_count": 2},
+    }
+
+
+RECORDS = [
+    _rec("full", "n1", "needle", "It is 123456.", [5, 6], ["123456"], 4.0),
+    _rec("full", "n2", "needle", "It is 654321.", [5, 7], ["654321"], 4.0),
+    _rec("full", "q1", "single_qa", "Paris", [9], ["Paris"], 2.0, loglik=-1.0),
+    _rec("full", "s1", "summarize", "the cat sat on the mat", [1, 2], [], 2.0),
+    _rec("lazy", "n1", "needle", "It is 123456.", [5, 6], ["123456"], 1.0, est=4.0, frac=0.25),
+    _rec("lazy", "n2", "needle", "I do not know.", [8], ["654321"], 2.0, est=4.0, frac=0.25),
+    _rec("lazy", "q1", "single_qa", "Paris, France", [9], ["Paris"], 1.0, loglik=-1.5, est=4.0, frac=0.25),
+    _rec("lazy", "s1", "summarize", "the cat sat", [1, 3], [], 0.5, est=4.0, frac=0.25),
+    _rec("lazy", "extra", "needle", "x", [1], ["111111"], 1.0),  # no full record: left out of every comparison
+]
+
+
+@pytest.fixture()
+def eval_file(tmp_path):
+    path = tmp_path / "eval.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in RECORDS), encoding="utf-8")
+    return path
+
+
+def test_scores_are_paired_with_the_full_run(eval_file):
+    rows = {(r["method"], r["item_id"]): r for r in score_records(load_records([eval_file]))}
+    assert ("lazy", "extra") not in rows and len(rows) == 8
+    assert rows[("lazy", "n1")]["score"] == 1.0 and rows[("lazy", "n2")]["score"] == 0.0
+    assert rows[("lazy", "n2")]["first_token_agrees"] is False and rows[("lazy", "n1")]["same_output"] is True
+    assert rows[("lazy", "q1")]["score"] == pytest.approx(2 / 3)  # F1 of "paris france" vs "paris"
+    assert rows[("lazy", "q1")]["dloglik"] == pytest.approx(-0.5)
+    assert rows[("lazy", "s1")]["score"] == pytest.approx(2 * 1.0 * 0.5 / 1.5)  # ROUGE-L vs the full summary
+    assert rows[("lazy", "n2")]["ttft_speedup"] == pytest.approx(2.0)
+    assert rows[("full", "s1")]["score"] == pytest.approx(1.0) and math.isnan(rows[("full", "n1")]["dloglik"])
+
+
+def test_summary_counts_needle_losses_and_applies_the_one_point_rule(eval_file):
+    rows = score_records(load_records([eval_file]))
+    summary = {s["method"]: s for s in summarise(rows, ["full", "lazy"])}
+    lazy = summary["lazy"]
+    assert (lazy["needle_lost"], lazy["needle_changed"], lazy["needle_n"]) == (1, 1, 2)
+    assert lazy["needle"] == 0.5 and summary["full"]["needle"] == 1.0
+    assert lazy["qa_drop"] == pytest.approx(1 - 2 / 3)
+    assert lazy["qualifies"] is False and summary["full"]["qualifies"] is True
+    assert lazy["ttft_speedup"] == pytest.approx(3.0)  # median of 4, 2, 2, 4
+    assert lazy["est_speedup"] == pytest.approx(4.0) and lazy["computed_token_fraction"] == pytest.approx(0.25)
+
+
+def test_report_writes_markdown_and_plots(eval_file, tmp_path):
+    out = tmp_path / "out"
+    text = build_report([eval_file], tmp_path / "missing-ttft.json", out)
+    assert (out / "report.md").read_text(encoding="utf-8") == text
+    assert "Table 1" in text and "| Needle (passkey found) | 1000 | 2 | 1 | 0.5 |" in text
+    assert "Fastest method within 1 point of full: **full**" in text
+    assert sorted(p.name for p in out.glob("*.png")) == ["kept_per_layer.png", "score_vs_speedup.png"]
+
+
+def test_missing_full_records_is_an_error(tmp_path):
+    path = tmp_path / "e.jsonl"
+    path.write_text(json.dumps(RECORDS[4]) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no 'full' records"):
+        load_records([path])
+    with pytest.raises(FileNotFoundError, match="benchmarks.eval"):
+        load_records([tmp_path / "nope.jsonl"])
+
+
+def test_replace_section_rewrites_only_its_block(tmp_path):
+    md = tmp_path / "B.md"
+    md.write_text("# B\n\n<!-- a:begin -->\nold\n<!-- a:end -->\n\ntail text\n", encoding="utf-8")
+    replace_section("a", "new body", md)
+    replace_section("b", "b body", md)
+    replace_section("a", "newer", md)
+    text = md.read_text(encoding="utf-8")
+    assert text.count("<!-- a:begin -->") == 1 and "newer" in text and "old" not in text and "new body" not in text
+    assert "tail text" in text and text.rstrip().endswith("<!-- b:end -->")
+
+
+def test_interleave_orders_by_length_then_task_turns():
+    def item(task, n, k):
+        return EvalItem(
+            task=task, item_id=f"{task}-{n}-{k}", target_tokens=n, prompt_ids=[1], answers=[], max_new_tokens=1
+        )
+
+    items = [item("needle", 2048, 0), item("needle", 1024, 0), item("needle", 1024, 1), item("single_qa", 1024, 0)]
+    assert [i.item_id for i in interleave(items)] == [
+        "needle-1024-0",
+        "single_qa-1024-0",
+        "needle-1024-1",
+        "needle-2048-0",
+    ]
+
+
+def test_run_item_record_on_a_tiny_model(tiny_llama, tiny_tokenizer):
+    ids = tiny_tokenizer("The passkey is 123456. What is it?", add_special_tokens=False)["input_ids"]
+    item = EvalItem(
+        task="single_qa", item_id="t", target_tokens=64, prompt_ids=ids, answers=["123456"], max_new_tokens=5
+    )
+    lazy = LazyLLM(tiny_llama, LazyConfig.off())
+    rec = run_item(lazy, tiny_tokenizer, item, loglik=True)
+    assert 1 <= len(rec["new_ids"]) <= 5 and rec["computed_token_fraction"] == 1.0
+    assert rec["prompt_tokens"] == len(ids) and rec["text"] == tiny_tokenizer.decode(
+        rec["new_ids"], skip_special_tokens=True
+    )
+    gold = tiny_tokenizer("123456", add_special_tokens=False)["input_ids"]
+    expected = lazy.loglikelihood(torch.tensor([ids]), None, [gold])[0]
+    assert rec["gold_loglik"] == pytest.approx(expected) and rec["gold_loglik"] < 0
+    assert run_item(lazy, tiny_tokenizer, item, loglik=False)["gold_loglik"] is None
