@@ -16,6 +16,9 @@ STAMP := $(VENV)/.lazyllm-setup-stamp
 export LAZYLLM_CACHE ?= $(HOME)/.cache/lazyllm
 DEFAULT_MODEL_MARKER := $(LAZYLLM_CACHE)/smollm2-135m-instruct/lazyllm-cache-entry.json
 
+# Extra pytest arguments for a developer's run, e.g. `make test PYTEST_ARGS="-k loading"` (CI passes none).
+PYTEST_ARGS ?=
+
 DEMO_DOCS ?= 4
 DEMO_DIR ?= demo_out
 DEMO_ARGS ?=
@@ -42,7 +45,7 @@ lint: setup
 # pytest exits 5 when it collected no tests: that is a broken suite, not a pass.
 test: setup
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q --durations=15; rc=$$?; \
+	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: counting this as a failure" >&2; exit 1; fi; \
 	exit $$rc
 
