@@ -389,3 +389,26 @@ def test_a_second_node_joins_and_its_loss_mid_run_loses_no_row(
     report = run_report(out)
     assert report["rows_in"] == report["rows_ok"] == 12
     assert report["worker_restarts"] >= 1, "the kill happened after the run ended: nothing was tested"
+
+
+def test_plain_python_run_on_a_running_local_cluster_and_the_accuracy_guard(
+    ray_cluster: LocalRayCluster, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """`python jobs/summarize.py` (no job submission) from another directory, joining the running cluster through
+    RAY_ADDRESS: the workers import the repo's packages, the output is written, and --min-agreement with nothing
+    sampled fails the run with exit status 3 and its reason."""
+    layout = essay_corpus(tmp_path / "corpus", shards=1, rows_per_shard=2, chars=300)
+    out = tmp_path / "out"
+    env = ray_cluster.env | {"RAY_ADDRESS": ray_cluster.gcs_address}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "summarize.py"), f"--input={tmp_path / 'corpus'}", f"--output={out}",
+         f"--model={tiny_model_dir}", "--workers=1", "--max-new-tokens=4", "--baseline-sample-rate=0",
+         "--min-agreement=0.5"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "summarize: FAILED: --min-agreement 0.5 set but no item was compared with the full model "
+        "(raise --baseline-sample-rate)"
+    )
+    assert [r["id"] for r in read_output(out)["part-00000.parquet"]] == layout["part-00000.parquet"]
