@@ -71,6 +71,7 @@ def score_records(records: dict[str, dict[str, dict[str, Any]]]) -> list[dict[st
                     "ttft_speedup": ref["ttft_s"] / rec["ttft_s"],
                     "est_speedup": rec["est_speedup"],
                     "computed_token_fraction": rec["computed_token_fraction"],
+                    "computed_total": rec["computed_token_fraction_total"],
                     "revived_tokens": rec["revived_tokens"],
                     "kept_fraction_per_layer": [k / rec["prompt_tokens"] for k in rec["kept_per_layer"]],
                     "dloglik": (rec["gold_loglik"] - ref["gold_loglik"])
@@ -112,6 +113,7 @@ def summarise(rows: list[dict[str, Any]], order: list[str]) -> list[dict[str, An
             "same_output": _mean([float(r["same_output"]) for r in mine]),
             "dloglik": _mean([r["dloglik"] for r in qa]),
             "computed_token_fraction": _mean([r["computed_token_fraction"] for r in mine]),
+            "computed_total": _mean([r["computed_total"] for r in mine]),
             "est_speedup": _mean([r["est_speedup"] for r in mine]),
             "ttft_speedup": median([r["ttft_speedup"] for r in mine]),
             "revived_tokens": _mean([float(r["revived_tokens"]) for r in mine]),
@@ -159,7 +161,9 @@ def methods_table(summary: list[dict[str, Any]], descriptions: dict[str, str]) -
         "needle lost",
         "1st-token agree",
         "Δ gold loglik",
-        "computed",
+        "computed (prefill)",
+        "computed (+decode)",
+        "revived",
         "est. speedup",
         "TTFT speedup",
         "within 1 pt",
@@ -175,6 +179,8 @@ def methods_table(summary: list[dict[str, Any]], descriptions: dict[str, str]) -
             s["first_token_agreement"],
             s["dloglik"],
             s["computed_token_fraction"],
+            s["computed_total"],
+            s["revived_tokens"],
             s["est_speedup"],
             s["ttft_speedup"],
             "yes" if s["qualifies"] else "no",
@@ -283,7 +289,10 @@ def build_report(eval_paths: list[Path], ttft_path: Path, out_dir: Path) -> str:
         "### All methods on the same items\n\n"
         "needle lost = items the full model answers and the method does not; Δ gold loglik = mean change (nats) of "
         "the gold answer's log-likelihood vs. full, QA items; within 1 pt = needle lost <= 1 % of items and QA F1 "
-        "drop <= 0.01.\n\n" + methods_table(summary, {k: v[0] for k, v in METHODS.items()}) + "\n\n"
+        "drop <= 0.01; computed = token-layers computed / (layers x tokens), over the prefill and over the whole "
+        "generation (revivals included); revived = Aux-Cache revivals per item.\n\n"
+        + methods_table(summary, {k: v[0] for k, v in METHODS.items()})
+        + "\n\n"
         "### Needle retrieval by length (found / items)\n\n" + needle_by_length(rows, order) + "\n\n"
         f"Fastest method within 1 point of full: **{best['method']}** (est. speedup {best['est_speedup']:.2f}x, "
         f"computed fraction {best['computed_token_fraction']:.3f}).\n\n"
