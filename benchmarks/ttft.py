@@ -69,6 +69,7 @@ def run(
     repeats: int,
     warmup: int = 1,
     on_row: Any = None,
+    off_max_tokens: int = 1 << 30,
 ) -> dict:
     """Times every length; ``on_row(result_so_far)`` is called after each length (incremental results files)."""
     lazy, off = LazyLLM(model, config), LazyLLM(model, LazyConfig.off())
@@ -83,9 +84,9 @@ def run(
             time_engine(lazy, ids)
         times: dict[str, list[float]] = {"full": [], "lazy": [], "off": []}
         engine_ttft, tokens, stats = [], {}, None
-        order = ["full", "lazy", "off"]
+        order = ["full", "lazy", "off"] if n <= off_max_tokens else ["full", "lazy"]
         for rep in range(repeats):
-            for name in order[rep % 3 :] + order[: rep % 3]:
+            for name in order[rep % len(order) :] + order[: rep % len(order)]:
                 if name == "full":
                     t, tokens["full"] = time_full(model, ids)
                 elif name == "lazy":
@@ -104,15 +105,15 @@ def run(
                 "full_s": median(times["full"]),
                 "lazy_s": median(times["lazy"]),
                 "lazy_engine_ttft_s": median(engine_ttft),
-                "off_s": median(times["off"]),
+                "off_s": median(times["off"]) if times["off"] else float("nan"),
                 "speedup": speedup,
                 "speedup_paired": median(paired),
-                "off_overhead": median(times["off"]) / median(times["full"]) - 1.0,
+                "off_overhead": median(times["off"]) / median(times["full"]) - 1.0 if times["off"] else float("nan"),
                 "computed_token_fraction": stats.computed_token_fraction,
                 "est_speedup": stats.est_speedup,
                 "measured_over_est": speedup / stats.est_speedup,
                 "first_token_full": tokens["full"],
-                "off_matches_full": tokens["off"] == tokens["full"],
+                "off_matches_full": tokens.get("off") == tokens["full"] if "off" in tokens else None,
                 "lazy_matches_full": tokens["lazy"] == tokens["full"],
                 "times": times,
             }
@@ -134,8 +135,9 @@ def markdown(result: dict, command: str) -> str:
             r["computed_token_fraction"],
             r["est_speedup"],
             r["measured_over_est"],
-            f"{100 * r['off_overhead']:+.1f} %",
+            "n/a" if r["off_overhead"] != r["off_overhead"] else f"{100 * r['off_overhead']:+.1f} %",
             "yes" if r["lazy_matches_full"] else "no",
+            r["repeats"],
         ]
         for r in result["rows"]
     ]
@@ -151,6 +153,7 @@ def markdown(result: dict, command: str) -> str:
             "measured / est.",
             "engine off vs. full",
             "same 1st token",
+            "repeats",
         ],
         rows,
     )
@@ -161,8 +164,8 @@ def markdown(result: dict, command: str) -> str:
         f"Measured {env['date_utc']} UTC at commit {env['git_commit']}, fp32, {env['torch_threads']} torch threads "
         f"on a {env['cpu_count']}-core CPU **shared with other jobs** (1-minute load average "
         f"{env['load_average_1m']} at "
-        "the end): absolute times are noisy; the ratios come from interleaved runs (medians of "
-        f"{result['rows'][0]['repeats']} repeats; 'paired' = median of per-repeat ratios).\n\n"
+        "the end): absolute times are noisy; the ratios come from interleaved runs (medians over the repeats; "
+        "'paired' = median of per-repeat ratios).\n\n"
         f"Lazy config: prune after layers {cfg['prune_layers']} keeping {cfg['keep_ratios']} of the prompt "
         f"(query window {cfg['query_window']}, pool {cfg['pool_kernel']}, min {cfg['min_keep_tokens']} tokens). "
         "Full = the unpatched model's `model(ids, use_cache=True, logits_to_keep=1)` + argmax (sdpa); lazy and off = "
@@ -178,6 +181,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "ttft.json")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs of full and lazy per length first")
+    parser.add_argument("--off-max-tokens", type=int, default=1 << 30, help="time LazyConfig.off() up to this length")
+    parser.add_argument("--merge", action="store_true", help="keep the other lengths' rows already in --out")
     parser.add_argument("--no-md", action="store_true", help="do not rewrite the TTFT section of BENCHMARKS.md")
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -186,14 +192,21 @@ def main(argv: list[str] | None = None) -> dict:
     config = parse_config(args.config, model)
     command = "python -m benchmarks.ttft " + " ".join(argv if argv is not None else sys.argv[1:])
 
+    previous = json.loads(args.out.read_text(encoding="utf-8"))["rows"] if args.merge and args.out.exists() else []
+
     def save(result: dict) -> None:
         result["machine"] = machine()
         result["model"] = args.model
+        mine = {r["prompt_tokens"] for r in result["rows"]}
+        kept = [r for r in previous if r["prompt_tokens"] not in mine]
+        result = {**result, "rows": sorted(kept + result["rows"], key=lambda r: r["prompt_tokens"])}
         write_json(args.out, result)
         if not args.no_md:
             replace_section("ttft", markdown(result, command.strip()))
 
-    result = run(model, tok, config, args.lengths, args.repeats, on_row=save)
+    result = run(
+        model, tok, config, args.lengths, args.repeats, args.warmup, on_row=save, off_max_tokens=args.off_max_tokens
+    )
     for r in result["rows"]:
         print(
             f"{r['prompt_tokens']:>5} tokens: full {r['full_s']:.2f}s lazy {r['lazy_s']:.2f}s "
