@@ -104,6 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="Validate config and inputs, count shards / rows / tokens, estimate the work; loads no model, no Ray.",
     )
     parser.add_argument(
+        "--gpus",
+        type=_positive_int,
+        help="Ask the autoscaler for this many 1-GPU nodes and wait until the cluster has them before starting "
+        "(a cluster at min_workers 0 has no GPU when the job starts); --workers defaults to it.",
+    )
+    parser.add_argument(
+        "--gpu-wait-s",
+        type=_positive_int,
+        default=1800,
+        help="How long --gpus waits for the GPUs before failing the run (default 1800).",
+    )
+    parser.add_argument(
         "--address",
         help="Ray cluster to connect to (default: RAY_ADDRESS, the job's cluster under `ray job submit`, else a "
         "new local Ray).",
@@ -164,6 +176,33 @@ def prepare_ray(address: str | None) -> bool:
         return False
     ray.init(address=address, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
     return True
+
+
+def wait_for_gpus(gpus: int, timeout_s: float, poll_s: float = 5.0) -> None:
+    """Request ``gpus`` one-GPU bundles from the autoscaler and block until the cluster has that many GPUs.
+    The request persists until ``release_gpus()``. Raises TimeoutError with what the cluster has."""
+    import time
+
+    import ray
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=[{"GPU": 1}] * gpus)
+    deadline = time.monotonic() + timeout_s
+    while (have := ray.cluster_resources().get("GPU", 0)) < gpus:
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"the cluster has {have:g} of the {gpus} GPUs asked for by --gpus after {timeout_s:g}s; check the "
+                "autoscaler (`ray status`, worker type max_workers, cloud quota) or raise --gpu-wait-s"
+            )
+        time.sleep(poll_s)
+    print(f"summarize: {have:g} GPUs available", flush=True)
+
+
+def release_gpus() -> None:
+    """Drop the standing autoscaler request so idle GPU nodes time out after the run."""
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=[])
 
 
 def _pythonpath() -> list[str]:
@@ -278,17 +317,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"summarize: DRY RUN OK: {plan.shards_todo} shards / {plan.rows} rows to do; nothing written")
         return EXIT_OK
 
+    import ray
+
     joined = prepare_ray(args.address)
     try:
+        if args.gpus is not None:
+            if not ray.is_initialized():  # inside `ray job submit`: the job's cluster
+                ray.init(address=args.address)
+                joined = True
+            try:
+                wait_for_gpus(args.gpus, args.gpu_wait_s)
+            except TimeoutError as exc:
+                print(f"summarize: FAILED: {exc}", file=sys.stderr)
+                return EXIT_FAILED
+            if config.num_workers is None:
+                config = config.model_copy(update={"num_workers": args.gpus})
         report = run_pipeline(config)
     except (FileNotFoundError, ValueError) as exc:
         # Bad input or config found by the run itself (no shards, missing column, config hash mismatch).
         print(f"summarize: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     finally:
+        if args.gpus is not None and ray.is_initialized():
+            release_gpus()
         if joined:
-            import ray
-
             ray.shutdown()
     print(format_summary(report))
     code, reason = verdict(report, args.min_agreement)

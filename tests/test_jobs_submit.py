@@ -412,3 +412,20 @@ def test_plain_python_run_on_a_running_local_cluster_and_the_accuracy_guard(
         "(raise --baseline-sample-rate)"
     )
     assert [r["id"] for r in read_output(out)["part-00000.parquet"]] == layout["part-00000.parquet"]
+
+
+def test_waiting_for_gpus_that_never_come_fails_with_the_reason(
+    ray_cluster: LocalRayCluster, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    essay_corpus(tmp_path / "corpus", shards=1, rows_per_shard=1, chars=100)
+    env = ray_cluster.env | {"RAY_ADDRESS": ray_cluster.gcs_address}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "summarize.py"), f"--input={tmp_path / 'corpus'}",
+         f"--output={tmp_path / 'out'}", f"--model={tiny_model_dir}", "--gpus=1", "--gpu-wait-s=2"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "summarize: FAILED: the cluster has 0 of the 1 GPUs asked for by --gpus after 2s"
+    )
+    assert not (tmp_path / "out").exists()
