@@ -17,7 +17,7 @@ from lazy_core.arch import ModelParts
 from lazy_core.attention import AttentionStep
 from lazy_core.cache import AuxCache, LazyKVCache
 from lazy_core.config import LazyConfig
-from lazy_core.scoring import ScoreInputs, make_pruner
+from lazy_core.scoring import ScoreInputs, TokenPruner, make_pruner
 
 
 def position_mask(q_pos, q_valid, k_pos, k_valid, window: int | None) -> torch.Tensor:
@@ -62,11 +62,12 @@ class BatchState:
 class LayerLoop:
     """Runs prefill and decode steps of a batch through the model's layers under a :class:`LazyConfig`."""
 
-    def __init__(self, parts: ModelParts, config: LazyConfig, inner_attention: str) -> None:
+    def __init__(self, parts: ModelParts, config: LazyConfig, inner_attention: str,
+                 pruner: TokenPruner | None = None) -> None:
         self.parts = parts
         self.config = config
         self.inner = inner_attention
-        self.pruner = make_pruner(config)
+        self.pruner = pruner if pruner is not None else make_pruner(config)
         steps = list(enumerate(config.prune_layers)) if config.enabled else []
         if config.method == "static":
             steps = steps[:1]

@@ -17,14 +17,26 @@ from lazy_core.arch import model_parts
 from lazy_core.attention import attention_hook
 from lazy_core.config import LazyConfig
 from lazy_core.engine import BatchState, LayerLoop
+from lazy_core.scoring import TokenPruner
 from lazy_core.stats import FlopModel, GenerateOutput, ItemStats
 
 
 class LazyLLM:
     """LazyLLM dynamic token pruning (Fu et al. 2024, arXiv 2407.14057) around a causal LM of a supported family."""
 
-    def __init__(self, model: nn.Module, config: LazyConfig | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        config: LazyConfig | None = None,
+        pruner: TokenPruner | None = None,
+        keep_state: bool = False,
+    ) -> None:
+        """``pruner`` overrides the method ``config.method`` names (any :class:`TokenPruner`); ``keep_state`` keeps
+        the caches of the last call in ``self.last_state`` for inspection (tests, debugging)."""
         self.model = model
+        self.pruner = pruner
+        self.keep_state = keep_state
+        self.last_state: BatchState | None = None
         self.parts = model_parts(model)
         self.config = config if config is not None else LazyConfig.default_for(model)
         if not isinstance(self.config, LazyConfig):
@@ -71,6 +83,18 @@ class LazyLLM:
         sequences = torch.cat([input_ids, new], 1)
         return GenerateOutput(sequences=sequences, stats=self._stats(state, new, eos, pad, times))
 
+    def prefill_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-token logits [B, V] (float32) after the pruned prefill: what the first generated token is chosen from."""
+        captured: list[torch.Tensor] = []
+
+        def choose(logits: torch.Tensor) -> torch.Tensor:
+            captured.append(logits)
+            return logits.argmax(-1)
+
+        input_ids, mask = self._check_batch(input_ids, attention_mask, 1)
+        self._run(input_ids, mask, 1, choose, eos=[], pad=0)
+        return captured[0]
+
     def loglikelihood(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, continuation_ids: Sequence[Sequence[int]]
     ) -> list[float]:
@@ -114,7 +138,7 @@ class LazyLLM:
         loop = None
         eos_t = torch.tensor(list(eos), dtype=torch.long, device=device)
         with torch.inference_mode(), attention_hook(self.model) as inner:
-            loop = LayerLoop(self.parts, self.config, inner)
+            loop = LayerLoop(self.parts, self.config, inner, self.pruner)
             start = time.perf_counter()
             token = choose(loop.prefill(state, left))
             finished = torch.isin(token, eos_t)
@@ -133,6 +157,8 @@ class LazyLLM:
                 generated.append(token)
             _sync(device)
             decode = time.perf_counter() - start - ttft
+        if self.keep_state:
+            self.last_state = state
         return torch.stack(generated, 1), state, (ttft, decode)
 
     # ---- inputs --------------------------------------------------------------------------------------------------
@@ -226,7 +252,8 @@ class LazyLLM:
                     break
             fed = n + count - 1  # the last new token is never fed back
             full = num_layers * self.flops.causal_layer(n)
-            lazy = sum(self.flops.causal_layer(k) for k in kept[b]) + self.flops.score_pairs(float(state.score_pairs[b]))
+            lazy = sum(self.flops.causal_layer(k) for k in kept[b])
+            lazy += self.flops.score_pairs(float(state.score_pairs[b]))
             stats.append(
                 ItemStats(
                     prompt_tokens=n,

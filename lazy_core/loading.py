@@ -338,9 +338,17 @@ def _convert_gguf(source: Path, out_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def _exclusive_lock(lock_path: Path) -> Iterator[None]:
-    """Blocks until this process holds an exclusive flock on ``lock_path``; the OS releases it if the process dies."""
-    with open(lock_path, "a+") as handle:
+def _exclusive_lock(root: Path) -> Iterator[None]:
+    """Blocks until this process holds an exclusive flock on the default entry's lock file in ``root`` (created if
+    missing); the OS releases the lock if the process dies."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        handle = open(root / f".{DEFAULT_MODEL}.lock", "a+")  # noqa: SIM115 (closed by the with below)
+    except OSError as exc:
+        raise OSError(
+            f"cannot write the model cache {str(root)!r} ({exc}); set LAZYLLM_CACHE to a writable directory"
+        ) from exc
+    with handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -361,8 +369,7 @@ def _ensure_default_entry(rebuild: bool = False) -> tuple[Path, bool]:
     source_bytes = source.stat().st_size
     if not rebuild and _entry_is_valid(entry, source_bytes):
         return entry, False
-    root.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(root / f".{DEFAULT_MODEL}.lock"):
+    with _exclusive_lock(root):
         if not rebuild and _entry_is_valid(entry, source_bytes):
             return entry, False  # another process built it while this one waited for the lock
         # Leftovers of a process killed mid-build (only the lock holder creates them, so none is in use now).

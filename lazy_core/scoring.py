@@ -52,7 +52,12 @@ class TokenPruner:
         keep = torch.zeros_like(candidates)
         if k_max == 0:
             return keep
-        top = score.topk(k_max, dim=1).indices  # [B, k_max]
+        # ties (max-pooling makes many) go to the earlier position, whatever the slot layout or batch padding:
+        # order slots by position, then stable-sort by score
+        by_pos = torch.sort(inputs.key_pos.masked_fill(~candidates, torch.iinfo(torch.long).max), dim=1,
+                            stable=True).indices
+        ranked = torch.sort(score.gather(1, by_pos), dim=1, descending=True, stable=True).indices[:, :k_max]
+        top = by_pos.gather(1, ranked)  # [B, k_max] slot indices
         take = torch.arange(k_max, device=k.device)[None, :] < k[:, None]
         return keep.scatter(1, top, take)
 
@@ -93,8 +98,11 @@ class AttentionPruner(TokenPruner):
             count = inputs.query_valid.sum(1).clamp(min=1)
             score = per_query.sum(1) / count[:, None]
         score = score * inputs.candidates
-        if cfg.pool_kernel > 1:
-            score = F.max_pool1d(score[:, None], cfg.pool_kernel, stride=1, padding=cfg.pool_kernel // 2)[:, 0]
+        if cfg.pool_kernel > 1:  # over token positions, so the result does not depend on the cache's slot order
+            dense = torch.zeros(score.shape[0], int(inputs.key_pos.max()) + 1, dtype=score.dtype, device=score.device)
+            dense.scatter_reduce_(1, inputs.key_pos, score * inputs.key_valid, reduce="amax")
+            dense = F.max_pool1d(dense[:, None], cfg.pool_kernel, stride=1, padding=cfg.pool_kernel // 2)[:, 0]
+            score = dense.gather(1, inputs.key_pos)
         return score
 
 
