@@ -111,6 +111,7 @@ def run_pipeline(config: PipelineConfig | dict[str, Any] | str | os.PathLike[str
     agg = Aggregator()
     try:
         pool = _make_pool(cfg)
+        report.startup_s = time.monotonic() - started
         _drive(cfg, pool, in_fs, out_fs, out_dir, todo, manifest, seen_ids, report, agg, progress, tokenizer)
         report.batch_retries = pool.retries
         report.worker_restarts = pool.failures_seen

@@ -3,6 +3,7 @@ output table once every batch came back (rows in input order, rows out == rows i
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,7 +102,8 @@ def plan_shard(
     for group, flag in ((plain, False), (sampled, True)):
         buckets = bucket_by_length([len(g[1]) for g in group], config.max_batch_tokens, config.max_batch_size)
         for bucket in buckets:
-            work.tasks.append(_task(index, group, bucket, flag, config.seed + index * 100_003 + len(work.tasks)))
+            seed = config.seed + zlib.crc32(shard.name.encode()) + len(work.tasks)  # stable across resumed runs
+            work.tasks.append(_task(index, group, bucket, flag, seed))
             work.real_tokens += bucket.real_tokens
             work.padded_tokens += bucket.padded_tokens
     return work

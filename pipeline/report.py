@@ -45,6 +45,7 @@ class RunReport(BaseModel):
     mean_rouge_l_vs_baseline: float | None = Field(None, description="Mean ROUGE-L F of lazy vs full, sampled rows.")
     mean_computed_token_fraction: float | None = Field(None, description="Mean computed-token fraction, ok rows.")
     wall_s: float = Field(0.0, description="Driver wall time of the run.")
+    startup_s: float = Field(0.0, description="Part of wall_s spent before the workers had loaded the model.")
     rows_per_s: float = Field(0.0, description="Rows written per second of wall time.")
     tokens_per_s: float = Field(0.0, description="(prompt tokens used + new tokens) per second of wall time.")
     padding_waste: float = Field(0.0, description="Share of padded batch tokens that were padding.")

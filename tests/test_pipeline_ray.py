@@ -63,7 +63,7 @@ def snapshot(out: Path) -> dict:
     return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()}
 
 
-def test_rows_in_rows_out_order_names_report_and_idempotent_rerun(local_ray, tiny_model_dir, tmp_path):
+def test_rows_in_rows_out_order_names_report_rerun_and_overwrite(local_ray, tiny_model_dir, tmp_path):
     ids = make_corpus(tmp_path / "in", shards=3, rows=7)
     cfg = base_config(tiny_model_dir, tmp_path, num_workers=2, passthrough_columns=["title"])
     report = run_pipeline(cfg)
@@ -96,6 +96,16 @@ def test_rows_in_rows_out_order_names_report_and_idempotent_rerun(local_ray, tin
     again = run_pipeline(cfg)
     assert (again.shards_done, again.shards_skipped, again.rows_in) == (0, 3, 0)
     assert snapshot(out) == before  # a finished directory: no work, no file touched
+
+    changed = {**cfg, "max_new_tokens": 2, "num_workers": 1}
+    with pytest.raises(ValueError, match="config hash .* overwrite=True"):
+        run_pipeline(changed)
+    assert snapshot(out) == before
+    replaced = run_pipeline({**changed, "overwrite": True})
+    assert replaced.shards_done == 3 and output_ids(out) == ids
+    rows = [r for f in sorted(out.glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert {r["config_hash"] for r in rows} == {PipelineConfig(**changed).config_hash}
+    assert all(1 <= r["new_tokens"] <= 2 for r in rows)
 
 
 def test_bad_inputs_become_error_rows_and_failed_shards(local_ray, tiny_model_dir, tmp_path):
@@ -141,19 +151,6 @@ def test_missing_column_fails_before_any_work(local_ray, tiny_model_dir, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
-def test_config_hash_mismatch_refuses_unless_overwrite(local_ray, tiny_model_dir, tmp_path):
-    ids = make_corpus(tmp_path / "in", shards=1, rows=3)
-    run_pipeline(base_config(tiny_model_dir, tmp_path))
-    changed = base_config(tiny_model_dir, tmp_path, max_new_tokens=2)
-    with pytest.raises(ValueError, match="config hash .* overwrite=True"):
-        run_pipeline(changed)
-    report = run_pipeline({**changed, "overwrite": True})
-    assert report.shards_done == 1 and output_ids(tmp_path / "out") == ids
-    rows = pq.read_table(tmp_path / "out" / "part-00000.parquet").to_pylist()
-    assert {r["config_hash"] for r in rows} == {PipelineConfig(**changed).config_hash}
-    assert all(r["new_tokens"] <= 2 for r in rows)
-
-
 def _wait_for_shards(out: Path, count: int, stop: threading.Event) -> bool:
     while not stop.is_set():
         try:
@@ -166,7 +163,7 @@ def _wait_for_shards(out: Path, count: int, stop: threading.Event) -> bool:
 
 
 def test_killing_an_actor_mid_run_loses_and_duplicates_nothing(local_ray, tiny_model_dir, tmp_path):
-    ids = make_corpus(tmp_path / "in", shards=4, rows=6)
+    ids = make_corpus(tmp_path / "in", shards=4, rows=4)
     out = tmp_path / "out"
     stop, killed = threading.Event(), []
 
@@ -180,20 +177,20 @@ def test_killing_an_actor_mid_run_loses_and_duplicates_nothing(local_ray, tiny_m
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     try:
-        report = run_pipeline(base_config(tiny_model_dir, tmp_path, max_batch_size=1, max_new_tokens=24))
+        report = run_pipeline(base_config(tiny_model_dir, tmp_path, max_batch_size=1, max_new_tokens=16))
     finally:
         stop.set()
         thread.join()
     assert killed, "the run finished before the actor could be killed"
     assert report.worker_restarts >= 1 and report.batch_retries >= 1
     assert output_ids(out) == ids
-    assert (report.rows_ok, report.rows_failed, report.shards_done) == (24, 0, 4)
+    assert (report.rows_ok, report.rows_failed, report.shards_done) == (16, 0, 4)
 
 
 def test_interrupted_driver_resumes_to_exactly_the_input_ids(local_ray, tiny_model_dir, tmp_path):
-    ids = make_corpus(tmp_path / "in", shards=4, rows=6)
+    ids = make_corpus(tmp_path / "in", shards=4, rows=4)
     out = tmp_path / "out"
-    cfg = base_config(tiny_model_dir, tmp_path, max_batch_size=1, max_new_tokens=24)
+    cfg = base_config(tiny_model_dir, tmp_path, max_batch_size=1, max_new_tokens=16)
     stop = threading.Event()
 
     def interrupter():
