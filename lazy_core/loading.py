@@ -343,7 +343,7 @@ def _exclusive_lock(root: Path) -> Iterator[None]:
     missing); the OS releases the lock if the process dies."""
     try:
         root.mkdir(parents=True, exist_ok=True)
-        handle = open(root / f".{DEFAULT_MODEL}.lock", "a+")  # noqa: SIM115 (closed by the with below)
+        handle = open(root / f".{DEFAULT_MODEL}.lock", "a+")  # closed by the with below
     except OSError as exc:
         raise OSError(
             f"cannot write the model cache {str(root)!r} ({exc}); set LAZYLLM_CACHE to a writable directory"

@@ -267,6 +267,14 @@ def test_unavailable_cuda_device_is_a_clear_error(tiny_model_dir):
         load_model(tiny_model_dir, device=device)
 
 
+def test_unwritable_cache_is_a_clear_error(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("LAZYLLM_CACHE", str(blocker / "cache"))  # a directory cannot be made under a file
+    with pytest.raises(OSError, match="cannot write the model cache .*set LAZYLLM_CACHE to a writable directory"):
+        load_model(DEFAULT_MODEL, device="cpu")
+
+
 def test_missing_gguf_package_names_the_pip_command(tmp_path, monkeypatch):
     monkeypatch.setenv("LAZYLLM_CACHE", str(tmp_path))
     real_find_spec = loading.importlib.util.find_spec
