@@ -14,8 +14,7 @@ from typing import Any
 
 import torch
 
-from lazy_core import LazyConfig, LazyLLM
-from lazy_core.loading import load_model
+from lazy_core import LazyConfig, LazyLLM, load_model
 from workers.rouge import rouge_l_f
 from workers.spec import WorkerSpec
 
