@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,11 @@ def test_nodes_install_this_project_with_a_cuda_torch(cluster: dict[str, Any]) -
     assert torch_cmds and "download.pytorch.org/whl/cu" in torch_cmds[0], "torch must come from a CUDA wheel index"
     project = [i for i, c in enumerate(setup) if "-e ~/lazyllm" in c]
     assert project and setup.index(torch_cmds[0]) < project[0], "install CUDA torch before the project's deps"
-    assert "." in cluster["file_mounts"].values(), "the checkout must be mounted to be installed"
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    mounted = {remote: local for remote, local in cluster["file_mounts"].items()}
+    for needed in ["pyproject.toml", "README.md", *packages]:
+        assert mounted.get(f"~/lazyllm/{needed}") == f"./{needed}", f"{needed} must be mounted for pip install -e"
+        assert (REPO / needed).exists()
     assert "gpu" in cluster["docker"]["image"]
 
 
