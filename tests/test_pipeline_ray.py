@@ -247,6 +247,7 @@ def _drain(pool: ActorPool, deadline_s: float = 120) -> list:
     outcomes, end = [], time.monotonic() + deadline_s
     while pool.busy and time.monotonic() < end:
         outcomes += pool.step(wait_s=0.2)
+        assert pool.in_flight <= pool.max_in_flight  # backpressure holds through faults
     assert not pool.busy, "pool never finished"
     return outcomes
 

@@ -14,8 +14,9 @@ from pydantic import ValidationError
 from lazy_core import LazyConfig
 from pipeline import PipelineConfig
 from pipeline.bucketing import bucket_by_length, padding_waste
+from pipeline.config import OUTPUT_COLUMNS
 from pipeline.manifest import Manifest, load_manifest, open_for_run, record_shard, save_manifest
-from pipeline.plan import plan_shard
+from pipeline.plan import output_table, plan_shard
 from pipeline.prompts import build_prompt_ids, is_sampled, prepare_row, truncate_middle, validate_text
 from pipeline.report import Aggregator, RunReport, percentile
 from pipeline.shards import discover_shards, resolve_fs
@@ -249,3 +250,18 @@ def test_aggregator_counts_reasons_and_speedups():
     assert report.median_speedup == 1.5 and report.sampled_items == 2
     assert report.first_token_agreement == 0.5
     assert report.rows_per_s == 3.0 and report.tokens_per_s == 18.0
+
+
+def test_plan_shard_qa_task_and_empty_shard(tmp_path, tiny_tokenizer):
+    _write(tmp_path / "a.parquet", id=["q1", "q2"], text=["doc one", "doc two"], question=["who?", None])
+    _write(tmp_path / "b.parquet", id=pa.array([], pa.string()), text=pa.array([], pa.string()),
+           question=pa.array([], pa.string()))
+    fs, shards = discover_shards(str(tmp_path))
+    cfg = PipelineConfig(input=str(tmp_path), output="o", task="qa", baseline_sample_rate=0.0)
+    work = plan_shard(0, fs, shards[0], cfg, tiny_tokenizer, set())
+    assert work.results[1]["error"].startswith("null_question:") and work.remaining == 1
+    assert "Question: who?" in tiny_tokenizer.decode(work.tasks[0].input_ids[0])
+    empty = plan_shard(1, fs, shards[1], cfg, tiny_tokenizer, set())
+    assert empty.results == [] and empty.tasks == [] and empty.remaining == 0
+    table = output_table(empty, "m", "h")
+    assert table.num_rows == 0 and table.column_names == ["id", *OUTPUT_COLUMNS[1:]]
