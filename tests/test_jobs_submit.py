@@ -360,7 +360,7 @@ def test_a_second_node_joins_and_its_loss_mid_run_loses_no_row(
         submit(ray_cluster, "nightly-2nodes", f"--config={config}", f"--input={tmp_path / 'corpus'}",
                f"--output={out}", f"--model={tiny_model_dir}", "--max-new-tokens=16")
 
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         while not (_actor_pids(head) and _actor_pids(second)):
             assert time.monotonic() < deadline, f"workers did not spread:\n{logs(ray_cluster, 'nightly-2nodes')}"
             time.sleep(0.2)
