@@ -15,13 +15,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray
 
 from pipeline import PipelineConfig, dry_run, run_pipeline
 from pipeline.config import OUTPUT_COLUMNS
 from pipeline.prompts import is_sampled
 from pipeline.scheduler import ActorPool, BatchTask
-
-ray = pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,8 @@ def test_csv_and_json_and_existing_ids_kept(tmp_path):
 
 
 def test_saved_dataset_dir_and_split(tmp_path):
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS), "test": datasets.Dataset.from_list(ROWS[:2])})
     dd.save_to_disk(str(tmp_path / "saved"))
     assert len(_read_all(prepare_shards(str(tmp_path / "saved"), tmp_path / "o1", rows_per_shard=5))) == 7
