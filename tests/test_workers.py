@@ -15,7 +15,7 @@ LAZY = LazyConfig(prune_layers=[1], keep_ratios=[0.5], min_keep_tokens=4, keep_t
 
 @pytest.fixture(scope="module")
 def worker(tiny_model_dir):
-    return LazyWorker(WorkerSpec(model=str(tiny_model_dir), lazy=LAZY, max_new_tokens=5, num_threads=1))
+    return LazyWorker(WorkerSpec(model=str(tiny_model_dir), lazy=LAZY, max_new_tokens=5))
 
 
 def _prompts(n: int, seed: int = 0) -> list[list[int]]:
@@ -37,7 +37,7 @@ def test_shadow_baseline_fields(worker, tiny_model_dir):
     for r in rows:
         assert r["baseline_ttft_s"] > 0 and r["measured_speedup"] == pytest.approx(r["baseline_ttft_s"] / r["ttft_s"])
         assert isinstance(r["first_token_agrees"], bool) and 0.0 <= r["rouge_l_vs_baseline"] <= 1.0
-    off = LazyWorker(WorkerSpec(model=str(tiny_model_dir), lazy="off", max_new_tokens=5, num_threads=1))
+    off = LazyWorker(WorkerSpec(model=str(tiny_model_dir), lazy="off", max_new_tokens=5))
     exact = off.run_batch(_prompts(3, seed=2), sampled=True, seed=0)
     assert all(r["first_token_agrees"] and r["rouge_l_vs_baseline"] == 1.0 for r in exact)  # off == full model
 
