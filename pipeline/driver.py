@@ -23,7 +23,7 @@ from pipeline.prompts import check_chat_template
 from pipeline.report import Aggregator, FailedShard, RunReport, save_report
 from pipeline.scheduler import ActorPool, BatchTask
 from pipeline.shards import Shard, discover_shards, read_schema, remove_stale_temps, resolve_fs, write_table_atomic
-from pipeline.tokenizer import load_tokenizer
+from pipeline.tokenizer import context_length, effective_prompt_limit, load_tokenizer
 
 log = logging.getLogger("pipeline")
 MAX_SHARDS_IN_MEMORY = 2  # the shard being drained and the next one being fed
@@ -98,6 +98,7 @@ def run_pipeline(config: PipelineConfig | dict[str, Any] | str | os.PathLike[str
         _event("stale_temps_removed", output=cfg.output)
     tokenizer = load_tokenizer(cfg.model)
     check_chat_template(tokenizer, cfg)
+    plan_cfg = _fit_to_context(cfg)
     seen_ids = _ids_of_finished(out_fs, out_dir, skipped)
 
     import ray
@@ -112,7 +113,7 @@ def run_pipeline(config: PipelineConfig | dict[str, Any] | str | os.PathLike[str
     try:
         pool = _make_pool(cfg)
         report.startup_s = time.monotonic() - started
-        _drive(cfg, pool, in_fs, out_fs, out_dir, todo, manifest, seen_ids, report, agg, progress, tokenizer)
+        _drive(cfg, plan_cfg, pool, in_fs, out_fs, out_dir, todo, manifest, seen_ids, report, agg, progress, tokenizer)
         report.batch_retries = pool.retries
         report.worker_restarts = pool.failures_seen
     finally:
@@ -133,6 +134,7 @@ def run_pipeline(config: PipelineConfig | dict[str, Any] | str | os.PathLike[str
 
 def _drive(
     cfg: PipelineConfig,
+    plan_cfg: PipelineConfig,
     pool: ActorPool,
     in_fs: pafs.FileSystem,
     out_fs: pafs.FileSystem,
@@ -173,7 +175,7 @@ def _drive(
                 break
             index, shard = upcoming.popleft()
             try:
-                work = plan_shard(index, in_fs, shard, cfg, tokenizer=tokenizer, seen_ids=seen_ids)
+                work = plan_shard(index, in_fs, shard, plan_cfg, tokenizer=tokenizer, seen_ids=seen_ids)
             except (OSError, pa.ArrowException) as exc:
                 report.shards_failed.append(FailedShard(shard=shard.path, reason=f"unreadable_shard: {exc}"))
                 _event("shard_failed", shard=shard.path, reason=str(exc))
@@ -202,6 +204,15 @@ def _drive(
                 finalize(work)
     if active:
         raise RuntimeError(f"internal error: shards {sorted(w.shard.name for w in active.values())} never finished")
+
+
+def _fit_to_context(cfg: PipelineConfig) -> PipelineConfig:
+    """The config the prompts are planned with: max_prompt_tokens capped so prompt + new tokens fit the model's
+    context (a property of the model, which the config hash already covers)."""
+    limit = effective_prompt_limit(cfg.max_prompt_tokens, cfg.max_new_tokens, context_length(cfg.model))
+    if limit != cfg.max_prompt_tokens:
+        _event("prompt_limit", max_prompt_tokens=cfg.max_prompt_tokens, effective=limit, reason="model context")
+    return cfg.model_copy(update={"max_prompt_tokens": limit})
 
 
 def _make_pool(cfg: PipelineConfig) -> ActorPool:

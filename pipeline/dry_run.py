@@ -13,7 +13,7 @@ from pipeline.driver import check_inputs
 from pipeline.plan import plan_shard
 from pipeline.prompts import check_chat_template
 from pipeline.report import FailedShard
-from pipeline.tokenizer import load_tokenizer
+from pipeline.tokenizer import context_length, effective_prompt_limit, load_tokenizer
 
 
 class DryRunReport(BaseModel):
@@ -32,6 +32,7 @@ class DryRunReport(BaseModel):
     max_new_tokens_total: int = Field(0, description="Upper bound of generated tokens: valid rows x max_new_tokens.")
     batches: int = Field(0, description="Batches after length bucketing.")
     padding_waste: float = Field(0.0, description="Share of padded batch tokens that would be padding.")
+    max_prompt_tokens: int | None = Field(None, description="Prompt limit used: config, capped by the model context.")
     invalid_by_reason: dict[str, int] = Field(default_factory=dict, description="Error rows per reason code.")
 
 
@@ -49,11 +50,13 @@ def dry_run(config: PipelineConfig | dict[str, Any] | str | os.PathLike[str]) ->
         return out
     tokenizer = load_tokenizer(cfg.model)
     check_chat_template(tokenizer, cfg)
+    limit = effective_prompt_limit(cfg.max_prompt_tokens, cfg.max_new_tokens, context_length(cfg.model))
+    plan_cfg = cfg.model_copy(update={"max_prompt_tokens": limit})
     seen: set[Any] = set()
     padded = real = 0
     for index, (shard, _) in enumerate(todo):
         try:
-            work = plan_shard(index, in_fs, shard, cfg, tokenizer, seen)
+            work = plan_shard(index, in_fs, shard, plan_cfg, tokenizer, seen)
         except (OSError, pa.ArrowException) as exc:
             out.shards_failed.append(FailedShard(shard=shard.path, reason=f"unreadable_shard: {exc}"))
             continue
@@ -73,5 +76,6 @@ def dry_run(config: PipelineConfig | dict[str, Any] | str | os.PathLike[str]) ->
         padded += work.padded_tokens
         real += work.real_tokens
     out.max_new_tokens_total = (out.rows - out.rows_invalid) * cfg.max_new_tokens
+    out.max_prompt_tokens = limit
     out.padding_waste = 0.0 if padded == 0 else 1.0 - real / padded
     return out

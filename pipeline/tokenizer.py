@@ -10,3 +10,39 @@ from lazy_core import load_tokenizer as _load
 def load_tokenizer(model: str) -> Any:
     """The tokenizer of ``model`` (embedded default, local HF dir, or HF id available offline), left padding."""
     return _load(model)
+
+
+def context_length(model: str) -> int | None:
+    """``max_position_embeddings`` from the model's config.json (no weights read); None when the config has none."""
+    import json
+    import os
+
+    from lazy_core import DEFAULT_MODEL
+
+    if model == DEFAULT_MODEL:
+        from lazy_core.loading import default_model_dir
+
+        config_path = os.path.join(default_model_dir(), "config.json")
+    elif os.path.isdir(os.path.expanduser(model)):
+        config_path = os.path.join(os.path.expanduser(model), "config.json")
+    else:
+        from transformers import AutoConfig
+
+        value = getattr(AutoConfig.from_pretrained(model, local_files_only=True), "max_position_embeddings", None)
+        return int(value) if isinstance(value, int) else None
+    with open(config_path) as f:
+        value = json.load(f).get("max_position_embeddings")
+    return int(value) if isinstance(value, int) else None
+
+
+def effective_prompt_limit(config_max: int, max_new_tokens: int, context: int | None) -> int:
+    """Prompts must leave room for the new tokens inside the model's context window."""
+    if context is None:
+        return config_max
+    room = context - max_new_tokens
+    if room < 16:
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens} leaves {room} prompt tokens in the model's {context}-token context; "
+            "lower max_new_tokens"
+        )
+    return min(config_max, room)

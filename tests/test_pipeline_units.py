@@ -265,3 +265,14 @@ def test_plan_shard_qa_task_and_empty_shard(tmp_path, tiny_tokenizer):
     assert empty.results == [] and empty.tasks == [] and empty.remaining == 0
     table = output_table(empty, "m", "h")
     assert table.num_rows == 0 and table.column_names == ["id", *OUTPUT_COLUMNS[1:]]
+
+
+def test_prompt_limit_fits_the_model_context(tiny_model_dir):
+    from pipeline.tokenizer import context_length, effective_prompt_limit
+
+    assert context_length(str(tiny_model_dir)) == 2048  # max_position_embeddings of the tiny Llama
+    assert effective_prompt_limit(8192, 64, 2048) == 1984
+    assert effective_prompt_limit(1000, 64, 2048) == 1000
+    assert effective_prompt_limit(1000, 64, None) == 1000
+    with pytest.raises(ValueError, match="lower max_new_tokens"):
+        effective_prompt_limit(1000, 2040, 2048)
