@@ -52,6 +52,10 @@ METHODS: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
         "layers at 10/17/24 of 30, keep 0.3/0.1/0.05",
         lambda m: _default(m, prune_layers=_layers(m, (10 / 30, 17 / 30, 24 / 30))),
     ),
+    "sweep_shift1": (
+        "layers at 8/15/22 of 30 (7/14/21 0-based), keep 0.3/0.1/0.05",
+        lambda m: _default(m, prune_layers=_layers(m, (8 / 30, 15 / 30, 22 / 30))),
+    ),
     "sweep_early": (
         "layers at 3/14/21 of 30, keep 0.3/0.1/0.05",
         lambda m: _default(m, prune_layers=_layers(m, (3 / 30, 14 / 30, 21 / 30))),

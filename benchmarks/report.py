@@ -73,6 +73,7 @@ def score_records(records: dict[str, dict[str, dict[str, Any]]]) -> list[dict[st
                     "computed_token_fraction": rec["computed_token_fraction"],
                     "computed_total": rec["computed_token_fraction_total"],
                     "revived_tokens": rec["revived_tokens"],
+                    "schedule": _schedule(rec.get("config") or {}),
                     "kept_fraction_per_layer": [k / rec["prompt_tokens"] for k in rec["kept_per_layer"]],
                     "dloglik": (rec["gold_loglik"] - ref["gold_loglik"])
                     if rec.get("gold_loglik") is not None and ref.get("gold_loglik") is not None
@@ -80,6 +81,18 @@ def score_records(records: dict[str, dict[str, dict[str, Any]]]) -> list[dict[st
                 }
             )
     return rows
+
+
+def _schedule(config: dict[str, Any]) -> str:
+    """The schedule a record was run with, as recorded (the default may change between runs)."""
+    if not config.get("prune_layers"):
+        return "no pruning"
+    text = f"layers {config['prune_layers']} keep {config['keep_ratios']}"
+    if config.get("method", "attention") != "attention":
+        text += f", {config['method']}"
+    if not config.get("revive", True):
+        text += ", no revival"
+    return text + f", window {config.get('query_window')}, pool {config.get('pool_kernel')}"
 
 
 def _mean(values: list[float]) -> float:
@@ -103,6 +116,7 @@ def summarise(rows: list[dict[str, Any]], order: list[str]) -> list[dict[str, An
         qa_drop = _mean([full_scores[r["item_id"]] for r in qa]) - _mean([r["score"] for r in qa]) if qa else 0.0
         summary = {
             "method": method,
+            "schedule": mine[0]["schedule"],
             "items": len(mine),
             **{t: _mean([r["score"] for r in by_task[t]]) for t in TASK_NAMES},
             "needle_lost": needle_lost,
@@ -170,7 +184,7 @@ def methods_table(summary: list[dict[str, Any]], descriptions: dict[str, str]) -
     ]
     body = [
         [
-            f"{s['method']} ({descriptions.get(s['method'], '')})",
+            f"{s['method']}: {descriptions.get(s['method'], '')} ({s['schedule']})",
             s["needle"],
             s["multidoc_qa"],
             s["single_qa"],

@@ -172,7 +172,7 @@ def markdown(result: dict, command: str) -> str:
     )
     cfg = result["config"]
     return (
-        "## TTFT: LazyLLM vs. full prefill\n\n"
+        f"## TTFT: LazyLLM vs. full prefill ({env['torch_threads']} torch thread(s))\n\n"
         f"Command: `{command}`\n\n"
         f"Measured {env['date_utc']} UTC at commit {env['git_commit']}, fp32, {env['torch_threads']} torch threads "
         f"on a {env['cpu_count']}-core CPU **shared with other jobs** (1-minute load average "
@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs of full and lazy per length first")
     parser.add_argument("--off-max-tokens", type=int, default=1 << 30, help="time LazyConfig.off() up to this length")
     parser.add_argument("--merge", action="store_true", help="keep the other lengths' rows already in --out")
+    parser.add_argument("--section", default="ttft", help="name of the BENCHMARKS.md section to rewrite")
     parser.add_argument("--no-md", action="store_true", help="do not rewrite the TTFT section of BENCHMARKS.md")
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
         result = {**result, "rows": sorted(kept + result["rows"], key=lambda r: r["prompt_tokens"])}
         write_json(args.out, result)
         if not args.no_md:
-            replace_section("ttft", markdown(result, command.strip()))
+            replace_section(args.section, markdown(result, command.strip()))
 
     result = run(
         model, tok, config, args.lengths, args.repeats, args.warmup, on_row=save, off_max_tokens=args.off_max_tokens
