@@ -71,10 +71,15 @@ class PipelineConfig(BaseModel):
     )
     max_batch_size: int = Field(8, ge=1, description="Items per batch at most.")
     num_workers: int | None = Field(
-        None, ge=1, description="Ray actors, each holding one model. Default: one per GPU in the cluster, else 1."
+        None, ge=1, description="Ray actors, each holding one model. Default: one per GPU in the cluster, else 1 (set "
+        "it with device='cuda' on an autoscaling cluster)."
     )
     cpus_per_worker: int = Field(1, ge=1, description="CPUs per actor when there is no GPU (torch threads match).")
-    device: str = Field("auto", description="'auto' (cuda when the actor has a GPU, else cpu), 'cpu' or 'cuda'.")
+    device: str = Field(
+        "auto",
+        description="'auto' (one GPU per worker when the cluster has GPUs at start, else CPUs), 'cuda' (always ask "
+        "for one GPU per worker, e.g. on an autoscaling cluster whose GPU nodes start at zero) or 'cpu'.",
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Model dtype: 'auto' = bfloat16 on GPU, float32 on CPU."
     )
@@ -116,8 +121,10 @@ class PipelineConfig(BaseModel):
     @field_validator("device")
     @classmethod
     def _check_device(cls, device: str) -> str:
-        if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+        if device not in ("auto", "cpu", "cuda"):
+            raise ValueError(
+                f"device must be 'auto', 'cpu' or 'cuda' (each worker sees only its own GPU), got {device!r}"
+            )
         return device
 
     @field_validator("lazy", mode="before")

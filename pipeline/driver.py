@@ -215,21 +215,27 @@ def _fit_to_context(cfg: PipelineConfig) -> PipelineConfig:
     return cfg.model_copy(update={"max_prompt_tokens": limit})
 
 
+def plan_workers(device: str, cluster_gpus: float, num_workers: int | None) -> tuple[int, bool]:
+    """(workers, one GPU each?). device="cuda" asks for GPUs even when none is up yet (an autoscaler adds them);
+    "auto" uses GPUs when the cluster has some; the default count is one per GPU, else 1."""
+    use_gpu = device == "cuda" or (device == "auto" and cluster_gpus >= 1)
+    return num_workers or (max(1, int(cluster_gpus)) if use_gpu else 1), use_gpu
+
+
 def _make_pool(cfg: PipelineConfig) -> ActorPool:
     import ray
 
     from workers.actor import LazyWorker
     from workers.spec import WorkerSpec, actor_options
 
-    gpus = float(ray.cluster_resources().get("GPU", 0))
-    num_workers = cfg.num_workers or (int(gpus) if gpus >= 1 else 1)
+    num_workers, use_gpu = plan_workers(cfg.device, float(ray.cluster_resources().get("GPU", 0)), cfg.num_workers)
     lazy = cfg.lazy if isinstance(cfg.lazy, str) else cfg.lazy.model_dump()
     spec = WorkerSpec(
         model=cfg.model, lazy=lazy, dtype=cfg.dtype, device=cfg.device,
-        num_threads=None if gpus >= 1 else cfg.cpus_per_worker, max_new_tokens=cfg.max_new_tokens,
+        num_threads=None if use_gpu else cfg.cpus_per_worker, max_new_tokens=cfg.max_new_tokens,
         do_sample=cfg.do_sample, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
     )
-    options = actor_options(gpus, cfg.cpus_per_worker, cfg.max_restarts)
+    options = actor_options(1.0 if use_gpu else 0.0, cfg.cpus_per_worker, cfg.max_restarts)
     remote_cls = ray.remote(LazyWorker)
     run_tag = uuid.uuid4().hex[:8]
     counter = iter(range(1_000_000))

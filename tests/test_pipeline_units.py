@@ -276,3 +276,13 @@ def test_prompt_limit_fits_the_model_context(tiny_model_dir):
     assert effective_prompt_limit(1000, 64, None) == 1000
     with pytest.raises(ValueError, match="lower max_new_tokens"):
         effective_prompt_limit(1000, 2040, 2048)
+
+
+def test_plan_workers_one_per_gpu_else_cpu():
+    from pipeline.driver import plan_workers
+
+    assert plan_workers("auto", 4.0, None) == (4, True)
+    assert plan_workers("auto", 0.0, None) == (1, False)
+    assert plan_workers("auto", 4.0, 2) == (2, True)
+    assert plan_workers("cpu", 4.0, None) == (1, False)
+    assert plan_workers("cuda", 0.0, 3) == (3, True)  # autoscaling cluster: GPUs come when asked for
