@@ -37,7 +37,8 @@ class LayerKV:
             setattr(self, name, new)
 
     def append(self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor):
-        """keys/values: [B, H_kv, C, d]; positions/valid: [B, C]. Returns every key/value of the layer [B, H_kv, S, d]."""
+        """keys/values: [B, H_kv, C, d]; positions/valid: [B, C].
+        Returns every key/value of the layer, [B, H_kv, S, d]."""
         chunk = keys.shape[2]
         end = self.length + chunk
         self._grow(end)
@@ -73,7 +74,8 @@ class LazyKVCache:
     def keys_meta(self, layer: int, positions: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Positions/validity [B, S + C] of the layer's key set once the chunk (positions/valid [B, C]) is appended."""
         kv = self.layers[layer]
-        return (torch.cat([kv.positions[:, : kv.length], positions], 1), torch.cat([kv.valid[:, : kv.length], valid], 1))
+        key_pos = torch.cat([kv.positions[:, : kv.length], positions], 1)
+        return key_pos, torch.cat([kv.valid[:, : kv.length], valid], 1)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         if self._staged is None:

@@ -27,7 +27,8 @@ class LazyConfig(BaseModel):
     method: PruningMethod = Field(
         "attention",
         description="How tokens are scored at a pruning layer: 'attention' (LazyLLM), 'static' (prune once, at the "
-        "first pruning layer, to the last keep ratio, by that layer's attention scores; the paper's static baseline) or "
+        "first pruning layer, to the last keep ratio, by that layer's attention scores; the paper's static "
+        "baseline) or "
         "'random' (uniformly random scores; the paper's random-drop baseline).",
     )
     prune_layers: list[int] = Field(
@@ -50,7 +51,9 @@ class LazyConfig(BaseModel):
     query_window: int = Field(
         1, ge=1, description="How many of the last prompt tokens act as queries when scoring in prefill (1 = paper)."
     )
-    head_reduce: Reduce = Field("mean", description="Aggregation of attention probabilities over heads ('mean' = paper).")
+    head_reduce: Reduce = Field(
+        "mean", description="Aggregation of attention probabilities over heads ('mean' = paper)."
+    )
     query_reduce: Reduce = Field("max", description="Aggregation over the query window's queries.")
     pool_kernel: int = Field(
         1,
@@ -72,12 +75,12 @@ class LazyConfig(BaseModel):
             )
         if any(layer < 0 for layer in self.prune_layers):
             raise ValueError(f"prune_layers must be >= 0 (0-based layer indices), got {self.prune_layers}")
-        if any(b <= a for a, b in zip(self.prune_layers, self.prune_layers[1:])):
+        if any(b <= a for a, b in zip(self.prune_layers, self.prune_layers[1:], strict=False)):
             raise ValueError(f"prune_layers must be strictly increasing, got {self.prune_layers}")
         for r in self.keep_ratios:
             if not (0.0 < r <= 1.0) or math.isnan(r):
                 raise ValueError(f"keep_ratios must lie in (0, 1], got {self.keep_ratios}")
-        if any(b > a for a, b in zip(self.keep_ratios, self.keep_ratios[1:])):
+        if any(b > a for a, b in zip(self.keep_ratios, self.keep_ratios[1:], strict=False)):
             raise ValueError(
                 f"keep_ratios are cumulative fractions of the prompt and must not increase, got {self.keep_ratios}"
             )
@@ -101,7 +104,7 @@ class LazyConfig(BaseModel):
     def default_for(cls, model_or_num_layers: Any) -> LazyConfig:
         """The evaluated default schedule, scaled to the model's depth.
 
-        Pruning after 7/30, 14/30 and 21/30 of the depth (0-based layers 6, 13, 20 on the 30-layer default model)
+        Pruning after 8/30, 15/30 and 22/30 of the depth (0-based layers 7, 14, 21 on the 30-layer default model)
         keeping 30 % / 10 % / 5 % of the prompt, scored with the last 32 prompt tokens as queries (the question sits
         there), max over heads and queries, and a max-pool of width 31 so a kept token keeps its neighbours.
         Where the layers sit and why: see BENCHMARKS.md ("Default schedule"), which records the sweep that chose it.
@@ -109,7 +112,7 @@ class LazyConfig(BaseModel):
         num_layers = _num_layers(model_or_num_layers)
         if num_layers < 4:
             return cls.off()
-        fractions = (7 / 30, 14 / 30, 21 / 30)
+        fractions = (8 / 30, 15 / 30, 22 / 30)
         layers = sorted({min(num_layers - 2, max(0, round(f * num_layers) - 1)) for f in fractions})
         ratios = [0.3, 0.1, 0.05][: len(layers)]
         return cls(

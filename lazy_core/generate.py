@@ -84,7 +84,7 @@ class LazyLLM:
         return GenerateOutput(sequences=sequences, stats=self._stats(state, new, eos, pad, times))
 
     def prefill_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Next-token logits [B, V] (float32) after the pruned prefill: what the first generated token is chosen from."""
+        """Next-token logits [B, V] (float32) after the pruned prefill: what the first new token is chosen from."""
         captured: list[torch.Tensor] = []
 
         def choose(logits: torch.Tensor) -> torch.Tensor:
@@ -170,7 +170,8 @@ class LazyLLM:
             input_ids = input_ids[None]
             attention_mask = attention_mask[None] if isinstance(attention_mask, torch.Tensor) else attention_mask
         if input_ids.dim() != 2 or input_ids.shape[1] == 0 or input_ids.shape[0] == 0:
-            raise ValueError(f"input_ids must be [B, T] with B, T >= 1, got shape {tuple(input_ids.shape)}: empty prompt?")
+            shape = tuple(input_ids.shape)
+            raise ValueError(f"input_ids must be [B, T] with B, T >= 1, got shape {shape}: empty prompt?")
         device = self.parts.device
         input_ids = input_ids.to(device=device, dtype=torch.long)
         if attention_mask is None:
