@@ -46,6 +46,14 @@ METHODS: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
     "prefill_only": ("default schedule, no Aux Cache revival", lambda m: _default(m, revive=False)),
     "static": ("static pruning (once, at the first layer)", lambda m: _default(m, method="static")),
     "random": ("random pruning, default schedule", lambda m: _default(m, method="random")),
+    "lazy_v0": (
+        "the first default: layers at 7/14/21 of 30 (6/13/20 0-based)",
+        lambda m: _default(m, prune_layers=_layers(m, (7 / 30, 14 / 30, 21 / 30))),
+    ),
+    "prefill_only_v0": (
+        "the first default without revival",
+        lambda m: _default(m, prune_layers=_layers(m, (7 / 30, 14 / 30, 21 / 30)), revive=False),
+    ),
     "sweep_mild": ("default layers, keep 0.5/0.3/0.2", lambda m: _default(m, keep_ratios=[0.5, 0.3, 0.2])),
     "sweep_strong": ("default layers, keep 0.2/0.07/0.03", lambda m: _default(m, keep_ratios=[0.2, 0.07, 0.03])),
     "sweep_late": (

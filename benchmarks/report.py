@@ -280,6 +280,24 @@ def plots(rows: list[dict[str, Any]], summary: list[dict[str, Any]], ttft: dict 
     return paths
 
 
+def current_default_method(records: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """The method whose recorded config is today's ``LazyConfig.default_for`` (the default may have changed since
+    older records were written); 'lazy' when none matches."""
+    from lazy_core import LazyConfig
+
+    any_record = next(iter(records["full"].values()))
+    depth = len(any_record["kept_per_layer"])
+    current = LazyConfig.default_for(depth).model_dump() if depth else None
+    for method in ["lazy"] + sorted(records):
+        if (
+            method != "full"
+            and records.get(method)
+            and all(r.get("config") == current for r in records[method].values())
+        ):
+            return method
+    return "lazy"
+
+
 def build_report(eval_paths: list[Path], ttft_path: Path, out_dir: Path) -> str:
     from benchmarks.eval import METHODS
 
@@ -287,6 +305,7 @@ def build_report(eval_paths: list[Path], ttft_path: Path, out_dir: Path) -> str:
     rows = score_records(records)
     order = [m for m in METHODS if m in records] + sorted(m for m in records if m not in METHODS)
     summary = summarise(rows, order)
+    default_method = current_default_method(records)
     ttft = json.loads(ttft_path.read_text(encoding="utf-8")) if ttft_path.exists() else None
     out_dir.mkdir(parents=True, exist_ok=True)
     pngs = plots(rows, summary, ttft, out_dir)
@@ -299,7 +318,10 @@ def build_report(eval_paths: list[Path], ttft_path: Path, out_dir: Path) -> str:
         f"Model: the embedded SmolLM2-135M-Instruct, fp32, greedy; measured {env['date_utc']} UTC at commit "
         f"{env['git_commit']} on a {env['cpu_count']}-core CPU shared with other jobs (TTFT speedups are medians of "
         "per-item ratios to the full run of the same item; the FLOP-model speedup is exact arithmetic).\n\n"
-        "### Table 1 (paper-style): full vs. LazyLLM default\n\n" + table1(rows) + "\n\n"
+        f"### Table 1 (paper-style): full vs. LazyLLM default (method `{default_method}`: "
+        f"{next(s['schedule'] for s in summary if s['method'] == default_method)})\n\n"
+        + table1(rows, default_method)
+        + "\n\n"
         "### All methods on the same items\n\n"
         "needle lost = items the full model answers and the method does not; Δ gold loglik = mean change (nats) of "
         "the gold answer's log-likelihood vs. full, QA items; within 1 pt = needle lost <= 1 % of items and QA F1 "
