@@ -27,7 +27,11 @@ from lazy_core.generate import LazyLLM
 from lazy_core.stats import FlopModel
 
 # where to prune (fractions of the depth) x how much to keep (cumulative ratios of the prompt)
-PLACEMENTS: tuple[tuple[float, ...], ...] = ((7 / 30, 14 / 30, 21 / 30), (10 / 30, 17 / 30, 24 / 30))
+PLACEMENTS: tuple[tuple[float, ...], ...] = (
+    (8 / 30, 15 / 30, 22 / 30),
+    (10 / 30, 17 / 30, 24 / 30),
+    (3 / 30, 15 / 30, 22 / 30),
+)
 KEEP_RATIOS: tuple[tuple[float, ...], ...] = (
     (0.5, 0.3, 0.2),
     (0.4, 0.2, 0.1),
@@ -67,13 +71,14 @@ class CalibrationResult:
 
 
 def candidate_schedules(model_or_num_layers: Any) -> list[LazyConfig]:
-    """The default search space for a model of this depth: ``PLACEMENTS`` x ``KEEP_RATIOS`` with the default
-    scoring of ``LazyConfig.default_for`` (query window, max over heads/queries, pooling, kept tail), plus the paper's
-    own scoring (``LazyConfig.paper``). Duplicates (shallow models) are dropped; order is deterministic."""
+    """The default search space for a model of this depth: ``LazyConfig.default_for`` itself, then ``PLACEMENTS`` x
+    ``KEEP_RATIOS`` with its scoring (query window, max over heads/queries, pooling, kept tail), plus the paper's own
+    scoring (``LazyConfig.paper``). Duplicates (shallow models) are dropped; order is deterministic."""
     base = LazyConfig.default_for(model_or_num_layers)
     num_layers = _depth(model_or_num_layers)
     out: list[LazyConfig] = []
     if num_layers >= 4:
+        out.append(base)
         for fractions in PLACEMENTS:
             layers = sorted({min(num_layers - 2, max(0, round(f * num_layers) - 1)) for f in fractions})
             for ratios in KEEP_RATIOS:
