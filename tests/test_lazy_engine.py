@@ -416,3 +416,26 @@ def test_default_for_scales_with_depth(tiny_llama):
         assert cfg.enabled
     assert not LazyConfig.default_for(2).enabled
     LazyLLM(tiny_llama, LazyConfig.default_for(tiny_llama))
+
+
+@pytest.mark.parametrize("arch", ["mistral", "qwen2"])
+def test_sliding_window_models_match_when_off(tiny_tokenizer, arch):
+    """Prompts longer than the sliding window: the engine's position masks carry the window like the model's own."""
+    from conftest import _common
+    from transformers import AutoModelForCausalLM, MistralConfig, Qwen2Config
+
+    torch.manual_seed(0)
+    if arch == "mistral":
+        config = MistralConfig(**_common(4), sliding_window=16)
+    else:
+        config = Qwen2Config(**_common(4), sliding_window=16, use_sliding_window=True, max_window_layers=2)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    enc = encode(tiny_tokenizer)
+    lazy = LazyLLM(model, LazyConfig.off())
+    out = lazy.generate(enc.input_ids, attention_mask=enc.attention_mask, max_new_tokens=8)
+    assert torch.equal(out.sequences, model.generate(**enc, max_new_tokens=8, do_sample=False))
+    torch.testing.assert_close(lazy.prefill_logits(enc.input_ids, enc.attention_mask),
+                               full_last_logits(model, enc.input_ids, enc.attention_mask), atol=1e-4, rtol=0)
+    pruned = LazyLLM(model, LazyConfig(**PRUNE)).generate(enc.input_ids, attention_mask=enc.attention_mask,
+                                                          max_new_tokens=8)
+    assert pruned.sequences.shape == out.sequences.shape
