@@ -77,10 +77,10 @@ class LayerLoop:
 
     # ---- helpers -------------------------------------------------------------------------------------------------
 
-    def _run_layer(self, state: BatchState, j: int, hidden, pos, valid, mask, query_rows=None):
-        """hidden: [B, C, D] at positions pos [B, C] -> ([B, C, D], captured queries [B, H, W, d] or None)."""
+    def _run_layer(self, state: BatchState, j: int, hidden, pos, valid, mask, cos_sin, query_rows=None):
+        """hidden: [B, C, D] at positions pos [B, C] (cos_sin: the rotary embedding of pos) ->
+        ([B, C, D], captured queries [B, H, W, d] or None)."""
         step = AttentionStep(inner=self.inner, mask=mask, query_rows=query_rows)
-        cos_sin = self.parts.rotary(hidden, pos)
         state.cache.stage(pos, valid)
         out = self.parts.layers[j](
             hidden, attention_mask=None, position_embeddings=cos_sin, past_key_values=state.cache, lazy_step=step
@@ -118,6 +118,7 @@ class LayerLoop:
         hidden = parts.embed(input_ids)  # [B, T, D]
         window_cols = torch.arange(self.config.query_window, device=input_ids.device)
         kept = []
+        cos_sin = parts.rotary(hidden, pos)  # recomputed only when the rows change (after pruning)
         for j in range(parts.num_layers):
             window = self._window_active(j, width)
             mask = position_mask(pos, valid, pos, valid, window) if window is not None else None
@@ -127,7 +128,7 @@ class LayerLoop:
                 raw = count[:, None] - self.config.query_window + window_cols  # [B, W] last W real rows
                 query_valid = raw >= 0
                 query_rows = raw.clamp(min=0)
-            hidden, query = self._run_layer(state, j, hidden, pos, valid, mask, query_rows)
+            hidden, query = self._run_layer(state, j, hidden, pos, valid, mask, cos_sin, query_rows)
             kept.append(valid.sum(1))
             if j not in self.prune_step:
                 continue
@@ -137,6 +138,7 @@ class LayerLoop:
             if self.revive:
                 state.aux.put(j, hidden, pos, valid & ~keep)
             (hidden, pos), valid = _pack(keep, hidden, pos)
+            cos_sin = parts.rotary(hidden, pos)
         state.kept_per_layer = torch.stack(kept)  # [L, B]
         last = (valid.sum(1) - 1)[:, None, None].expand(-1, 1, hidden.shape[2])
         return self._logits(hidden.gather(1, last))
@@ -156,6 +158,7 @@ class LayerLoop:
         """
         hidden = self.parts.embed(tokens[:, None])  # [B, 1, D]
         pos, valid = positions[:, None], live[:, None]
+        cos_sin = self.parts.rotary(hidden, pos)
         for j in range(self.parts.num_layers):
             k_pos, k_valid = state.cache.keys_meta(j, pos, valid)
             window = self._window_active(j, int(positions.max()) + 1)
@@ -163,9 +166,10 @@ class LayerLoop:
             mask = None if plain else position_mask(pos, valid, k_pos, k_valid, window)
             scoring = self.revive and j in self.prune_step
             rows = torch.full_like(pos[:, -1:], hidden.shape[1] - 1) if scoring else None
-            hidden, query = self._run_layer(state, j, hidden, pos, valid, mask, rows)
+            hidden, query = self._run_layer(state, j, hidden, pos, valid, mask, cos_sin, rows)
             if scoring:
                 hidden, pos, valid = self._revive(state, j, query, hidden, pos, valid, live)
+                cos_sin = self.parts.rotary(hidden, pos)
         return self._logits(hidden[:, -1:])
 
     def _revive(self, state: BatchState, j: int, query, hidden, pos, valid, live):
