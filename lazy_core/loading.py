@@ -100,8 +100,9 @@ def load_model(
 
 def load_tokenizer(name_or_path: str | os.PathLike[str] = DEFAULT_MODEL) -> PreTrainedTokenizerBase:
     """The tokenizer that ``load_model(name_or_path)`` returns (pad token set, left padding), without reading any
-    model weights: for a driver that only tokenizes. Same name resolution and errors as :func:`load_model`."""
-    model_dir = _resolve_source(name_or_path)
+    model weights: for a driver that only tokenizes. Same name resolution and errors as :func:`load_model`, except
+    that a local directory needs only the tokenizer's files."""
+    model_dir = _resolve_source(name_or_path, need_model=False)
     if model_dir is not None:
         tokenizer = _local_tokenizer(model_dir)
     else:
@@ -166,8 +167,9 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
-def _resolve_source(name_or_path: str | os.PathLike[str]) -> Path | None:
-    """The local directory to load from, or None for a hub id. Raises for a path that does not exist."""
+def _resolve_source(name_or_path: str | os.PathLike[str], need_model: bool = True) -> Path | None:
+    """The local directory to load from, or None for a hub id. Raises for a path that does not exist, and, when
+    ``need_model``, for a directory without config.json (a tokenizer-only directory is fine for the tokenizer)."""
     if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
         raise ModelNotFoundError(
             f"model name_or_path must be a non-empty string or path, got {name_or_path!r}; "
@@ -178,7 +180,7 @@ def _resolve_source(name_or_path: str | os.PathLike[str]) -> Path | None:
         return default_model_dir()
     path = Path(text).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
+        if need_model and not (path / "config.json").is_file():
             raise ModelNotFoundError(
                 f"directory {str(path)!r} has no config.json, so it is not a model directory; "
                 "pass a directory written by model.save_pretrained() and "

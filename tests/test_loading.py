@@ -194,6 +194,18 @@ def test_load_tokenizer_matches_load_model_without_weights(tiny_model_dir, no_ne
         load_tokenizer("no-such-org/no-such-tokenizer")
 
 
+def test_load_tokenizer_accepts_a_tokenizer_only_dir(tmp_path, tiny_tokenizer):
+    tiny_tokenizer.save_pretrained(tmp_path)  # no config.json, no weights: enough for a driver that only tokenizes
+    tokenizer = load_tokenizer(tmp_path)
+    assert tokenizer("abc")["input_ids"] == tiny_tokenizer("abc")["input_ids"] and tokenizer.padding_side == "left"
+    with pytest.raises(ModelNotFoundError, match="has no config.json"):
+        load_model(tmp_path, device="cpu")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelNotFoundError, match="has no tokenizer"):
+        load_tokenizer(empty)
+
+
 def test_local_dir_without_pad_token_pads_with_eos(tmp_path, tiny_model_dir):
     local = tmp_path / "no-pad"
     shutil.copytree(tiny_model_dir, local)
