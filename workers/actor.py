@@ -51,7 +51,8 @@ class LazyWorker:
     def ready(self) -> dict[str, Any]:
         """Liveness probe and identity: returned once the model is loaded."""
         lazy = self.lazy_config.model_dump()
-        return {"worker": self.name, "pid": os.getpid(), "device": str(self.device), "lazy": lazy}
+        return {"worker": self.name, "pid": os.getpid(), "device": str(self.device), "lazy": lazy,
+                "torch_threads": torch.get_num_threads(), "niceness": os.nice(0)}
 
     def run_batch(self, input_ids: list[list[int]], sampled: bool, seed: int) -> list[dict[str, Any]]:
         """Generate for one batch. ``sampled``: also run the full model on the same batch (shadow baseline) and
