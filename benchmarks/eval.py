@@ -68,6 +68,7 @@ METHODS: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
         "layers at 3/14/21 of 30, keep 0.3/0.1/0.05",
         lambda m: _default(m, prune_layers=_layers(m, (3 / 30, 14 / 30, 21 / 30))),
     ),
+    "sweep_floor256": ("default schedule, at least 256 tokens kept", lambda m: _default(m, min_keep_tokens=256)),
     "sweep_pool15": ("default schedule, pool kernel 15", lambda m: _default(m, pool_kernel=15)),
     "sweep_window1": ("default schedule, last token as the only query", lambda m: _default(m, query_window=1)),
 }
