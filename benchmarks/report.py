@@ -168,6 +168,7 @@ def table1(rows: list[dict[str, Any]], lazy: str = "lazy") -> str:
 def methods_table(summary: list[dict[str, Any]], descriptions: dict[str, str]) -> str:
     header = [
         "method",
+        "items",
         "needle",
         "HotpotQA F1",
         "SQuAD F1",
@@ -185,6 +186,7 @@ def methods_table(summary: list[dict[str, Any]], descriptions: dict[str, str]) -
     body = [
         [
             f"{s['method']}: {descriptions.get(s['method'], '')} ({s['schedule']})",
+            s["items"],
             s["needle"],
             s["multidoc_qa"],
             s["single_qa"],
