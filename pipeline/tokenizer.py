@@ -13,7 +13,8 @@ def load_tokenizer(model: str) -> Any:
 
 
 def context_length(model: str) -> int | None:
-    """``max_position_embeddings`` from the model's config.json (no weights read); None when the config has none."""
+    """``max_position_embeddings`` from the model's config.json (no weights read); None when there is no config or it
+    has none (a tokenizer-only directory: the workers' model load is what fails then, with its own error)."""
     import json
     import os
 
@@ -30,6 +31,8 @@ def context_length(model: str) -> int | None:
 
         value = getattr(AutoConfig.from_pretrained(model, local_files_only=True), "max_position_embeddings", None)
         return int(value) if isinstance(value, int) else None
+    if not os.path.exists(config_path):
+        return None
     with open(config_path) as f:
         value = json.load(f).get("max_position_embeddings")
     return int(value) if isinstance(value, int) else None
