@@ -48,6 +48,12 @@ class LazyConfig(BaseModel):
         description="Aux Cache revival during decoding (§3.3): a pruned token selected again by a later query is "
         "computed once from the layer where it was pruned. False = prefill-only pruning.",
     )
+    revive_per_step: int | None = Field(
+        None,
+        ge=1,
+        description="At most this many tokens revived per pruning layer per decoding step (the best-scored ones); "
+        "None = every selected token (the paper). Bounds the decoding cost of revival.",
+    )
     query_window: int = Field(
         1, ge=1, description="How many of the last prompt tokens act as queries when scoring in prefill (1 = paper)."
     )

@@ -11,6 +11,8 @@ This module knows nothing of tokenization, sampling or timing (see :mod:`lazy_co
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from lazy_core.arch import ModelParts
@@ -91,8 +93,9 @@ class LayerLoop:
         window = self.parts.sliding_windows[j]
         return window if window is not None and max_pos >= window else None
 
-    def _select(self, state: BatchState, j: int, query, query_pos, query_valid, live) -> torch.Tensor:
-        """Score the layer's prompt tokens with the captured queries; returns keep [B, S] over the layer's slots."""
+    def _select(self, state: BatchState, j: int, query, query_pos, query_valid, live):
+        """Score the layer's prompt tokens with the captured queries; returns keep [B, S] over the layer's slots and
+        the scorer's inputs."""
         step = self.prune_step[j]
         kv = state.cache.layers[j]
         key_pos, key_valid = kv.positions[:, : kv.length], kv.valid[:, : kv.length]
@@ -105,7 +108,7 @@ class LayerLoop:
         )
         budget = torch.tensor([self.config.keep_budget(step, int(n)) for n in lengths.tolist()], device=lengths.device)
         forced = candidates & (key_pos >= (lengths - self.config.keep_tail)[:, None])
-        return self.pruner.select(inputs, budget, forced)
+        return self.pruner.select(inputs, budget, forced), inputs
 
     # ---- prefill -------------------------------------------------------------------------------------------------
 
@@ -133,7 +136,7 @@ class LayerLoop:
             if j not in self.prune_step:
                 continue
             everyone = torch.ones_like(lengths, dtype=torch.bool)
-            keep = self._select(state, j, query, pos.gather(1, query_rows), query_valid, everyone)
+            keep, _ = self._select(state, j, query, pos.gather(1, query_rows), query_valid, everyone)
             state.score_pairs += (query_valid.sum(1) * valid.sum(1)).double().cpu()
             if self.revive:
                 state.aux.put(j, hidden, pos, valid & ~keep)
@@ -175,7 +178,7 @@ class LayerLoop:
     def _revive(self, state: BatchState, j: int, query, hidden, pos, valid, live):
         """After layer j: drop active revived rows the new query no longer selects (into the Aux Cache at j) and add
         the selected tokens that layer j+1 lacks (from the Aux Cache at j). Returns the new active rows."""
-        keep = self._select(state, j, query, pos[:, -1:], live[:, None], live)
+        keep, inputs = self._select(state, j, query, pos[:, -1:], live[:, None], live)
         kv = state.cache.layers[j]
         key_pos = kv.positions[:, : kv.length]
         selected = torch.zeros_like(state.cache.present[j])  # [B, P] by position
@@ -185,6 +188,11 @@ class LayerLoop:
         still = old_valid & selected.gather(1, old_pos)
         state.aux.put(j, old_hidden, old_pos, old_valid & ~still)
         wanted = keep & state.aux.held(j, key_pos)  # selected, pruned at j, not active
+        cap = self.config.revive_per_step
+        if cap is not None:  # the best-scored `cap` of them; the rest stay in the Aux Cache
+            limited = dataclasses.replace(inputs, candidates=wanted)
+            wanted = TokenPruner.select(self.pruner, limited, torch.full_like(state.lengths, cap),
+                                        torch.zeros_like(wanted))
         (new_pos,), new_valid = _pack(wanted, key_pos)
         state.revived += new_valid.sum(1)
         new_hidden = state.aux.take(j, new_pos, new_valid)

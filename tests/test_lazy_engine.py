@@ -251,6 +251,16 @@ def test_revived_tokens_get_the_full_models_states(tiny_model, tiny_tokenizer):
         torch.testing.assert_close(kv.values[0, :, : kv.length][:, order], ref.layers[j].values[0], atol=1e-5, rtol=0)
 
 
+def test_revive_per_step_caps_revivals(tiny_llama, tiny_tokenizer):
+    enc = encode(tiny_tokenizer, PROMPTS[:1])
+    steps = 8
+    free = LazyLLM(tiny_llama, LazyConfig(**PRUNE)).generate(enc.input_ids, max_new_tokens=steps, eos_token_id=[])
+    capped = LazyLLM(tiny_llama, LazyConfig(**PRUNE, revive_per_step=1), keep_state=True).generate(
+        enc.input_ids, max_new_tokens=steps, eos_token_id=[])
+    assert free.stats[0].revived_tokens > 2 * (steps - 1)
+    assert 0 < capped.stats[0].revived_tokens <= 2 * (steps - 1)  # 2 pruning layers, steps - 1 decoding steps
+
+
 def test_revive_false_prunes_prefill_only(tiny_model, tiny_tokenizer):
     enc = encode(tiny_tokenizer)
     out = LazyLLM(tiny_model, LazyConfig(**PRUNE, revive=False)).generate(
