@@ -136,6 +136,10 @@ def run(
 
 def markdown(result: dict, command: str) -> str:
     env = result["machine"]
+
+    def pct(x: float) -> str:
+        return "n/a" if x != x else f"{100 * x:+.1f} %"
+
     rows = [
         [
             r["prompt_tokens"],
@@ -143,11 +147,13 @@ def markdown(result: dict, command: str) -> str:
             r["lazy_s"],
             r["speedup"],
             r["speedup_paired"],
+            r["full_cpu_s"],
+            r["lazy_cpu_s"],
             r["cpu_speedup"],
             r["computed_token_fraction"],
             r["est_speedup"],
-            r["measured_over_est"],
-            "n/a" if r["off_overhead"] != r["off_overhead"] else f"{100 * r['off_overhead']:+.1f} %",
+            r["cpu_speedup"] / r["est_speedup"],
+            pct(r["off_cpu_s"] / r["full_cpu_s"] - 1.0),
             "yes" if r["lazy_matches_full"] else "no",
             r["repeats"],
         ]
@@ -156,15 +162,17 @@ def markdown(result: dict, command: str) -> str:
     table = md_table(
         [
             "prompt tokens",
-            "full TTFT s",
-            "lazy TTFT s",
-            "speedup",
-            "paired speedup",
+            "full TTFT s (wall)",
+            "lazy TTFT s (wall)",
+            "wall speedup",
+            "paired wall speedup",
+            "full CPU s",
+            "lazy CPU s",
             "CPU-time speedup",
             "computed fraction",
             "est. speedup",
-            "measured / est.",
-            "engine off vs. full",
+            "CPU speedup / est.",
+            "engine off vs. full (CPU)",
             "same 1st token",
             "repeats",
         ],
@@ -212,6 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
     def save(result: dict) -> None:
         result["machine"] = machine()
         result["model"] = args.model
+        result["command"] = command.strip()
         mine = {r["prompt_tokens"] for r in result["rows"]}
         kept = [r for r in previous if r["prompt_tokens"] not in mine]
         result = {**result, "rows": sorted(kept + result["rows"], key=lambda r: r["prompt_tokens"])}
