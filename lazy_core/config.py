@@ -113,7 +113,11 @@ class LazyConfig(BaseModel):
         Pruning after 8/30, 15/30 and 22/30 of the depth (0-based layers 7, 14, 21 on the 30-layer default model)
         keeping 30 % / 10 % / 5 % of the prompt, scored with the last 32 prompt tokens as queries (the question sits
         there), max over heads and queries, and a max-pool of width 31 so a kept token keeps its neighbours.
-        Where the layers sit and why: see BENCHMARKS.md ("Default schedule"), which records the sweep that chose it.
+        Prefill-only (``revive=False``): on the default model, decoding steps that re-select with the single new
+        token's query and revive from the Aux Cache lost passkeys that the prefill's selection had kept (a 4K needle
+        answered by prefill-only pruning, missed with revival), and revival made decoding several times slower.
+        Pruning after layer 6 instead of 7 lost needles; layers 0-7 unpruned set the speed ceiling (~3x at 4K).
+        BENCHMARKS.md ("Default schedule") records the measurements behind this choice.
         """
         num_layers = _num_layers(model_or_num_layers)
         if num_layers < 4:
@@ -125,7 +129,7 @@ class LazyConfig(BaseModel):
             prune_layers=layers,
             keep_ratios=ratios,
             min_keep_tokens=64,
-            revive=True,
+            revive=False,
             query_window=32,
             head_reduce="max",
             query_reduce="max",

@@ -93,14 +93,16 @@ class LayerLoop:
         window = self.parts.sliding_windows[j]
         return window if window is not None and max_pos >= window else None
 
-    def _select(self, state: BatchState, j: int, query, query_pos, query_valid, live):
-        """Score the layer's prompt tokens with the captured queries; returns keep [B, S] over the layer's slots and
-        the scorer's inputs."""
+    def _select(self, state: BatchState, j: int, query, query_pos, query_valid, live, visible=None):
+        """Score the layer's prompt tokens (those in ``visible`` [B, P] by position, if given) with the captured
+        queries; returns keep [B, S] over the layer's slots and the scorer's inputs."""
         step = self.prune_step[j]
         kv = state.cache.layers[j]
         key_pos, key_valid = kv.positions[:, : kv.length], kv.valid[:, : kv.length]
         lengths = state.lengths
         candidates = key_valid & (key_pos < lengths[:, None]) & live[:, None]
+        if visible is not None:
+            candidates = candidates & visible.gather(1, key_pos)
         inputs = ScoreInputs(
             layer=j, query=query, query_pos=query_pos, query_valid=query_valid, keys=kv.keys[:, :, : kv.length],
             key_pos=key_pos, key_valid=key_valid, candidates=candidates, scaling=self.scaling,
@@ -155,15 +157,20 @@ class LayerLoop:
     def decode(self, state: BatchState, tokens: torch.Tensor, positions: torch.Tensor, live: torch.Tensor):
         """One step. tokens/positions/live: [B] (finished items are fed a pad and not counted). Returns [B, V].
 
-        At each pruning layer the new token's query re-scores the layer's prompt tokens; a selected token that the
-        next layer lacks is read from the Aux Cache and computed from there on, with the new token (§3.3). Revived
-        rows come first (by position), the new token is always the last row.
+        At each pruning layer the new token's query re-scores the prompt tokens it saw at that layer and, as in
+        prefill, the layers after it see only the selected ones (plus the generated tokens): each step picks its own
+        nested subsets of the prompt (§3.1). A selected token that the next layer lacks is read from the Aux Cache
+        and computed from there on, with the new token (§3.3). Revived rows come first (by position), the new token
+        is always the last row. Without revival, every step sees the tokens the prefill kept.
         """
         hidden = self.parts.embed(tokens[:, None])  # [B, 1, D]
         pos, valid = positions[:, None], live[:, None]
         cos_sin = self.parts.rotary(hidden, pos)
+        visible = None  # [B, P] by position: prompt tokens this step selected at the last pruning layer
         for j in range(self.parts.num_layers):
             k_pos, k_valid = state.cache.keys_meta(j, pos, valid)
+            if visible is not None:
+                k_valid = k_valid & (visible.gather(1, k_pos) | (k_pos >= state.lengths[:, None]))
             window = self._window_active(j, int(positions.max()) + 1)
             plain = hidden.shape[1] == 1 and window is None and bool(k_valid[live].all())
             mask = None if plain else position_mask(pos, valid, k_pos, k_valid, window)
@@ -171,14 +178,15 @@ class LayerLoop:
             rows = torch.full_like(pos[:, -1:], hidden.shape[1] - 1) if scoring else None
             hidden, query = self._run_layer(state, j, hidden, pos, valid, mask, cos_sin, rows)
             if scoring:
-                hidden, pos, valid = self._revive(state, j, query, hidden, pos, valid, live)
+                hidden, pos, valid, visible = self._revive(state, j, query, hidden, pos, valid, live, visible)
                 cos_sin = self.parts.rotary(hidden, pos)
         return self._logits(hidden[:, -1:])
 
-    def _revive(self, state: BatchState, j: int, query, hidden, pos, valid, live):
-        """After layer j: drop active revived rows the new query no longer selects (into the Aux Cache at j) and add
-        the selected tokens that layer j+1 lacks (from the Aux Cache at j). Returns the new active rows."""
-        keep, inputs = self._select(state, j, query, pos[:, -1:], live[:, None], live)
+    def _revive(self, state: BatchState, j: int, query, hidden, pos, valid, live, visible):
+        """After layer j: select among the prompt tokens visible at j; drop active revived rows the new query no
+        longer selects (into the Aux Cache at j) and add the selected tokens that layer j+1 lacks (from the Aux
+        Cache at j). Returns the new active rows and the new visible set [B, P]."""
+        keep, inputs = self._select(state, j, query, pos[:, -1:], live[:, None], live, visible)
         kv = state.cache.layers[j]
         key_pos = kv.positions[:, : kv.length]
         selected = torch.zeros_like(state.cache.present[j])  # [B, P] by position
@@ -206,4 +214,5 @@ class LayerLoop:
             torch.cat([act_hidden, hidden[:, -1:]], 1),
             torch.cat([act_pos, pos[:, -1:]], 1),
             torch.cat([act_valid, valid[:, -1:]], 1),
+            selected,
         )
