@@ -225,6 +225,7 @@ def plots(rows: list[dict[str, Any]], summary: list[dict[str, Any]], ttft: dict 
     import matplotlib.pyplot as plt
 
     paths = []
+    colors = {s["method"]: plt.cm.tab20(i % 20) for i, s in enumerate(summary)}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, label in (
         (axes[0], "needle", "needle retrieval (passkey found)"),
@@ -232,7 +233,7 @@ def plots(rows: list[dict[str, Any]], summary: list[dict[str, Any]], ttft: dict 
     ):
         for s in summary:
             x = s["est_speedup"]
-            ax.scatter([x], [s[key]], s=40)
+            ax.scatter([x], [s[key]], s=40, color=colors[s["method"]])
             ax.annotate(s["method"], (x, s[key]), textcoords="offset points", xytext=(4, 3), fontsize=8)
         ax.set_xlabel("FLOP-model prefill speedup (est_speedup)")
         ax.set_ylabel(label)
@@ -248,7 +249,7 @@ def plots(rows: list[dict[str, Any]], summary: list[dict[str, Any]], ttft: dict 
         per = [r["kept_fraction_per_layer"] for r in rows if r["method"] == s["method"]]
         if per and s["method"] != "full":
             mean = [sum(col) / len(col) for col in zip(*per, strict=True)]
-            ax.step(range(len(mean)), mean, where="post", label=s["method"])
+            ax.step(range(len(mean)), mean, where="post", label=s["method"], color=colors[s["method"]])
     ax.set_xlabel("decoder layer")
     ax.set_ylabel("fraction of prompt tokens computed")
     ax.set_yscale("log")
@@ -264,13 +265,17 @@ def plots(rows: list[dict[str, Any]], summary: list[dict[str, Any]], ttft: dict 
         fig, ax = plt.subplots(figsize=(7, 4.2))
         xs = [r["prompt_tokens"] for r in ttft["rows"]]
         for key, label in (
-            ("full_s", "full prefill (unpatched model)"),
-            ("lazy_s", "LazyLLM"),
-            ("off_s", "engine, off"),
+            ("full_s", "full prefill (unpatched model), wall"),
+            ("lazy_s", "LazyLLM, wall"),
+            ("full_cpu_s", "full prefill, process CPU"),
+            ("lazy_cpu_s", "LazyLLM, process CPU"),
         ):
-            ax.plot(xs, [r[key] for r in ttft["rows"]], marker="o", label=label)
+            if all(key in r for r in ttft["rows"]):
+                style = "--" if "cpu" in key else "-"
+                ax.plot(xs, [r[key] for r in ttft["rows"]], style, marker="o", label=label)
+        ax.set_yscale("log")
         ax.set_xlabel("prompt tokens")
-        ax.set_ylabel("TTFT, median s")
+        ax.set_ylabel("TTFT, median s (log)")
         ax.set_xscale("log", base=2)
         ax.legend()
         ax.grid(alpha=0.3)
