@@ -323,8 +323,9 @@ def build_report(eval_paths: list[Path], ttft_path: Path, out_dir: Path) -> str:
         "## Evaluation: accuracy vs. speed on real long-context data\n\n"
         "Commands: `python -m benchmarks.eval` then `python -m benchmarks.report` (or `make bench`). "
         f"Model: the embedded SmolLM2-135M-Instruct, fp32, greedy; measured {env['date_utc']} UTC at commit "
-        f"{env['git_commit']} on a {env['cpu_count']}-core CPU shared with other jobs (TTFT speedups are medians of "
-        "per-item ratios to the full run of the same item; the FLOP-model speedup is exact arithmetic).\n\n"
+        f"{env['git_commit']} on a {env['cpu_count']}-core CPU shared with other jobs (TTFT speedups are wall-time "
+        "medians of per-item ratios to the full run of the same item, indicative only on a loaded machine; the "
+        "FLOP-model speedup is exact arithmetic).\n\n"
         f"### Table 1 (paper-style): full vs. LazyLLM default (method `{default_method}`: "
         f"{next(s['schedule'] for s in summary if s['method'] == default_method)})\n\n"
         + table1(rows, default_method)
