@@ -111,13 +111,12 @@ class LazyConfig(BaseModel):
         """The evaluated default schedule, scaled to the model's depth.
 
         Pruning after 8/30, 15/30 and 22/30 of the depth (0-based layers 7, 14, 21 on the 30-layer default model)
-        keeping 30 % / 10 % / 5 % of the prompt, scored with the last 32 prompt tokens as queries (the question sits
-        there), max over heads and queries, and a max-pool of width 31 so a kept token keeps its neighbours.
-        Prefill-only (``revive=False``): on the default model, decoding steps that re-select with the single new
-        token's query and revive from the Aux Cache lost passkeys that the prefill's selection had kept (a 4K needle
-        answered by prefill-only pruning, missed with revival), and revival made decoding several times slower.
-        Pruning after layer 6 instead of 7 lost needles; layers 0-7 unpruned set the speed ceiling (~3x at 4K).
-        BENCHMARKS.md ("Default schedule") records the measurements behind this choice.
+        keeping 30 % / 10 % / 5 % of the prompt; scored by the last prompt token's query (the paper's query), max over
+        heads, max-pooled over 31 positions so a kept token keeps its neighbours; the last 32 prompt tokens always
+        kept; Aux Cache revival on. Chosen by the needle sweep on the default model (BENCHMARKS.md, "Default
+        schedule"): at 2K and 4K tokens this found 10/10 passkeys like the full model, where the same schedule
+        without revival found 0/10 and a 32-query window without revival 5/10; pruning after layer 6 or earlier
+        lost needles, and the unpruned layers 0-7 cap the prefill speedup near 3x.
         """
         num_layers = _num_layers(model_or_num_layers)
         if num_layers < 4:
@@ -129,8 +128,8 @@ class LazyConfig(BaseModel):
             prune_layers=layers,
             keep_ratios=ratios,
             min_keep_tokens=64,
-            revive=False,
-            query_window=32,
+            revive=True,
+            query_window=1,
             head_reduce="max",
             query_reduce="max",
             pool_kernel=31,

@@ -37,11 +37,12 @@ def test_off_equals_model_generate_on_default_model(real_model):
 
 
 def test_default_schedule_retrieves_a_passkey(real_model):
-    """A passkey in the middle of ~2.2K tokens of real essays: the default schedule computes about 37 % of the
-    prompt's token-layers and still answers like the full model."""
+    """A passkey at 70 % depth of ~2.2K tokens of real essays: the default schedule computes about 37 % of the
+    prompt's token-layers and still answers like the full model. (One fixed item; the retrieval rate over depths and
+    lengths is measured by benchmarks.eval, see BENCHMARKS.md.)"""
     model, tok = real_model
     text = essay_text(9000)
-    cut = text.rfind(". ", 0, len(text) // 2) + 2
+    cut = text.rfind(". ", 0, int(len(text) * 0.7)) + 2
     needle = " The secret passkey is 684219. Remember it: the passkey is 684219. "
     question = "\n\nWhat is the secret passkey mentioned in the text above? Answer with the six-digit number only."
     ids = tok(chat(tok, text[:cut] + needle + text[cut:] + question), return_tensors="pt").input_ids
@@ -56,4 +57,4 @@ def test_default_schedule_retrieves_a_passkey(real_model):
     assert s.prompt_tokens == ids.shape[1] > 2000
     assert s.kept_per_layer[:8] == [s.prompt_tokens] * 8 and s.kept_per_layer[-1] == -(-s.prompt_tokens // 20)
     assert s.computed_token_fraction < 0.4 and s.est_speedup > 2.5
-    assert s.revived_tokens == 0 and s.aux_cache_bytes == 0  # the default prunes in prefill only
+    assert s.revived_tokens > 0  # decoding steps select the needle again and revive it
