@@ -93,15 +93,8 @@ def candidate_schedules(model_or_num_layers: Any) -> list[LazyConfig]:
 
 def predicted_speedup(config: LazyConfig, flops: FlopModel, num_layers: int, prompt_tokens: Sequence[int]) -> float:
     """Full-prefill FLOPs / this schedule's prefill FLOPs, summed over prompts, from the keep budgets alone."""
-    full = lazy = 0.0
-    for n in prompt_tokens:
-        full += num_layers * flops.causal_layer(n)
-        alive, step = n, 0
-        for layer in range(num_layers):
-            lazy += flops.causal_layer(alive)
-            if config.enabled and step < len(config.prune_layers) and layer == config.prune_layers[step]:
-                alive = min(alive, config.keep_budget(step, n))
-                step += 1
+    full = sum(flops.prefill([n] * num_layers) for n in prompt_tokens)
+    lazy = sum(flops.prefill(config.kept_per_layer(num_layers, n)) for n in prompt_tokens)
     return full / lazy
 
 

@@ -164,6 +164,23 @@ class LazyConfig(BaseModel):
         budget = max(self.min_keep_tokens, math.ceil(ratio * prompt_tokens), min(self.keep_tail, prompt_tokens))
         return min(prompt_tokens, budget)
 
+    def active_steps(self) -> dict[int, int]:
+        """Pruning layer -> index into the schedule, for the layers that prune (static: only the first)."""
+        steps = list(enumerate(self.prune_layers)) if self.enabled else []
+        if self.method == "static":
+            steps = steps[:1]
+        return {layer: step for step, layer in steps}
+
+    def kept_per_layer(self, num_layers: int, prompt_tokens: int) -> list[int]:
+        """Tokens each layer computes in prefill for a ``prompt_tokens``-long prompt (ItemStats.kept_per_layer)."""
+        active = self.active_steps()
+        alive, kept = prompt_tokens, []
+        for layer in range(num_layers):
+            kept.append(alive)
+            if layer in active:
+                alive = min(alive, self.keep_budget(active[layer], prompt_tokens))
+        return kept
+
     def check_depth(self, num_layers: int) -> None:
         """Raise ValueError if a pruning layer does not exist in a ``num_layers``-deep model."""
         bad = [layer for layer in self.prune_layers if layer > num_layers - 2]

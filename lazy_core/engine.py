@@ -70,11 +70,8 @@ class LayerLoop:
         self.config = config
         self.inner = inner_attention
         self.pruner = pruner if pruner is not None else make_pruner(config)
-        steps = list(enumerate(config.prune_layers)) if config.enabled else []
-        if config.method == "static":
-            steps = steps[:1]
-        self.prune_step = {layer: step for step, layer in steps}  # layer -> index into the schedule
-        self.revive = config.revive and self.pruner.revives and bool(steps)
+        self.prune_step = config.active_steps()  # layer -> index into the schedule
+        self.revive = config.revive and self.pruner.revives and bool(self.prune_step)
         self.scaling = parts.layers[0].self_attn.scaling
 
     # ---- helpers -------------------------------------------------------------------------------------------------

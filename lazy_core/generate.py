@@ -252,9 +252,8 @@ class LazyLLM:
                     count = i + 1
                     break
             fed = n + count - 1  # the last new token is never fed back
-            full = num_layers * self.flops.causal_layer(n)
-            lazy = sum(self.flops.causal_layer(k) for k in kept[b])
-            lazy += self.flops.score_pairs(float(state.score_pairs[b]))
+            full = self.flops.prefill([n] * num_layers)
+            lazy = self.flops.prefill(kept[b]) + self.flops.score_pairs(float(state.score_pairs[b]))
             stats.append(
                 ItemStats(
                     prompt_tokens=n,

@@ -58,6 +58,10 @@ class FlopModel:
         """A causal layer over ``tokens`` tokens that all attend to each other's predecessors."""
         return tokens * self.linear_per_token + tokens * (tokens + 1) / 2 * self.attn_per_pair
 
+    def prefill(self, kept_per_layer: list[int]) -> float:
+        """A prefill whose layer l computes kept_per_layer[l] tokens (nested kept sets, causal among themselves)."""
+        return sum(self.causal_layer(k) for k in kept_per_layer)
+
     def score_pairs(self, pairs: float) -> float:
         """The extra q·k work of scoring ``pairs`` (query, key) pairs at pruning layers."""
         return pairs * self.attn_per_pair / 2

@@ -278,6 +278,7 @@ def test_static_prunes_once_and_random_is_seeded(tiny_llama, tiny_tokenizer):
     static = LazyLLM(tiny_llama, LazyConfig(**PRUNE, method="static")).generate(enc.input_ids, max_new_tokens=4)
     budget = max(2, -(-n // 4))
     assert static.stats[0].kept_per_layer == [n, budget, budget, budget]
+    assert LazyConfig(**PRUNE, method="static").kept_per_layer(4, n) == [n, budget, budget, budget]
     assert static.stats[0].revived_tokens == 0
     assert isinstance(make_pruner(LazyConfig(**PRUNE, method="static")), StaticPruner)
     config = LazyConfig(**PRUNE, method="random", seed=3)
@@ -309,7 +310,7 @@ def test_stats_follow_the_schedule(tiny_llama, tiny_tokenizer):
         n = int(enc.attention_mask[b].sum())
         b1, b2 = max(2, -(-n // 2)), max(2, -(-n // 4))
         assert s.prompt_tokens == n and s.new_tokens == 5
-        assert s.kept_per_layer == [n, b1, b1, b2]
+        assert s.kept_per_layer == [n, b1, b1, b2] == LazyConfig(**PRUNE).kept_per_layer(4, n)
         assert s.computed_token_fraction == pytest.approx((n + 2 * b1 + b2) / (4 * n))
         assert s.est_speedup > 1.0
         assert s.ttft_s > 0 and s.decode_s > 0 and s.kv_cache_bytes > 0
