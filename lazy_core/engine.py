@@ -35,7 +35,7 @@ def _pack(mask: torch.Tensor, *tensors: torch.Tensor, key: torch.Tensor | None =
     """Move the rows where ``mask`` [B, C] to the front of each item (ordered by ``key``, default row order), and cut
     to the longest item. Returns the packed tensors and the new validity [B, C']."""
     count = mask.sum(1)
-    width = max(int(count.max()) if count.numel() else 0, 0)
+    width = int(count.max()) if count.numel() else 0
     order_key = key if key is not None else torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
     big = torch.iinfo(torch.long).max
     order = torch.sort(torch.where(mask, order_key, big), dim=1, stable=True).indices[:, :width]
@@ -164,11 +164,12 @@ class LayerLoop:
         pos, valid = positions[:, None], live[:, None]
         cos_sin = self.parts.rotary(hidden, pos)
         visible = None  # [B, P] by position: prompt tokens this step selected at the last pruning layer
+        span = int(positions.max()) + 1  # positions this step can reach (for sliding windows)
         for j in range(self.parts.num_layers):
             k_pos, k_valid = state.cache.keys_meta(j, pos, valid)
             if visible is not None:
                 k_valid = k_valid & (visible.gather(1, k_pos) | (k_pos >= state.lengths[:, None]))
-            window = self._window_active(j, int(positions.max()) + 1)
+            window = self._window_active(j, span)
             plain = hidden.shape[1] == 1 and window is None and bool(k_valid[live].all())
             mask = None if plain else position_mask(pos, valid, k_pos, k_valid, window)
             scoring = self.revive and j in self.prune_step

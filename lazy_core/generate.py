@@ -135,7 +135,6 @@ class LazyLLM:
         lengths = mask.sum(1)
         left = _left_align(input_ids, mask, lengths, pad)
         state = BatchState(self.parts, lengths, capacity=int(lengths.max()) + max_new_tokens)
-        loop = None
         eos_t = torch.tensor(list(eos), dtype=torch.long, device=device)
         with torch.inference_mode(), attention_hook(self.model) as inner:
             loop = LayerLoop(self.parts, self.config, inner, self.pruner)
@@ -214,22 +213,21 @@ class LazyLLM:
             )
         return input_ids, mask
 
+    def _model_default(self, name: str):
+        """``name`` from the model's generation config, else from its config, else None."""
+        value = getattr(getattr(self.model, "generation_config", None), name, None)
+        return value if value is not None else getattr(self.model.config, name, None)
+
     def _eos_ids(self, eos_token_id) -> list[int]:
         if eos_token_id is None:
-            gen_cfg = getattr(self.model, "generation_config", None)
-            eos_token_id = getattr(gen_cfg, "eos_token_id", None)
-            if eos_token_id is None:
-                eos_token_id = getattr(self.model.config, "eos_token_id", None)
+            eos_token_id = self._model_default("eos_token_id")
         if eos_token_id is None:
             return []
         return [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(e) for e in eos_token_id]
 
     def _pad_id(self, pad_token_id, eos: list[int]) -> int:
         if pad_token_id is None:
-            gen_cfg = getattr(self.model, "generation_config", None)
-            pad_token_id = getattr(gen_cfg, "pad_token_id", None)
-            if pad_token_id is None:
-                pad_token_id = getattr(self.model.config, "pad_token_id", None)
+            pad_token_id = self._model_default("pad_token_id")
         if pad_token_id is None:
             pad_token_id = eos[0] if eos else 0
         return int(pad_token_id)
