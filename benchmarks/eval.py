@@ -46,33 +46,36 @@ METHODS: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
     "prefill_only": ("default schedule, no Aux Cache revival", lambda m: _default(m, revive=False)),
     "static": ("static pruning (once, at the first layer)", lambda m: _default(m, method="static")),
     "random": ("random pruning, default schedule", lambda m: _default(m, method="random")),
-    "lazy_v0": (
-        "the first default: layers at 7/14/21 of 30 (6/13/20 0-based)",
-        lambda m: _default(m, prune_layers=_layers(m, (7 / 30, 14 / 30, 21 / 30))),
-    ),
-    "prefill_only_v0": (
-        "the first default without revival",
-        lambda m: _default(m, prune_layers=_layers(m, (7 / 30, 14 / 30, 21 / 30)), revive=False),
-    ),
     "sweep_mild": ("default layers, keep 0.5/0.3/0.2", lambda m: _default(m, keep_ratios=[0.5, 0.3, 0.2])),
+    "sweep_mid": ("default layers, keep 0.4/0.2/0.1", lambda m: _default(m, keep_ratios=[0.4, 0.2, 0.1])),
     "sweep_strong": ("default layers, keep 0.2/0.07/0.03", lambda m: _default(m, keep_ratios=[0.2, 0.07, 0.03])),
     "sweep_late": (
         "layers at 10/17/24 of 30, keep 0.3/0.1/0.05",
         lambda m: _default(m, prune_layers=_layers(m, (10 / 30, 17 / 30, 24 / 30))),
     ),
-    "sweep_shift1": (
-        "layers at 8/15/22 of 30 (7/14/21 0-based), keep 0.3/0.1/0.05",
-        lambda m: _default(m, prune_layers=_layers(m, (8 / 30, 15 / 30, 22 / 30))),
-    ),
     "sweep_early": (
-        "layers at 3/14/21 of 30, keep 0.3/0.1/0.05",
-        lambda m: _default(m, prune_layers=_layers(m, (3 / 30, 14 / 30, 21 / 30))),
+        "layers at 3/15/22 of 30, keep 0.3/0.1/0.05",
+        lambda m: _default(m, prune_layers=_layers(m, (3 / 30, 15 / 30, 22 / 30))),
     ),
     "sweep_floor256": ("default schedule, at least 256 tokens kept", lambda m: _default(m, min_keep_tokens=256)),
     "sweep_pool15": ("default schedule, pool kernel 15", lambda m: _default(m, pool_kernel=15)),
-    "sweep_window1": ("default schedule, last token as the only query", lambda m: _default(m, query_window=1)),
+    "sweep_window32": (
+        "default schedule scored by the last 32 prompt queries (the first default's scoring)",
+        lambda m: _default(m, query_window=32),
+    ),
 }
-DEFAULT_METHODS = ["full", "lazy", "paper", "prefill_only", "static", "random", "sweep_mild", "sweep_strong"]
+DEFAULT_METHODS = [
+    "full",
+    "lazy",
+    "paper",
+    "prefill_only",
+    "static",
+    "random",
+    "sweep_mild",
+    "sweep_mid",
+    "sweep_strong",
+    "sweep_late",
+]
 
 
 def run_item(lazy: LazyLLM, tok: Any, item: EvalItem, loglik: bool) -> dict[str, Any]:
@@ -153,12 +156,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=sorted(METHODS) + ["all"])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    parser.add_argument("--needle-lengths", type=int, nargs="+", default=[2048, 4096])
+    parser.add_argument("--needle-lengths", type=int, nargs="+", default=[1024, 2048, 4096])
     parser.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9])
     parser.add_argument("--qa-lengths", type=int, nargs="+", default=[2048])
-    parser.add_argument("--items", type=int, default=3, help="QA questions per length and task")
+    parser.add_argument("--items", type=int, default=8, help="QA questions per length and task")
     parser.add_argument("--summarize-lengths", type=int, nargs="+", default=[2048])
-    parser.add_argument("--summarize-items", type=int, default=2)
+    parser.add_argument("--summarize-items", type=int, default=3)
     parser.add_argument("--long", action="store_true", help="add 8K-token needle and multi-doc items")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-loglik", action="store_true", help="skip the gold answers' log-likelihoods")

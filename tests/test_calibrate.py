@@ -100,3 +100,28 @@ def test_bad_input_errors(tiny_llama, tiny_tokenizer):
         calibrate(tiny_llama, tiny_tokenizer, [[]])
     with pytest.raises(TypeError, match="LazyConfig"):
         calibrate(tiny_llama, tiny_tokenizer, ["hello"], candidates=[{"prune_layers": [1]}])
+
+
+def test_calibrate_benchmark_writes_every_tried_candidate(tiny_model_dir, tmp_path):
+    """benchmarks/calibrate.py on real-data samples (tiny model): the JSON names the samples, the full run, each
+    candidate tried fastest first, and a chosen schedule that is either the last tried (it qualified) or off."""
+    import json
+
+    from benchmarks.calibrate import _markdown, main
+
+    out = tmp_path / "calibrate.json"
+    args = ["--model", str(tiny_model_dir), "--needle-lengths", "600", "--depths", "0.5", "--qa-length", "2000"]
+    args += ["--qa-items", "1", "--max-new-tokens", "4", "--threads", "1", "--out", str(out), "--section", ""]
+    assert main(args) == out
+    payload = json.loads(out.read_text())
+    assert [s["item_id"].split("-")[0] for s in payload["samples"]] == ["needle", "hotpot", "squad"]
+    assert payload["full"]["drop"] == 0.0 and len(payload["full"]["outputs"]) == 3
+    tried = payload["tried"]
+    assert tried, "at least one candidate is faster than the full model"
+    speeds = [t["predicted_speedup"] for t in tried]
+    assert speeds == sorted(speeds, reverse=True)
+    assert all(t["drop"] > 0.01 + 1e-12 for t in tried[:-1])  # the search stops at the first qualifying one
+    last_ok = tried[-1]["drop"] <= 0.01 + 1e-12
+    assert payload["chosen_config"] == (tried[-1]["config"] if last_ok else LazyConfig.off().model_dump())
+    text = _markdown(payload)
+    assert payload["chosen"] in text and text.count("\n|") == len(tried) + 2
