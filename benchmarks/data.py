@@ -86,6 +86,11 @@ class SuiteSpec(BaseModel):
 # ---- raw sources ---------------------------------------------------------------------------------------------------
 
 
+def _item_id(spec: SuiteSpec, name: str) -> str:
+    """Item ids are unique across seeds (results of several seeds can share a file): seed 0 keeps the bare name."""
+    return f"{name}-s{spec.seed}" if spec.seed else name
+
+
 def _package_dir(name: str, pip_name: str) -> Path:
     spec = importlib.util.find_spec(name)  # locates the package without importing (running) it
     if spec is None or not spec.submodule_search_locations:
@@ -226,7 +231,7 @@ def build_needle(builder: PromptBuilder, spec: SuiteSpec) -> list[EvalItem]:
                 items.append(
                     EvalItem(
                         task="needle",
-                        item_id=f"needle-{length}-d{depth:.2f}-{rep}",
+                        item_id=_item_id(spec, f"needle-{length}-d{depth:.2f}-{rep}"),
                         target_tokens=length,
                         prompt_ids=ids,
                         answers=[passkey],
@@ -307,7 +312,7 @@ def build_multidoc_qa(builder: PromptBuilder, spec: SuiteSpec) -> list[EvalItem]
             items.append(
                 EvalItem(
                     task="multidoc_qa",
-                    item_id=f"hotpot-{length}-{record['_id']}",
+                    item_id=_item_id(spec, f"hotpot-{length}-{record['_id']}"),
                     target_tokens=length,
                     prompt_ids=ids,
                     answers=[record["answer"]],
@@ -362,7 +367,7 @@ def build_single_qa(builder: PromptBuilder, spec: SuiteSpec) -> list[EvalItem]:
             items.append(
                 EvalItem(
                     task="single_qa",
-                    item_id=f"squad-{length}-{qa['id']}",
+                    item_id=_item_id(spec, f"squad-{length}-{qa['id']}"),
                     target_tokens=length,
                     prompt_ids=ids,
                     answers=golds,
@@ -395,7 +400,7 @@ def build_summarize(builder: PromptBuilder, spec: SuiteSpec) -> list[EvalItem]:
             items.append(
                 EvalItem(
                     task="summarize",
-                    item_id=f"essay-{length}-{idx}",
+                    item_id=_item_id(spec, f"essay-{length}-{idx}"),
                     target_tokens=length,
                     prompt_ids=ids,
                     answers=[],

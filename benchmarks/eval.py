@@ -48,6 +48,7 @@ METHODS: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
     "random": ("random pruning, default schedule", lambda m: _default(m, method="random")),
     "sweep_mild": ("default layers, keep 0.5/0.3/0.2", lambda m: _default(m, keep_ratios=[0.5, 0.3, 0.2])),
     "sweep_mid": ("default layers, keep 0.4/0.2/0.1", lambda m: _default(m, keep_ratios=[0.4, 0.2, 0.1])),
+    "sweep_tail": ("default layers, keep 0.3/0.15/0.1", lambda m: _default(m, keep_ratios=[0.3, 0.15, 0.1])),
     "sweep_strong": ("default layers, keep 0.2/0.07/0.03", lambda m: _default(m, keep_ratios=[0.2, 0.07, 0.03])),
     "sweep_late": (
         "layers at 10/17/24 of 30, keep 0.3/0.1/0.05",

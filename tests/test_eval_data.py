@@ -128,3 +128,12 @@ def test_spec_rejects_bad_values():
         SuiteSpec(needle_depths=[1.5])
     with pytest.raises(ValidationError):
         SuiteSpec(tasks=["translate"])
+
+
+def test_item_ids_are_unique_across_seeds(tiny_tokenizer, suite):
+    """Results of several seeds can share one JSONL file (keyed by item id): seed 0 keeps the bare ids."""
+    other = build_suite(tiny_tokenizer, SPEC.model_copy(update={"seed": 3}))
+    assert len(other) == len(suite)
+    assert not {i.item_id for i in other} & {i.item_id for i in suite}
+    assert all(i.item_id.endswith("-s3") for i in other)
+    assert suite[0].item_id == "needle-1024-d0.00-0"
