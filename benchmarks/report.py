@@ -139,6 +139,37 @@ def summarise(rows: list[dict[str, Any]], order: list[str]) -> list[dict[str, An
     return out
 
 
+def choose(summary: list[dict[str, Any]]) -> str:
+    """The issue's selection rule applied to the pruned methods, in words: the fastest within 1 point of full, and
+    (since a handful of needle items makes "<= 1 % changed" mean "none") the fastest among those with the fewest
+    needle items lost and QA F1 no more than 1 point below full."""
+    pruned = [s for s in summary if s["method"] != "full"]
+    if not pruned:
+        return "No pruned method was run."
+    strict = [s for s in pruned if s["qualifies"]]
+    lines = []
+    if strict:
+        best = max(strict, key=lambda s: s["est_speedup"])
+        lines.append(
+            f"Fastest method within 1 point of full: **{best['method']}** (est. speedup {best['est_speedup']:.2f}x, "
+            f"computed fraction {best['computed_token_fraction']:.3f})."
+        )
+    else:
+        lines.append("**No pruned method is within 1 point of full** (every one changes at least one needle item).")
+    fair = [s for s in pruned if s["qa_drop"] <= MAX_DROP + 1e-9 and s["needle_n"]]
+    if fair:
+        fewest = min(s["needle_lost"] / s["needle_n"] for s in fair)
+        tied = [s for s in fair if s["needle_lost"] / s["needle_n"] == fewest]
+        best = max(tied, key=lambda s: s["est_speedup"])
+        lines.append(
+            f"Fastest among the methods with the fewest needle items lost ({best['needle_lost']}/{best['needle_n']}) "
+            f"and QA F1 within 1 point of full: **{best['method']}** (est. speedup {best['est_speedup']:.2f}x; tied: "
+            + ", ".join(f"{s['method']} {s['est_speedup']:.2f}x" for s in sorted(tied, key=lambda s: -s["est_speedup"]))
+            + ")."
+        )
+    return "\n".join(lines)
+
+
 def table1(rows: list[dict[str, Any]], lazy: str = "lazy") -> str:
     """Like the paper's Table 1: per task and length, full score, LazyLLM score, measured TTFT speedup."""
     cells = []
@@ -317,15 +348,16 @@ def build_report(eval_paths: list[Path], ttft_path: Path, out_dir: Path) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     pngs = plots(rows, summary, ttft, out_dir)
     env = next(iter(records["full"].values()))["machine"]
-    best = max((s for s in summary if s["qualifies"]), key=lambda s: s["est_speedup"])
+    verdict = choose(summary)
     rel = [p.relative_to(out_dir.parent.parent) if out_dir.parent.parent in p.parents else p for p in pngs]
     text = (
         "## Evaluation: accuracy vs. speed on real long-context data\n\n"
         "Commands: `python -m benchmarks.eval` then `python -m benchmarks.report` (or `make bench`). "
         f"Model: the embedded SmolLM2-135M-Instruct, fp32, greedy; measured {env['date_utc']} UTC at commit "
-        f"{env['git_commit']} on a {env['cpu_count']}-core CPU shared with other jobs (TTFT speedups are wall-time "
-        "medians of per-item ratios to the full run of the same item, indicative only on a loaded machine; the "
-        "FLOP-model speedup is exact arithmetic).\n\n"
+        f"{env['git_commit']} on a {env['cpu_count']}-core CPU, {env.get('torch_threads', '?')} torch threads, "
+        f"1-minute load average {env.get('load_average_1m', '?')} at the first full run (TTFT speedups are wall-time "
+        "medians of per-item ratios to the full run of the same item, noisy on a shared machine; the FLOP-model "
+        "speedup is exact arithmetic on the tokens computed).\n\n"
         f"### Table 1 (paper-style): full vs. LazyLLM default (method `{default_method}`: "
         f"{next(s['schedule'] for s in summary if s['method'] == default_method)})\n\n"
         + table1(rows, default_method)
@@ -337,9 +369,7 @@ def build_report(eval_paths: list[Path], ttft_path: Path, out_dir: Path) -> str:
         "generation (revivals included); revived = Aux-Cache revivals per item.\n\n"
         + methods_table(summary, {k: v[0] for k, v in METHODS.items()})
         + "\n\n"
-        "### Needle retrieval by length (found / items)\n\n" + needle_by_length(rows, order) + "\n\n"
-        f"Fastest method within 1 point of full: **{best['method']}** (est. speedup {best['est_speedup']:.2f}x, "
-        f"computed fraction {best['computed_token_fraction']:.3f}).\n\n"
+        "### Needle retrieval by length (found / items)\n\n" + needle_by_length(rows, order) + "\n\n" + verdict + "\n\n"
         "Plots: " + ", ".join(f"![{p.stem}]({p})" for p in rel) + "\n"
     )
     (out_dir / "report.md").write_text(text, encoding="utf-8")

@@ -11,7 +11,7 @@ import torch
 from benchmarks.common import replace_section
 from benchmarks.data import EvalItem
 from benchmarks.eval import interleave, run_item
-from benchmarks.report import build_report, load_records, score_records, summarise
+from benchmarks.report import build_report, choose, load_records, score_records, summarise
 from lazy_core import LazyConfig, LazyLLM
 
 
@@ -82,12 +82,44 @@ def test_summary_counts_needle_losses_and_applies_the_one_point_rule(eval_file):
     assert lazy["est_speedup"] == pytest.approx(4.0) and lazy["computed_token_fraction"] == pytest.approx(0.25)
 
 
+def test_choose_applies_the_rule_then_the_fewest_needles_lost():
+    def s(method, lost, n, qa_drop, est, qualifies=False):
+        return dict(
+            method=method,
+            needle_lost=lost,
+            needle_n=n,
+            qa_drop=qa_drop,
+            est_speedup=est,
+            computed_token_fraction=1 / est,
+            qualifies=qualifies,
+        )
+
+    summary = [
+        s("full", 0, 10, 0.0, 1.0, True),
+        s("slow", 1, 10, 0.0, 2.5),
+        s("fast", 1, 10, -0.1, 3.0),
+        s("lossy_qa", 0, 10, 0.05, 4.0),
+        s("worse", 3, 10, 0.0, 5.0),
+    ]
+    text = choose(summary)
+    assert "**No pruned method is within 1 point of full**" in text
+    assert (
+        "(1/10) and QA F1 within 1 point of full: **fast** (est. speedup 3.00x; tied: fast 3.00x, slow 2.50x)" in text
+    )
+    summary.append(s("exact", 0, 10, 0.0, 1.5, True))
+    text = choose(summary)
+    assert "Fastest method within 1 point of full: **exact** (est. speedup 1.50x" in text
+    assert "(0/10) and QA F1 within 1 point of full: **exact**" in text
+    assert choose([summary[0]]) == "No pruned method was run."
+
+
 def test_report_writes_markdown_and_plots(eval_file, tmp_path):
     out = tmp_path / "out"
     text = build_report([eval_file], tmp_path / "missing-ttft.json", out)
     assert (out / "report.md").read_text(encoding="utf-8") == text
     assert "Table 1" in text and "| Needle (passkey found) | 1000 | 2 | 1 | 0.5 |" in text
-    assert "Fastest method within 1 point of full: **full**" in text
+    assert "**No pruned method is within 1 point of full**" in text  # lazy loses a needle and 1/3 F1
+    assert "fewest needle items lost" not in text  # ... so it is not among the fair ones either
     assert sorted(p.name for p in out.glob("*.png")) == ["kept_per_layer.png", "score_vs_speedup.png"]
 
 
