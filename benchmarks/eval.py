@@ -52,11 +52,11 @@ METHODS: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
     "sweep_strong": ("default layers, keep 0.2/0.07/0.03", lambda m: _default(m, keep_ratios=[0.2, 0.07, 0.03])),
     "sweep_late": (
         "layers at 10/17/24 of 30, keep 0.3/0.1/0.05",
-        lambda m: _default(m, prune_layers=_layers(m, (10 / 30, 17 / 30, 24 / 30))),
+        lambda m: _default(m, prune_layers=_layers(m, (10 / 30, 17 / 30, 24 / 30)), keep_ratios=[0.3, 0.1, 0.05]),
     ),
     "sweep_early": (
         "layers at 3/15/22 of 30, keep 0.3/0.1/0.05",
-        lambda m: _default(m, prune_layers=_layers(m, (3 / 30, 15 / 30, 22 / 30))),
+        lambda m: _default(m, prune_layers=_layers(m, (3 / 30, 15 / 30, 22 / 30)), keep_ratios=[0.3, 0.1, 0.05]),
     ),
     "sweep_floor256": ("default schedule, at least 256 tokens kept", lambda m: _default(m, min_keep_tokens=256)),
     "sweep_pool15": ("default schedule, pool kernel 15", lambda m: _default(m, pool_kernel=15)),
@@ -123,19 +123,25 @@ def interleave(items: list[EvalItem]) -> list[EvalItem]:
     return [k[-1] for k in sorted(keyed, key=lambda k: k[:3])]
 
 
-def _done(path: Path) -> set[tuple[str, str]]:
+def _done(path: Path) -> set[tuple[str, str, str]]:
+    """(method, item_id, config JSON) of the records already in ``path``: a pair counts as done only if it ran with
+    the config the method has now (after a change of ``LazyConfig.default_for``, the default's methods rerun)."""
     if not path.exists():
         return set()
     done = set()
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
             rec = json.loads(line)
-            done.add((rec["method"], rec["item_id"]))
+            done.add((rec["method"], rec["item_id"], _config_key(rec.get("config") or {})))
     return done
 
 
+def _config_key(config: dict[str, Any]) -> str:
+    return json.dumps(config, sort_keys=True)
+
+
 def spec_from_args(args: argparse.Namespace, limit: int) -> SuiteSpec:
-    long_len = min(8192, limit) - 16  # room for the answer inside the model's context
+    long_len = min(8192, limit) - 64  # room for the longest answer (64 new tokens) inside the model's context
     needle = list(args.needle_lengths) + ([long_len] if args.long else [])
     multidoc = list(args.qa_lengths) + ([long_len] if args.long else [])
     return SuiteSpec(
@@ -188,7 +194,7 @@ def main(argv: list[str] | None = None) -> Path:
     with args.out.open("a", encoding="utf-8") as sink:
         for item in interleave(items):  # item-major: a stopped run still compares every method on the same items
             for name, lazy in engines.items():
-                if (name, item.item_id) in done:
+                if (name, item.item_id, _config_key(lazy.config.model_dump())) in done:
                     continue
                 loglik = not args.no_loglik and item.task in ("multidoc_qa", "single_qa")
                 record = run_item(lazy, tok, item, loglik=loglik)

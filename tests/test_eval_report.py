@@ -195,3 +195,24 @@ def test_ttft_runner_on_a_tiny_model(tiny_llama, tiny_tokenizer, tmp_path):
     assert parse_config('{"prune_layers": [1], "keep_ratios": [0.5]}', tiny_llama).keep_ratios == [0.5]
     with pytest.raises(ValueError, match="JSON"):
         parse_config("nonsense", tiny_llama)
+
+
+def test_eval_resumes_only_pairs_run_with_the_current_config(tiny_model_dir, tmp_path):
+    """A stopped run resumes where it was; a record made with another config (e.g. before a change of the default)
+    does not count as done, so the method reruns on that item and the report takes the newer line."""
+    from benchmarks.eval import main as run_eval
+
+    out = tmp_path / "eval.jsonl"
+    args = ["--model", str(tiny_model_dir), "--tasks", "needle", "--needle-lengths", "600", "--depths", "0.5"]
+    args += ["--methods", "lazy", "--threads", "1", "--no-loglik", "--out", str(out)]
+    run_eval(args)
+    first = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["method"] for r in first] == ["full", "lazy"]
+    run_eval(args)
+    assert out.read_text().splitlines() == [json.dumps(r) for r in first]  # nothing rerun
+    stale = dict(first[1], config=dict(first[1]["config"], keep_ratios=[0.9, 0.8, 0.7]), text="stale")
+    out.write_text("".join(json.dumps(r) + "\n" for r in (first[0], stale)))
+    run_eval(args)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["method"] for r in lines] == ["full", "lazy", "lazy"] and lines[2]["config"] == first[1]["config"]
+    assert load_records([out])["lazy"][first[1]["item_id"]]["text"] == first[1]["text"]
