@@ -42,12 +42,12 @@ def _layers(model: Any, fractions: tuple[float, ...]) -> list[int]:
 METHODS: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
     "full": ("full prefill (LazyConfig.off())", lambda m: LazyConfig.off()),
     "lazy": ("LazyLLM, LazyConfig.default_for(model)", lambda m: LazyConfig.default_for(m)),
+    "lazy_prev": ("the previous default: keep 0.3/0.1/0.05", lambda m: _default(m, keep_ratios=[0.3, 0.1, 0.05])),
     "paper": ("LazyLLM with the paper's scoring (LazyConfig.paper)", lambda m: LazyConfig.paper(m)),
     "prefill_only": ("default schedule, no Aux Cache revival", lambda m: _default(m, revive=False)),
     "static": ("static pruning (once, at the first layer)", lambda m: _default(m, method="static")),
     "random": ("random pruning, default schedule", lambda m: _default(m, method="random")),
     "sweep_mild": ("default layers, keep 0.5/0.3/0.2", lambda m: _default(m, keep_ratios=[0.5, 0.3, 0.2])),
-    "sweep_mid": ("default layers, keep 0.4/0.2/0.1", lambda m: _default(m, keep_ratios=[0.4, 0.2, 0.1])),
     "sweep_tail": ("default layers, keep 0.3/0.15/0.1", lambda m: _default(m, keep_ratios=[0.3, 0.15, 0.1])),
     "sweep_strong": ("default layers, keep 0.2/0.07/0.03", lambda m: _default(m, keep_ratios=[0.2, 0.07, 0.03])),
     "sweep_late": (
@@ -68,14 +68,15 @@ METHODS: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
 DEFAULT_METHODS = [
     "full",
     "lazy",
+    "lazy_prev",
     "paper",
     "prefill_only",
     "static",
     "random",
     "sweep_mild",
-    "sweep_mid",
     "sweep_strong",
     "sweep_late",
+    "sweep_tail",
 ]
 
 

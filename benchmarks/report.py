@@ -142,7 +142,7 @@ def summarise(rows: list[dict[str, Any]], order: list[str]) -> list[dict[str, An
 def choose(summary: list[dict[str, Any]]) -> str:
     """The issue's selection rule applied to the pruned methods, in words: the fastest within 1 point of full, and
     (since a handful of needle items makes "<= 1 % changed" mean "none") the fastest among those with the fewest
-    needle items lost and QA F1 no more than 1 point below full."""
+    needle items lost and QA F1 no more than 1 point below full, among the methods run on the most needle items."""
     pruned = [s for s in summary if s["method"] != "full"]
     if not pruned:
         return "No pruned method was run."
@@ -156,7 +156,8 @@ def choose(summary: list[dict[str, Any]]) -> str:
         )
     else:
         lines.append("**No pruned method is within 1 point of full** (every one changes at least one needle item).")
-    fair = [s for s in pruned if s["qa_drop"] <= MAX_DROP + 1e-9 and s["needle_n"]]
+    most = max(s["needle_n"] for s in pruned)  # compare on the same items: the methods run on every needle item
+    fair = [s for s in pruned if s["qa_drop"] <= MAX_DROP + 1e-9 and s["needle_n"] == most and most]
     if fair:
         fewest = min(s["needle_lost"] / s["needle_n"] for s in fair)
         tied = [s for s in fair if s["needle_lost"] / s["needle_n"] == fewest]

@@ -110,6 +110,8 @@ def test_choose_applies_the_rule_then_the_fewest_needles_lost():
     text = choose(summary)
     assert "Fastest method within 1 point of full: **exact** (est. speedup 1.50x" in text
     assert "(0/10) and QA F1 within 1 point of full: **exact**" in text
+    summary.append(s("fewer_items", 0, 5, 0.0, 9.0))  # not run on every needle item: not comparable
+    assert "(0/10) and QA F1 within 1 point of full: **exact**" in choose(summary)
     assert choose([summary[0]]) == "No pruned method was run."
 
 
