@@ -47,6 +47,29 @@ def load_records(paths: list[Path]) -> dict[str, dict[str, dict[str, Any]]]:
     return out
 
 
+def current_only(records: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Drop the records of a method of ``benchmarks.eval.METHODS`` that were run with another config than the one the
+    method has now (e.g. the baselines before a change of the default); methods no longer defined are kept as run."""
+    from types import SimpleNamespace
+
+    from benchmarks.eval import METHODS
+
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for method, by_item in records.items():
+        if method not in METHODS:
+            out[method] = by_item
+            continue
+        kept = {}
+        for item_id, rec in by_item.items():
+            depth = len(rec["kept_per_layer"])
+            model = SimpleNamespace(config=SimpleNamespace(num_hidden_layers=depth))
+            if rec.get("config") == METHODS[method][1](model).model_dump():
+                kept[item_id] = rec
+        if kept:
+            out[method] = kept
+    return out
+
+
 def score_records(records: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
     """One row per (method, item) present for both the method and full, with its scores against gold and full."""
     full = records["full"]
@@ -340,7 +363,7 @@ def current_default_method(records: dict[str, dict[str, dict[str, Any]]]) -> str
 def build_report(eval_paths: list[Path], ttft_path: Path, out_dir: Path) -> str:
     from benchmarks.eval import METHODS
 
-    records = load_records(eval_paths)
+    records = current_only(load_records(eval_paths))
     rows = score_records(records)
     order = [m for m in METHODS if m in records] + sorted(m for m in records if m not in METHODS)
     summary = summarise(rows, order)

@@ -11,8 +11,18 @@ import torch
 from benchmarks.common import replace_section
 from benchmarks.data import EvalItem
 from benchmarks.eval import interleave, run_item
-from benchmarks.report import build_report, choose, load_records, score_records, summarise
+from benchmarks.report import build_report, choose, current_only, load_records, score_records, summarise
 from lazy_core import LazyConfig, LazyLLM
+
+
+def _config(method):
+    from types import SimpleNamespace
+
+    from benchmarks.eval import METHODS
+
+    if method not in METHODS:
+        return {}
+    return METHODS[method][1](SimpleNamespace(config=SimpleNamespace(num_hidden_layers=4))).model_dump()
 
 
 def _rec(method, item_id, task, text, new_ids, answers, ttft, loglik=None, est=1.0, frac=1.0, length=1000):
@@ -30,10 +40,10 @@ def _rec(method, item_id, task, text, new_ids, answers, ttft, loglik=None, est=1
         "computed_token_fraction": frac,
         "computed_token_fraction_total": frac,
         "est_speedup": est,
-        "kept_per_layer": [length, length // 2, length // 4],
+        "kept_per_layer": [length, length // 2, length // 4, length // 4],
         "revived_tokens": 0,
         "gold_loglik": loglik,
-        "config": {},
+        "config": _config(method),
         "machine": {"date_utc": "2026-01-01 00:00", "git_commit": "abc", "cpu_count": 2},
     }
 
@@ -123,6 +133,15 @@ def test_report_writes_markdown_and_plots(eval_file, tmp_path):
     assert "**No pruned method is within 1 point of full**" in text  # lazy loses a needle and 1/3 F1
     assert "fewest needle items lost" not in text  # ... so it is not among the fair ones either
     assert sorted(p.name for p in out.glob("*.png")) == ["kept_per_layer.png", "score_vs_speedup.png"]
+
+
+def test_report_counts_only_records_run_with_the_current_config(eval_file):
+    records = load_records([eval_file])
+    records["lazy"]["n1"] = dict(records["lazy"]["n1"], config=dict(records["lazy"]["n1"]["config"], keep_ratios=[0.9]))
+    records["old_name"] = {"n1": dict(records["lazy"]["n2"], method="old_name")}
+    kept = current_only(records)
+    assert sorted(kept["lazy"]) == ["extra", "n2", "q1", "s1"]  # n1 ran with a stale config
+    assert sorted(kept["full"]) == ["n1", "n2", "q1", "s1"] and list(kept["old_name"]) == ["n1"]
 
 
 def test_missing_full_records_is_an_error(tmp_path):
