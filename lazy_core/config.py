@@ -117,8 +117,9 @@ class LazyConfig(BaseModel):
         ``lazy_core.calibrate(max_drop=0.01)`` on samples apart from the evaluation's (faster candidates lost 0.05-0.15
         F1). On the evaluation it lost 2 of the 24 passkeys the full model found at 1K-4K tokens (keeping 30/10/5 %,
         2.9x vs. 2.5x fewer prefill FLOPs, lost 3; 50/30/20 %, 2.2x, lost 1) with QA F1 within 0.01 of the full
-        model's; at 8K it found 1 of the full model's 2. Without revival it found none of 15 passkeys at 1K-4K; pruning after
-        layer 2 or later than layer 7 loses more; the unpruned layers 0-7 cap the prefill speedup below 3.75x.
+        model's; at 8K it found 1 of the full model's 2. Without revival it found none of 15 passkeys at 1K-4K;
+        pruning after layer 2 or later than layer 7 loses more; the unpruned layers 0-7 cap the prefill speedup below
+        3.75x.
         """
         num_layers = _num_layers(model_or_num_layers)
         if num_layers < 4:
