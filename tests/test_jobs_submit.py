@@ -30,23 +30,38 @@ VENV_BIN = Path(sys.executable).parent
 RAY = str(VENV_BIN / "ray")
 
 
+_HANDED_OUT: set[int] = set()  # single ports given to some node in this session
+_WORKER_BLOCKS: list[tuple[int, int]] = []  # worker port blocks given to some node in this session
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port that no node of this session was given, inside no node's worker block (Ray refuses overlaps)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT and not any(lo <= port <= hi for lo, hi in _WORKER_BLOCKS):
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no free port outside the worker port blocks found")
 
 
 def _worker_port_range(size: int = 200) -> tuple[int, int]:
-    """A block of worker ports for one node, away from other local Ray clusters' default 10002-19999."""
+    """A block of worker ports for one node, away from other local Ray clusters' default 10002-19999 and from every
+    port already given to a node of this session."""
     for _ in range(50):
         start = random.randrange(30000, 60000 - size)
+        end = start + size - 1
+        if any(start <= p <= end for p in _HANDED_OUT) or any(start <= hi and lo <= end for lo, hi in _WORKER_BLOCKS):
+            continue
         with socket.socket() as a, socket.socket() as b:
             try:
                 a.bind(("", start))
-                b.bind(("", start + size - 1))
+                b.bind(("", end))
             except OSError:
                 continue
-        return start, start + size - 1
+        _WORKER_BLOCKS.append((start, end))
+        return start, end
     raise RuntimeError("no free block of worker ports found")
 
 
@@ -99,6 +114,7 @@ class LocalRayCluster:
     nodes: list[RayNode] = field(default_factory=list)
     gcs_address: str = ""
     dashboard_url: str = ""
+    pending_block: tuple[int, int] | None = None  # the next node's worker ports, when reserved before its own ports
 
     @property
     def env(self) -> dict[str, str]:
@@ -122,7 +138,8 @@ class LocalRayCluster:
         temp_dir = Path(tempfile.mkdtemp(prefix="rj", dir=self.root))
         node = RayNode(temp_dir=temp_dir, head=head)
         self.nodes.append(node)
-        low, high = _worker_port_range()
+        low, high = self.pending_block or _worker_port_range()
+        self.pending_block = None
         ports = {
             "node-manager-port": _free_port(),
             "object-manager-port": _free_port(),
@@ -141,6 +158,7 @@ class LocalRayCluster:
         return node
 
     def start_head(self, num_cpus: int = 2) -> RayNode:
+        self.pending_block = _worker_port_range()  # reserved first, so the head's own ports fall outside it
         gcs_port, dashboard_port = _free_port(), _free_port()
         node = self._start(
             [
