@@ -27,15 +27,11 @@ import torch
 from benchmarks.common import RESULTS_DIR, context_limit, load, machine
 from benchmarks.data import TASKS, EvalItem, SuiteSpec, build_suite
 from lazy_core import LazyConfig, LazyLLM
+from lazy_core.config import layers_at
 
 
 def _default(model: Any, **update: Any) -> LazyConfig:
     return LazyConfig.default_for(model).model_copy(update=update)
-
-
-def _layers(model: Any, fractions: tuple[float, ...]) -> list[int]:
-    num = model.config.num_hidden_layers
-    return sorted({min(num - 2, max(0, round(f * num) - 1)) for f in fractions})
 
 
 # name -> (description, config factory). Fractions of depth map to the layers of LazyConfig.default_for.
@@ -52,11 +48,11 @@ METHODS: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
     "sweep_strong": ("default layers, keep 0.2/0.07/0.03", lambda m: _default(m, keep_ratios=[0.2, 0.07, 0.03])),
     "sweep_late": (
         "layers at 10/17/24 of 30, keep 0.3/0.1/0.05",
-        lambda m: _default(m, prune_layers=_layers(m, (10 / 30, 17 / 30, 24 / 30)), keep_ratios=[0.3, 0.1, 0.05]),
+        lambda m: _default(m, prune_layers=layers_at(m, (10 / 30, 17 / 30, 24 / 30)), keep_ratios=[0.3, 0.1, 0.05]),
     ),
     "sweep_early": (
         "layers at 3/15/22 of 30, keep 0.3/0.1/0.05",
-        lambda m: _default(m, prune_layers=_layers(m, (3 / 30, 15 / 30, 22 / 30)), keep_ratios=[0.3, 0.1, 0.05]),
+        lambda m: _default(m, prune_layers=layers_at(m, (3 / 30, 15 / 30, 22 / 30)), keep_ratios=[0.3, 0.1, 0.05]),
     ),
     "sweep_floor256": ("default schedule, at least 256 tokens kept", lambda m: _default(m, min_keep_tokens=256)),
     "sweep_pool15": ("default schedule, pool kernel 15", lambda m: _default(m, pool_kernel=15)),

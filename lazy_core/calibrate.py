@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from lazy_core.config import LazyConfig
+from lazy_core.config import LazyConfig, layers_at, model_depth
 from lazy_core.generate import LazyLLM
 from lazy_core.stats import FlopModel
 
@@ -75,12 +75,11 @@ def candidate_schedules(model_or_num_layers: Any) -> list[LazyConfig]:
     ``KEEP_RATIOS`` with its scoring (query window, max over heads/queries, pooling, kept tail), plus the paper's own
     scoring (``LazyConfig.paper``). Duplicates (shallow models) are dropped; order is deterministic."""
     base = LazyConfig.default_for(model_or_num_layers)
-    num_layers = _depth(model_or_num_layers)
     out: list[LazyConfig] = []
-    if num_layers >= 4:
+    if model_depth(model_or_num_layers) >= 4:
         out.append(base)
         for fractions in PLACEMENTS:
-            layers = sorted({min(num_layers - 2, max(0, round(f * num_layers) - 1)) for f in fractions})
+            layers = layers_at(model_or_num_layers, fractions)
             for ratios in KEEP_RATIOS:
                 out.append(base.model_copy(update={"prune_layers": layers, "keep_ratios": list(ratios[: len(layers)])}))
         out.append(LazyConfig.paper(model_or_num_layers))
@@ -163,12 +162,6 @@ def calibrate_report(
 
 
 # ---- internals -----------------------------------------------------------------------------------------------------
-
-
-def _depth(model_or_num_layers: Any) -> int:
-    if isinstance(model_or_num_layers, int):
-        return model_or_num_layers
-    return int(getattr(model_or_num_layers, "config", model_or_num_layers).num_hidden_layers)
 
 
 def _parse_samples(tokenizer: Any, samples: Sequence[Any]) -> list[Sample]:

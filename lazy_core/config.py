@@ -121,11 +121,9 @@ class LazyConfig(BaseModel):
         pruning after layer 2 or later than layer 7 loses more; the unpruned layers 0-7 cap the prefill speedup below
         3.75x.
         """
-        num_layers = _num_layers(model_or_num_layers)
-        if num_layers < 4:
+        if model_depth(model_or_num_layers) < 4:
             return cls.off()
-        fractions = (8 / 30, 15 / 30, 22 / 30)
-        layers = sorted({min(num_layers - 2, max(0, round(f * num_layers) - 1)) for f in fractions})
+        layers = layers_at(model_or_num_layers, (8 / 30, 15 / 30, 22 / 30))
         ratios = [0.4, 0.2, 0.1][: len(layers)]
         return cls(
             prune_layers=layers,
@@ -143,9 +141,7 @@ class LazyConfig(BaseModel):
     def paper(cls, model_or_num_layers: Any, keep_ratios: tuple[float, ...] = (0.7, 0.5, 0.3)) -> LazyConfig:
         """The paper's scoring (§3.2): last prompt token as the only query, mean over heads, no pooling, pruning
         at about 1/3, 2/3 and the end of the depth (the schedule of the prototype that DESIGN.md reports)."""
-        num_layers = _num_layers(model_or_num_layers)
-        fractions = (9 / 30, 19 / 30, 28 / 30)
-        layers = sorted({min(num_layers - 2, max(0, round(f * num_layers) - 1)) for f in fractions})
+        layers = layers_at(model_or_num_layers, (9 / 30, 19 / 30, 28 / 30))
         return cls(
             prune_layers=layers,
             keep_ratios=list(keep_ratios[: len(layers)]),
@@ -194,7 +190,8 @@ class LazyConfig(BaseModel):
             )
 
 
-def _num_layers(model_or_num_layers: Any) -> int:
+def model_depth(model_or_num_layers: Any) -> int:
+    """The number of decoder layers of a Hugging Face model, its config, or a layer count given as an int."""
     if isinstance(model_or_num_layers, int):
         return model_or_num_layers
     config = getattr(model_or_num_layers, "config", model_or_num_layers)
@@ -204,3 +201,10 @@ def _num_layers(model_or_num_layers: Any) -> int:
             f"expected a Hugging Face model, its config or a layer count, got {type(model_or_num_layers).__name__}"
         )
     return num
+
+
+def layers_at(model_or_num_layers: Any, fractions: tuple[float, ...]) -> list[int]:
+    """0-based pruning layers at these fractions of the depth: fraction f prunes after layer round(f * L) - 1, kept
+    within 0..L-2 (a pruning layer needs a layer after it); duplicates on shallow models are merged."""
+    num = model_depth(model_or_num_layers)
+    return sorted({min(num - 2, max(0, round(f * num) - 1)) for f in fractions})
