@@ -18,14 +18,12 @@ from typing import Any
 
 from benchmarks.common import RESULTS_DIR, load, machine, md_table, replace_section, write_json
 from benchmarks.data import SuiteSpec, build_suite
+from benchmarks.report import schedule_text
 from lazy_core.calibrate import CandidateResult, calibrate_report
 
 
 def _schedule(cfg: Any) -> str:
-    if not cfg.prune_layers:
-        return "no pruning (LazyConfig.off())"
-    text = f"layers {cfg.prune_layers} keep {cfg.keep_ratios}, window {cfg.query_window}, pool {cfg.pool_kernel}"
-    return text if cfg.revive else text + ", no revival"
+    return schedule_text(cfg.model_dump())
 
 
 def _row(r: CandidateResult) -> dict[str, Any]:

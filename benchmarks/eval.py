@@ -20,6 +20,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -61,6 +62,13 @@ METHODS: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
         lambda m: _default(m, query_window=32),
     ),
 }
+
+
+def method_config(name: str, num_layers: int) -> LazyConfig:
+    """The config ``METHODS[name]`` gives a model of ``num_layers`` layers (the factories read only the depth)."""
+    return METHODS[name][1](SimpleNamespace(config=SimpleNamespace(num_hidden_layers=num_layers)))
+
+
 DEFAULT_METHODS = [
     "full",
     "lazy",

@@ -50,9 +50,7 @@ def load_records(paths: list[Path]) -> dict[str, dict[str, dict[str, Any]]]:
 def current_only(records: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
     """Drop the records of a method of ``benchmarks.eval.METHODS`` that were run with another config than the one the
     method has now (e.g. the baselines before a change of the default); methods no longer defined are kept as run."""
-    from types import SimpleNamespace
-
-    from benchmarks.eval import METHODS
+    from benchmarks.eval import METHODS, method_config
 
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for method, by_item in records.items():
@@ -61,9 +59,7 @@ def current_only(records: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dic
             continue
         kept = {}
         for item_id, rec in by_item.items():
-            depth = len(rec["kept_per_layer"])
-            model = SimpleNamespace(config=SimpleNamespace(num_hidden_layers=depth))
-            if rec.get("config") == METHODS[method][1](model).model_dump():
+            if rec.get("config") == method_config(method, len(rec["kept_per_layer"])).model_dump():
                 kept[item_id] = rec
         if kept:
             out[method] = kept
@@ -96,7 +92,7 @@ def score_records(records: dict[str, dict[str, dict[str, Any]]]) -> list[dict[st
                     "computed_token_fraction": rec["computed_token_fraction"],
                     "computed_total": rec["computed_token_fraction_total"],
                     "revived_tokens": rec["revived_tokens"],
-                    "schedule": _schedule(rec.get("config") or {}),
+                    "schedule": schedule_text(rec.get("config") or {}),
                     "kept_fraction_per_layer": [k / rec["prompt_tokens"] for k in rec["kept_per_layer"]],
                     "dloglik": (rec["gold_loglik"] - ref["gold_loglik"])
                     if rec.get("gold_loglik") is not None and ref.get("gold_loglik") is not None
@@ -106,7 +102,7 @@ def score_records(records: dict[str, dict[str, dict[str, Any]]]) -> list[dict[st
     return rows
 
 
-def _schedule(config: dict[str, Any]) -> str:
+def schedule_text(config: dict[str, Any]) -> str:
     """The schedule a record was run with, as recorded (the default may change between runs)."""
     if not config.get("prune_layers"):
         return "no pruning"
@@ -342,32 +338,18 @@ def plots(rows: list[dict[str, Any]], summary: list[dict[str, Any]], ttft: dict 
     return paths
 
 
-def current_default_method(records: dict[str, dict[str, dict[str, Any]]]) -> str:
-    """The method whose recorded config is today's ``LazyConfig.default_for`` (the default may have changed since
-    older records were written); 'lazy' when none matches."""
-    from lazy_core import LazyConfig
-
-    any_record = next(iter(records["full"].values()))
-    depth = len(any_record["kept_per_layer"])
-    current = LazyConfig.default_for(depth).model_dump() if depth else None
-    for method in ["lazy"] + sorted(records):
-        if (
-            method != "full"
-            and records.get(method)
-            and all(r.get("config") == current for r in records[method].values())
-        ):
-            return method
-    return "lazy"
-
-
 def build_report(eval_paths: list[Path], ttft_path: Path, out_dir: Path) -> str:
     from benchmarks.eval import METHODS
 
     records = current_only(load_records(eval_paths))
+    if "lazy" not in records:  # Table 1 is the default's; current_only left only records run with today's default
+        raise ValueError(
+            f"{eval_paths} hold no 'lazy' records run with today's LazyConfig.default_for; "
+            "run `python -m benchmarks.eval --methods lazy`"
+        )
     rows = score_records(records)
     order = [m for m in METHODS if m in records] + sorted(m for m in records if m not in METHODS)
     summary = summarise(rows, order)
-    default_method = current_default_method(records)
     ttft = json.loads(ttft_path.read_text(encoding="utf-8")) if ttft_path.exists() else None
     out_dir.mkdir(parents=True, exist_ok=True)
     pngs = plots(rows, summary, ttft, out_dir)
@@ -382,9 +364,9 @@ def build_report(eval_paths: list[Path], ttft_path: Path, out_dir: Path) -> str:
         f"1-minute load average {env.get('load_average_1m', '?')} at the first full run (TTFT speedups are wall-time "
         "medians of per-item ratios to the full run of the same item, noisy on a shared machine; the FLOP-model "
         "speedup is exact arithmetic on the tokens computed).\n\n"
-        f"### Table 1 (paper-style): full vs. LazyLLM default (method `{default_method}`: "
-        f"{next(s['schedule'] for s in summary if s['method'] == default_method)})\n\n"
-        + table1(rows, default_method)
+        "### Table 1 (paper-style): full vs. LazyLLM default (method `lazy`: "
+        f"{next(s['schedule'] for s in summary if s['method'] == 'lazy')})\n\n"
+        + table1(rows)
         + "\n\n"
         "### All methods on the same items\n\n"
         "needle lost = items the full model answers and the method does not; Δ gold loglik = mean change (nats) of "

@@ -16,13 +16,9 @@ from lazy_core import LazyConfig, LazyLLM
 
 
 def _config(method):
-    from types import SimpleNamespace
+    from benchmarks.eval import METHODS, method_config
 
-    from benchmarks.eval import METHODS
-
-    if method not in METHODS:
-        return {}
-    return METHODS[method][1](SimpleNamespace(config=SimpleNamespace(num_hidden_layers=4))).model_dump()
+    return method_config(method, 4).model_dump() if method in METHODS else {}
 
 
 def _rec(method, item_id, task, text, new_ids, answers, ttft, loglik=None, est=1.0, frac=1.0, length=1000):
@@ -142,6 +138,15 @@ def test_report_counts_only_records_run_with_the_current_config(eval_file):
     kept = current_only(records)
     assert sorted(kept["lazy"]) == ["extra", "n2", "q1", "s1"]  # n1 ran with a stale config
     assert sorted(kept["full"]) == ["n1", "n2", "q1", "s1"] and list(kept["old_name"]) == ["n1"]
+
+
+def test_report_without_records_of_todays_default_is_an_error(eval_file, tmp_path):
+    stale = [
+        dict(r, config=dict(r["config"], keep_ratios=[0.9, 0.8, 0.7])) if r["method"] == "lazy" else r for r in RECORDS
+    ]
+    eval_file.write_text("".join(json.dumps(r) + "\n" for r in stale), encoding="utf-8")
+    with pytest.raises(ValueError, match="no 'lazy' records run with today's LazyConfig.default_for"):
+        build_report([eval_file], tmp_path / "missing-ttft.json", tmp_path / "out")
 
 
 def test_missing_full_records_is_an_error(tmp_path):
