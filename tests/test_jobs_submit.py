@@ -114,7 +114,6 @@ class LocalRayCluster:
     nodes: list[RayNode] = field(default_factory=list)
     gcs_address: str = ""
     dashboard_url: str = ""
-    pending_block: tuple[int, int] | None = None  # the next node's worker ports, when reserved before its own ports
 
     @property
     def env(self) -> dict[str, str]:
@@ -138,8 +137,7 @@ class LocalRayCluster:
         temp_dir = Path(tempfile.mkdtemp(prefix="rj", dir=self.root))
         node = RayNode(temp_dir=temp_dir, head=head)
         self.nodes.append(node)
-        low, high = self.pending_block or _worker_port_range()
-        self.pending_block = None
+        low, high = _worker_port_range()  # a block clear of the ports handed out so far (the head's own included)
         ports = {
             "node-manager-port": _free_port(),
             "object-manager-port": _free_port(),
@@ -158,7 +156,6 @@ class LocalRayCluster:
         return node
 
     def start_head(self, num_cpus: int = 2) -> RayNode:
-        self.pending_block = _worker_port_range()  # reserved first, so the head's own ports fall outside it
         gcs_port, dashboard_port = _free_port(), _free_port()
         node = self._start(
             [
