@@ -23,7 +23,7 @@ from pipeline.prompts import check_chat_template
 from pipeline.report import Aggregator, FailedShard, RunReport, save_report
 from pipeline.scheduler import ActorPool, BatchTask
 from pipeline.shards import Shard, discover_shards, read_schema, remove_stale_temps, resolve_fs, write_table_atomic
-from pipeline.tokenizer import context_length, effective_prompt_limit, load_tokenizer
+from pipeline.tokenizer import fit_to_context, load_tokenizer
 
 log = logging.getLogger("pipeline")
 MAX_SHARDS_IN_MEMORY = 2  # the shard being drained and the next one being fed
@@ -98,7 +98,10 @@ def run_pipeline(config: PipelineConfig | dict[str, Any] | str | os.PathLike[str
         _event("stale_temps_removed", output=cfg.output)
     tokenizer = load_tokenizer(cfg.model)
     check_chat_template(tokenizer, cfg)
-    plan_cfg = _fit_to_context(cfg)
+    plan_cfg = fit_to_context(cfg)
+    if plan_cfg.max_prompt_tokens != cfg.max_prompt_tokens:
+        _event("prompt_limit", max_prompt_tokens=cfg.max_prompt_tokens, effective=plan_cfg.max_prompt_tokens,
+               reason="model context")
     seen_ids = _ids_of_finished(out_fs, out_dir, skipped)
 
     import ray
@@ -204,15 +207,6 @@ def _drive(
                 finalize(work)
     if active:
         raise RuntimeError(f"internal error: shards {sorted(w.shard.name for w in active.values())} never finished")
-
-
-def _fit_to_context(cfg: PipelineConfig) -> PipelineConfig:
-    """The config the prompts are planned with: max_prompt_tokens capped so prompt + new tokens fit the model's
-    context (a property of the model, which the config hash already covers)."""
-    limit = effective_prompt_limit(cfg.max_prompt_tokens, cfg.max_new_tokens, context_length(cfg.model))
-    if limit != cfg.max_prompt_tokens:
-        _event("prompt_limit", max_prompt_tokens=cfg.max_prompt_tokens, effective=limit, reason="model context")
-    return cfg.model_copy(update={"max_prompt_tokens": limit})
 
 
 def plan_workers(device: str, cluster_gpus: float, num_workers: int | None) -> tuple[int, bool]:

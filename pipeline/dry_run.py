@@ -13,7 +13,7 @@ from pipeline.driver import check_inputs
 from pipeline.plan import plan_shard
 from pipeline.prompts import check_chat_template
 from pipeline.report import FailedShard
-from pipeline.tokenizer import context_length, effective_prompt_limit, load_tokenizer
+from pipeline.tokenizer import fit_to_context, load_tokenizer
 
 
 class DryRunReport(BaseModel):
@@ -50,8 +50,7 @@ def dry_run(config: PipelineConfig | dict[str, Any] | str | os.PathLike[str]) ->
         return out
     tokenizer = load_tokenizer(cfg.model)
     check_chat_template(tokenizer, cfg)
-    limit = effective_prompt_limit(cfg.max_prompt_tokens, cfg.max_new_tokens, context_length(cfg.model))
-    plan_cfg = cfg.model_copy(update={"max_prompt_tokens": limit})
+    plan_cfg = fit_to_context(cfg)
     seen: set[Any] = set()
     padded = real = 0
     for index, (shard, _) in enumerate(todo):
@@ -76,6 +75,6 @@ def dry_run(config: PipelineConfig | dict[str, Any] | str | os.PathLike[str]) ->
         padded += work.padded_tokens
         real += work.real_tokens
     out.max_new_tokens_total = (out.rows - out.rows_invalid) * cfg.max_new_tokens
-    out.max_prompt_tokens = limit
+    out.max_prompt_tokens = plan_cfg.max_prompt_tokens
     out.padding_waste = 0.0 if padded == 0 else 1.0 - real / padded
     return out

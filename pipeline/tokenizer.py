@@ -49,3 +49,10 @@ def effective_prompt_limit(config_max: int, max_new_tokens: int, context: int | 
             "lower max_new_tokens"
         )
     return min(config_max, room)
+
+
+def fit_to_context(cfg: Any) -> Any:
+    """The PipelineConfig the prompts are planned with: max_prompt_tokens capped so prompt + new tokens fit the
+    model's context (a property of the model, which the config hash already covers)."""
+    limit = effective_prompt_limit(cfg.max_prompt_tokens, cfg.max_new_tokens, context_length(cfg.model))
+    return cfg.model_copy(update={"max_prompt_tokens": limit})
