@@ -59,11 +59,9 @@ class LazyKVCache:
     """The ``past_key_values`` the model's attention modules see: ``update`` appends the staged chunk's K/V to the
     layer and returns all of the layer's K/V. The engine stages positions/validity of a chunk before each layer call."""
 
-    def __init__(self, num_layers: int, batch: int, kv_heads: int, head_dim: int, capacity: int, dtype, device,
-                 max_positions: int) -> None:
+    def __init__(self, num_layers: int, batch: int, kv_heads: int, head_dim: int, capacity: int, dtype,
+                 device) -> None:
         self.layers = [LayerKV(batch, kv_heads, head_dim, capacity, dtype, device) for _ in range(num_layers)]
-        # present[l][b, p]: token at position p of item b has K/V at layer l (so is never computed there again)
-        self.present = torch.zeros(num_layers, batch, max_positions, dtype=torch.bool, device=device)
         self.computed = torch.zeros(num_layers, batch, dtype=torch.long, device=device)  # token-layers per item
         self._staged: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -82,8 +80,6 @@ class LazyKVCache:
             raise RuntimeError("LazyKVCache.update called without a staged chunk (the engine stages one per layer)")
         positions, valid = self._staged
         self._staged = None
-        rows = torch.arange(positions.shape[0], device=positions.device)[:, None].expand_as(positions)
-        self.present[layer_idx][rows[valid], positions[valid]] = True
         self.computed[layer_idx] += valid.sum(1)
         return self.layers[layer_idx].append(key_states, value_states, positions, valid)
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PruningMethod = Literal["attention", "static", "random"]
 Reduce = Literal["mean", "max"]
+RevivePolicy = Literal["select", "top"]
 
 
 class LazyConfig(BaseModel):
@@ -53,6 +54,34 @@ class LazyConfig(BaseModel):
         ge=1,
         description="At most this many tokens revived per pruning layer per decoding step (the best-scored ones); "
         "None = every selected token (the paper). Bounds the decoding cost of revival.",
+    )
+    revive_policy: RevivePolicy = Field(
+        "select",
+        description="What a decoding step attends to after a pruning layer, and so what it revives. 'select' (the "
+        "paper, §3.1): each step re-selects its own keep_ratios share of the prompt at every pruning layer and the "
+        "later layers see only those; each selected token that lacks K/V there is revived (the selection churns from "
+        "step to step, so most of the prompt is revived within ~100 tokens). 'top': the later layers see every token "
+        "that has K/V there (what prefill kept, what was revived, what was generated), and a step revives only the "
+        "pruned tokens among its revive_top best-scored ones; attention needs no mask, revival stays small.",
+    )
+    revive_top: int = Field(
+        64,
+        ge=1,
+        description="With revive_policy='top': the best-scored prompt tokens (after pooling) at a pruning layer that a "
+        "decoding step makes sure are computed at the next layers, reviving those that were pruned.",
+    )
+    revive_hysteresis: float = Field(
+        0.0,
+        ge=0.0,
+        description="With revive_policy='select': a decoding step adds this multiple of its best score to the "
+        "prompt tokens that already have K/V at the next layer before it selects, so successive steps select nearly "
+        "the same set instead of churning (0 = none, the paper).",
+    )
+    revive_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Revive only during the first revive_steps decoding steps; later steps score nothing and attend "
+        "to every token with K/V at each layer. None = every step.",
     )
     query_window: int = Field(
         1, ge=1, description="How many of the last prompt tokens act as queries when scoring in prefill (1 = paper)."
@@ -130,6 +159,8 @@ class LazyConfig(BaseModel):
             keep_ratios=ratios,
             min_keep_tokens=64,
             revive=True,
+            revive_policy="top",
+            revive_top=64,
             query_window=1,
             head_reduce="max",
             query_reduce="max",

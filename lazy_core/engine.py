@@ -54,11 +54,23 @@ class BatchState:
         batch = lengths.shape[0]
         self.lengths = lengths  # [B] prompt tokens per item
         self.cache = LazyKVCache(parts.num_layers, batch, parts.num_kv_heads, parts.head_dim, capacity, parts.dtype,
-                                 parts.device, max_positions=capacity)
+                                 parts.device)
         self.aux = AuxCache(batch, parts.hidden_size, capacity, parts.dtype, parts.device)
         self.revived = torch.zeros(batch, dtype=torch.long, device=parts.device)
         self.kept_per_layer: torch.Tensor | None = None  # [L, B] after prefill
         self.score_pairs = torch.zeros(batch, dtype=torch.float64)  # query·key pairs scored in prefill
+        # One item: no cache ever holds a pad slot (chunks are as wide as the item's rows), so a step's single query
+        # attends every slot and needs no mask at all.
+        self.dense = batch == 1
+        self.max_positions = capacity
+        self._budgets: dict[int, torch.Tensor] = {}
+
+    def budget(self, config: LazyConfig, step: int) -> torch.Tensor:
+        """[B] tokens kept after pruning step ``step`` (index into the schedule), computed once per batch."""
+        if step not in self._budgets:
+            sizes = [config.keep_budget(step, n) for n in self.lengths.tolist()]
+            self._budgets[step] = torch.tensor(sizes, device=self.lengths.device)
+        return self._budgets[step]
 
 
 class LayerLoop:
@@ -90,24 +102,27 @@ class LayerLoop:
         window = self.parts.sliding_windows[j]
         return window if window is not None and max_pos >= window else None
 
-    def _select(self, state: BatchState, j: int, query, query_pos, query_valid, live, visible=None):
-        """Score the layer's prompt tokens (those in ``visible`` [B, P] by position, if given) with the captured
-        queries; returns keep [B, S] over the layer's slots and the scorer's inputs."""
-        step = self.prune_step[j]
+    def _score_inputs(self, state: BatchState, j: int, query, query_pos, query_valid, live, span: int,
+                      visible=None) -> ScoreInputs:
+        """What the scorer sees at layer j: the layer's prompt slots (those in ``visible`` [B, P] by position, if
+        given, of the items in ``live`` [B]) against the captured queries [B, H, W, d] at query_pos/query_valid [B, W].
+        ``span``: positions the queries can reach (for a sliding window)."""
         kv = state.cache.layers[j]
         key_pos, key_valid = kv.positions[:, : kv.length], kv.valid[:, : kv.length]
-        lengths = state.lengths
-        candidates = key_valid & (key_pos < lengths[:, None]) & live[:, None]
+        candidates = key_valid & (key_pos < state.lengths[:, None]) & live[:, None]
         if visible is not None:
             candidates = candidates & visible.gather(1, key_pos)
-        inputs = ScoreInputs(
+        return ScoreInputs(
             layer=j, query=query, query_pos=query_pos, query_valid=query_valid, keys=kv.keys[:, :, : kv.length],
             key_pos=key_pos, key_valid=key_valid, candidates=candidates, scaling=self.scaling,
-            window=self._window_active(j, int(query_pos.max()) + 1),
+            window=self._window_active(j, span),
         )
-        budget = torch.tensor([self.config.keep_budget(step, int(n)) for n in lengths.tolist()], device=lengths.device)
-        forced = candidates & (key_pos >= (lengths - self.config.keep_tail)[:, None])
-        return self.pruner.select(inputs, budget, forced), inputs
+
+    def _select(self, state: BatchState, inputs: ScoreInputs) -> torch.Tensor:
+        """keep [B, S] over the layer's slots: the schedule's budget of the best-scored candidates (tail forced)."""
+        budget = state.budget(self.config, self.prune_step[inputs.layer])
+        forced = inputs.candidates & (inputs.key_pos >= (state.lengths - self.config.keep_tail)[:, None])
+        return self.pruner.select(inputs, budget, forced)
 
     # ---- prefill -------------------------------------------------------------------------------------------------
 
@@ -135,7 +150,8 @@ class LayerLoop:
             if j not in self.prune_step:
                 continue
             everyone = torch.ones_like(lengths, dtype=torch.bool)
-            keep, _ = self._select(state, j, query, pos.gather(1, query_rows), query_valid, everyone)
+            inputs = self._score_inputs(state, j, query, pos.gather(1, query_rows), query_valid, everyone, width)
+            keep = self._select(state, inputs)
             state.score_pairs += (query_valid.sum(1) * valid.sum(1)).double().cpu()
             if self.revive:
                 state.aux.put(j, hidden, pos, valid & ~keep)
@@ -151,45 +167,72 @@ class LayerLoop:
 
     # ---- decode --------------------------------------------------------------------------------------------------
 
-    def decode(self, state: BatchState, tokens: torch.Tensor, positions: torch.Tensor, live: torch.Tensor):
-        """One step. tokens/positions/live: [B] (finished items are fed a pad and not counted). Returns [B, V].
+    def decode(self, state: BatchState, tokens: torch.Tensor, positions: torch.Tensor, live: torch.Tensor,
+               step: int = 1) -> torch.Tensor:
+        """Decoding step ``step`` (1 = the step after the first token). tokens/positions/live: [B] (finished items
+        are fed a pad and not counted). Returns [B, V].
 
-        At each pruning layer the new token's query re-scores the prompt tokens it saw at that layer and, as in
-        prefill, the layers after it see only the selected ones (plus the generated tokens): each step picks its own
-        nested subsets of the prompt (§3.1). A selected token that the next layer lacks is read from the Aux Cache
-        and computed from there on, with the new token (§3.3). Revived rows come first (by position), the new token
-        is always the last row. Without revival, every step sees the tokens the prefill kept.
+        At each pruning layer the new token's query scores the prompt tokens the layer holds, and a selected token
+        that the next layer lacks is read from the Aux Cache and computed from there on with the new token (§3.3).
+        What "selected" means is ``config.revive_policy``: 'select' re-selects the schedule's share of the prompt and
+        the later layers see only those (each step its own nested subsets, §3.1); 'top' revives the pruned tokens
+        among the revive_top best-scored ones and the later layers see every token they hold. Revived rows come first
+        (by position), the new token is always the last row. Without revival (or past ``revive_steps``), every step
+        sees the tokens each layer holds.
         """
         hidden = self.parts.embed(tokens[:, None])  # [B, 1, D]
         pos, valid = positions[:, None], live[:, None]
         cos_sin = self.parts.rotary(hidden, pos)
-        visible = None  # [B, P] by position: prompt tokens this step selected at the last pruning layer
+        visible = None  # [B, P] by position: prompt tokens this step selected at the last pruning layer ('select')
         span = int(positions.max()) + 1  # positions this step can reach (for sliding windows)
+        limit = self.config.revive_steps
+        reviving = self.revive and (limit is None or step <= limit)
         for j in range(self.parts.num_layers):
-            k_pos, k_valid = state.cache.keys_meta(j, pos, valid)
-            if visible is not None:
-                k_valid = k_valid & (visible.gather(1, k_pos) | (k_pos >= state.lengths[:, None]))
-            window = self._window_active(j, span)
-            plain = hidden.shape[1] == 1 and window is None and bool(k_valid[live].all())
-            mask = None if plain else position_mask(pos, valid, k_pos, k_valid, window)
-            scoring = self.revive and j in self.prune_step
+            mask = self._decode_mask(state, j, pos, valid, visible, self._window_active(j, span))
+            scoring = reviving and j in self.prune_step
             rows = torch.full_like(pos[:, -1:], hidden.shape[1] - 1) if scoring else None
             hidden, query = self._run_layer(state, j, hidden, pos, valid, mask, cos_sin, rows)
-            if scoring:
-                hidden, pos, valid, visible = self._revive(state, j, query, hidden, pos, valid, live, visible)
-                cos_sin = self.parts.rotary(hidden, pos)
+            if not scoring:
+                continue
+            inputs = self._score_inputs(state, j, query, pos[:, -1:], live[:, None], live, span, visible)
+            if self.config.revive_policy == "select":
+                hidden, pos, valid, visible = self._reselect(state, inputs, hidden, pos, valid)
+            else:
+                revived = self._revive_top(state, inputs, hidden, pos, valid)
+                if revived is None:
+                    continue
+                hidden, pos, valid = revived
+            cos_sin = self.parts.rotary(hidden, pos)
         return self._logits(hidden[:, -1:])
 
-    def _revive(self, state: BatchState, j: int, query, hidden, pos, valid, live, visible):
-        """After layer j: select among the prompt tokens visible at j; drop active revived rows the new query no
-        longer selects (into the Aux Cache at j) and add the selected tokens that layer j+1 lacks (from the Aux
-        Cache at j). Returns the new active rows and the new visible set [B, P]."""
-        keep, inputs = self._select(state, j, query, pos[:, -1:], live[:, None], live, visible)
-        kv = state.cache.layers[j]
-        key_pos = kv.positions[:, : kv.length]
-        selected = torch.zeros_like(state.cache.present[j])  # [B, P] by position
-        rows = torch.arange(keep.shape[0], device=keep.device)[:, None].expand_as(keep)
-        selected[rows[keep], key_pos[keep]] = True
+    def _decode_mask(self, state: BatchState, j: int, pos, valid, visible, window: int | None):
+        """[B, 1, Q, S + Q] bool for the step's rows pos/valid [B, Q] against layer j's keys once the rows are
+        appended, or None where each item's one query may attend every slot (the fast path of every plain step)."""
+        if pos.shape[1] == 1 and visible is None and window is None:
+            if state.dense:
+                return None
+            kv = state.cache.layers[j]  # batch pads and finished items leave invalid slots: mask them, nothing else
+            return torch.cat([kv.valid[:, : kv.length], valid], 1)[:, None, None]
+        k_pos, k_valid = state.cache.keys_meta(j, pos, valid)
+        if visible is not None:
+            k_valid = k_valid & (visible.gather(1, k_pos) | (k_pos >= state.lengths[:, None]))
+        return position_mask(pos, valid, k_pos, k_valid, window)
+
+    def _reselect(self, state: BatchState, inputs: ScoreInputs, hidden, pos, valid):
+        """'select' policy after layer j: select the schedule's share among the prompt tokens visible at j; drop
+        active revived rows the new query no longer selects (into the Aux Cache at j) and add the selected tokens
+        that layer j+1 lacks (from the Aux Cache at j). Returns the new rows and the new visible set [B, P]."""
+        j = inputs.layer
+        if self.config.revive_hysteresis > 0:  # favour what the next layer already holds: less churn, less revival
+            best = self.pruner.scores(inputs).float().masked_fill(~inputs.candidates, 0).amax(1)
+            held = inputs.candidates & ~state.aux.held(j, inputs.key_pos)
+            inputs = dataclasses.replace(inputs, bonus=best * self.config.revive_hysteresis, bonus_slots=held)
+        keep = self._select(state, inputs)
+        key_pos = inputs.key_pos
+        # by position; pad slots may repeat a real slot's position, so they write into a spare last column
+        width = state.max_positions
+        selected = torch.zeros(keep.shape[0], width + 1, dtype=torch.bool, device=keep.device)
+        selected = selected.scatter_(1, torch.where(keep, key_pos, width), keep)[:, :width]
         old_pos, old_valid, old_hidden = pos[:, :-1], valid[:, :-1], hidden[:, :-1]
         still = old_valid & selected.gather(1, old_pos)
         state.aux.put(j, old_hidden, old_pos, old_valid & ~still)
@@ -199,12 +242,29 @@ class LayerLoop:
             limited = dataclasses.replace(inputs, candidates=wanted)
             wanted = TokenPruner.select(self.pruner, limited, torch.full_like(state.lengths, cap),
                                         torch.zeros_like(wanted))
+        return (*self._add_revived(state, j, wanted, key_pos, hidden, pos, valid, still), selected)
+
+    def _revive_top(self, state: BatchState, inputs: ScoreInputs, hidden, pos, valid):
+        """'top' policy after layer j: revive (from the Aux Cache at j) the pruned tokens among the step's revive_top
+        best-scored prompt tokens; rows revived at an earlier pruning layer go on. Returns the new rows, or None
+        when nothing is revived (then the rows stay as they are)."""
+        top = self.pruner.select(inputs, torch.full_like(state.lengths, self.config.revive_top),
+                                 torch.zeros_like(inputs.candidates))
+        wanted = top & state.aux.held(inputs.layer, inputs.key_pos)
+        if not bool(wanted.any()):  # one host sync per pruning layer; the common case once the step's top is computed
+            return None
+        return self._add_revived(state, inputs.layer, wanted, inputs.key_pos, hidden, pos, valid, valid[:, :-1])
+
+    def _add_revived(self, state: BatchState, j: int, wanted, key_pos, hidden, pos, valid, still):
+        """Rows for layer j+1: the active revived rows still wanted (``still`` [B, R]) and the Aux Cache states at j of
+        the slots in ``wanted`` [B, S] (positions key_pos [B, S]), by position, then the new token's row."""
         (new_pos,), new_valid = _pack(wanted, key_pos)
         state.revived += new_valid.sum(1)
         new_hidden = state.aux.take(j, new_pos, new_valid)
+        old_pos = pos[:, :-1]
         (act_hidden, act_pos), act_valid = _pack(
             torch.cat([still, new_valid], 1),
-            torch.cat([old_hidden, new_hidden], 1),
+            torch.cat([hidden[:, :-1], new_hidden], 1),
             torch.cat([old_pos, new_pos], 1),
             key=torch.cat([old_pos, new_pos], 1),
         )
@@ -212,5 +272,4 @@ class LayerLoop:
             torch.cat([act_hidden, hidden[:, -1:]], 1),
             torch.cat([act_pos, pos[:, -1:]], 1),
             torch.cat([act_valid, valid[:, -1:]], 1),
-            selected,
         )

@@ -17,6 +17,7 @@ from lazy_core.arch import model_parts
 from lazy_core.attention import attention_hook
 from lazy_core.config import LazyConfig
 from lazy_core.engine import BatchState, LayerLoop
+from lazy_core.rules import LogitRules
 from lazy_core.scoring import TokenPruner
 from lazy_core.stats import FlopModel, GenerateOutput, ItemStats
 
@@ -57,12 +58,21 @@ class LazyLLM:
         seed: int | None = None,
         eos_token_id: int | Sequence[int] | None = None,
         pad_token_id: int | None = None,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+        min_new_tokens: int = 0,
     ) -> GenerateOutput:
         """input_ids: [B, T] (left or right padded, see attention_mask [B, T]). Returns sequences [B, T + new] and
         per-item stats. Greedy unless ``do_sample``; generation of an item stops at any of ``eos_token_id``
-        (default: the model's generation config), and it is padded with ``pad_token_id`` after that."""
+        (default: the model's generation config), and it is padded with ``pad_token_id`` after that.
+        ``repetition_penalty``, ``no_repeat_ngram_size`` and ``min_new_tokens`` act as in ``model.generate``."""
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+        if not repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0 (1.0 = none), got {repetition_penalty}")
+        for name, value in (("no_repeat_ngram_size", no_repeat_ngram_size), ("min_new_tokens", min_new_tokens)):
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0 (0 = off), got {value!r}")
         if do_sample:
             if not temperature > 0:
                 raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
@@ -79,7 +89,10 @@ class LazyLLM:
         def choose(logits: torch.Tensor) -> torch.Tensor:
             return _sample(logits, temperature, top_p, generator) if do_sample else logits.argmax(-1)
 
-        new, state, times = self._run(input_ids, mask, max_new_tokens, choose, eos, pad)
+        rules = LogitRules(input_ids, mask, max_new_tokens, eos, repetition_penalty, no_repeat_ngram_size,
+                           min_new_tokens)
+        new, state, times = self._run(input_ids, mask, max_new_tokens, choose, eos, pad,
+                                      rules=rules if rules.active else None)
         sequences = torch.cat([input_ids, new], 1)
         return GenerateOutput(sequences=sequences, stats=self._stats(state, new, eos, pad, times))
 
@@ -129,8 +142,14 @@ class LazyLLM:
 
     # ---- the loop ------------------------------------------------------------------------------------------------
 
-    def _run(self, input_ids, mask, max_new_tokens, choose, eos, pad, stop_after=None):
-        """Returns new tokens [B, N], the batch state and (ttft_s, decode_s)."""
+    def _run(self, input_ids, mask, max_new_tokens, choose, eos, pad, stop_after=None, rules=None):
+        """Returns new tokens [B, N], the batch state and (ttft_s, decode_s). ``rules`` (LogitRules) adjust each
+        step's logits before ``choose`` and see every token appended."""
+        if rules is not None:
+            inner_choose = choose
+
+            def choose(logits: torch.Tensor) -> torch.Tensor:
+                return inner_choose(rules.apply(logits))
         device = self.parts.device
         lengths = mask.sum(1)
         left = _left_align(input_ids, mask, lengths, pad)
@@ -141,6 +160,8 @@ class LazyLLM:
             start = time.perf_counter()
             token = choose(loop.prefill(state, left))
             finished = torch.isin(token, eos_t)
+            if rules is not None:
+                rules.record(token)
             _sync(device)
             ttft = time.perf_counter() - start
             generated = [token]
@@ -150,9 +171,11 @@ class LazyLLM:
                 if bool(finished.all()):
                     break
                 feed = torch.where(finished, torch.full_like(token, pad), token)
-                logits = loop.decode(state, feed, lengths + i - 1, ~finished)
+                logits = loop.decode(state, feed, lengths + i - 1, ~finished, step=i)
                 token = torch.where(finished, torch.full_like(token, pad), choose(logits))
                 finished = finished | torch.isin(token, eos_t)
+                if rules is not None:
+                    rules.record(token)
                 generated.append(token)
             _sync(device)
             decode = time.perf_counter() - start - ttft

@@ -29,6 +29,8 @@ class ScoreInputs:
     candidates: torch.Tensor  # [B, S] prompt tokens that may be kept or dropped
     scaling: float  # softmax scale of the model's attention
     window: int | None  # sliding window of this layer, None = full causal
+    bonus: torch.Tensor | None = None  # [B] added to the scores of the slots in bonus_slots before ranking
+    bonus_slots: torch.Tensor | None = None  # [B, S]
 
 
 class TokenPruner:
@@ -46,6 +48,8 @@ class TokenPruner:
         """budget: [B] tokens to keep; forced: [B, S] always kept. Returns keep [B, S] (a subset of candidates)."""
         candidates = inputs.candidates
         score = self.scores(inputs).float()
+        if inputs.bonus is not None:
+            score = score + inputs.bonus_slots * inputs.bonus[:, None]
         score = score.masked_fill(~candidates, float("-inf")).masked_fill(forced & candidates, float("inf"))
         k = torch.minimum(budget, candidates.sum(1))
         k_max = int(k.max()) if k.numel() else 0

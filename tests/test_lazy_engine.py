@@ -167,10 +167,21 @@ def test_pruned_prefill_equals_reference_on_kept_subset(tiny_model, tiny_tokeniz
 # ---- batches ---------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["attention", "static", "random"])
-def test_batch_equals_items_alone(tiny_model, tiny_tokenizer, method):
+# Every decoding policy behind the one contract (LazyConfig fields), each with revival that actually happens.
+POLICIES = {
+    "select": dict(revive_policy="select"),
+    "select_cap": dict(revive_policy="select", revive_per_step=1),
+    "select_hysteresis": dict(revive_policy="select", revive_hysteresis=0.5),
+    "select_first_steps": dict(revive_policy="select", revive_steps=3),
+    "top": dict(revive_policy="top", revive_top=6),
+}
+BATCH_CASES = [dict(method=m) for m in ("attention", "static", "random")] + list(POLICIES.values())
+
+
+@pytest.mark.parametrize("case", BATCH_CASES, ids=["attention", "static", "random", *[f"policy_{p}" for p in POLICIES]])
+def test_batch_equals_items_alone(tiny_model, tiny_tokenizer, case):
     enc = encode(tiny_tokenizer)
-    config = LazyConfig(**PRUNE, method=method, query_window=3, pool_kernel=3)
+    config = LazyConfig(**PRUNE, **case, query_window=3, pool_kernel=3)
     lazy = LazyLLM(tiny_model, config)
     batch = lazy.generate(enc.input_ids, attention_mask=enc.attention_mask, max_new_tokens=10)
     width = enc.input_ids.shape[1]
@@ -186,9 +197,10 @@ def test_batch_equals_items_alone(tiny_model, tiny_tokenizer, method):
 # ---- Aux Cache revival ----------------------------------------------------------------------------------------------
 
 
-def test_each_token_computed_at_most_once_per_layer(tiny_model, tiny_tokenizer):
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_each_token_computed_at_most_once_per_layer(tiny_model, tiny_tokenizer, policy):
     enc = encode(tiny_tokenizer)
-    config = LazyConfig(**PRUNE, query_window=2)
+    config = LazyConfig(**PRUNE, **POLICIES[policy], query_window=2)
     lazy = LazyLLM(tiny_model, config, keep_state=True)
     out = lazy.generate(enc.input_ids, attention_mask=enc.attention_mask, max_new_tokens=16, eos_token_id=[])
     state = lazy.last_state
@@ -259,6 +271,82 @@ def test_revive_per_step_caps_revivals(tiny_llama, tiny_tokenizer):
         enc.input_ids, max_new_tokens=steps, eos_token_id=[])
     assert free.stats[0].revived_tokens > 2 * (steps - 1)
     assert 0 < capped.stats[0].revived_tokens <= 2 * (steps - 1)  # 2 pruning layers, steps - 1 decoding steps
+
+
+def test_top_policy_revives_the_best_scored_and_keeps_what_it_computed(tiny_llama, tiny_tokenizer):
+    """'top': after a decoding step, each pruning layer's revive_top best-scored prompt tokens have K/V at the next
+    layer; and no token leaves a layer's key set (a step attends every token the layer holds)."""
+    enc = encode(tiny_tokenizer, PROMPTS[:1])
+    config = LazyConfig(prune_layers=[0], keep_ratios=[0.2], min_keep_tokens=2, keep_tail=2, revive_policy="top",
+                        revive_top=4)
+    pruner = RecordingPruner(config)
+    lazy = LazyLLM(tiny_llama, config, pruner=pruner, keep_state=True)
+    out = lazy.generate(enc.input_ids, max_new_tokens=6, eos_token_id=[])
+    assert out.stats[0].revived_tokens > 0
+    layer1 = lazy.last_state.cache.layers[1]
+    held = set(layer1.positions[0, : layer1.length][layer1.valid[0, : layer1.length]].tolist())
+    decode_calls = pruner.calls[1:]  # the first call is the prefill's
+    assert len(decode_calls) == 5
+    for call in decode_calls:
+        assert int(call["budget"][0]) == 4 and not call["forced"].any()
+        top = call["inputs"].key_pos[call["keep"]].tolist()
+        assert len(top) == 4 and set(top) <= held
+    prefill_kept = pruner.calls[0]["inputs"].key_pos[pruner.calls[0]["keep"]].tolist()
+    assert set(prefill_kept) <= held  # nothing the prefill kept was dropped by a decoding step
+
+
+def test_hysteresis_and_first_steps_revive_less(tiny_llama, tiny_tokenizer):
+    enc = encode(tiny_tokenizer, PROMPTS[:1])
+    steps = 10
+
+    def revived(**update):
+        config = LazyConfig(**PRUNE, **update)
+        return LazyLLM(tiny_llama, config).generate(enc.input_ids, max_new_tokens=steps, eos_token_id=[]).stats[0]
+
+    free, sticky, early = revived(), revived(revive_hysteresis=1.0), revived(revive_steps=2)
+    assert free.revived_tokens > 0
+    assert sticky.revived_tokens < free.revived_tokens
+    assert 0 < early.revived_tokens < free.revived_tokens
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_policies_are_exact_when_pruning_is_off(tiny_model, tiny_tokenizer, policy):
+    enc = encode(tiny_tokenizer)
+    config = LazyConfig(prune_layers=[0, 2], keep_ratios=[1.0, 1.0], **POLICIES[policy])
+    out = LazyLLM(tiny_model, config).generate(enc.input_ids, attention_mask=enc.attention_mask, max_new_tokens=10)
+    ref = tiny_model.generate(**enc, max_new_tokens=10, do_sample=False)
+    assert torch.equal(out.sequences, ref)
+
+
+def test_generation_rules_match_model_generate(tiny_model, tiny_tokenizer):
+    """repetition_penalty, no_repeat_ngram_size and min_new_tokens as in HF generate (pruning off, left-padded
+    batch); a pruned run with the rules never repeats an n-gram either."""
+    enc = encode(tiny_tokenizer)
+    rules = dict(repetition_penalty=1.3, no_repeat_ngram_size=2, min_new_tokens=5)
+    eos = tiny_tokenizer.eos_token_id
+    out = LazyLLM(tiny_model, LazyConfig.off()).generate(
+        enc.input_ids, attention_mask=enc.attention_mask, max_new_tokens=16, eos_token_id=eos, **rules)
+    ref = tiny_model.generate(**enc, max_new_tokens=16, do_sample=False, eos_token_id=eos, **rules)
+    assert torch.equal(out.sequences, ref)
+    plain = tiny_model.generate(**enc, max_new_tokens=16, do_sample=False, eos_token_id=eos)
+    assert not torch.equal(plain, ref), "the rules should change this output"
+    pruned = LazyLLM(tiny_model, LazyConfig(**PRUNE)).generate(
+        enc.input_ids, attention_mask=enc.attention_mask, max_new_tokens=16, eos_token_id=eos, **rules)
+    width = enc.input_ids.shape[1]
+    for b, row in enumerate(pruned.sequences.tolist()):
+        for i in range(width, width + pruned.stats[b].new_tokens):  # each new bigram is new to prompt + output
+            earlier = set(zip(row[: i - 1], row[1:i], strict=True))
+            assert (row[i - 1], row[i]) not in earlier
+
+
+def test_generation_rules_reject_bad_values(tiny_llama, tiny_tokenizer):
+    lazy = LazyLLM(tiny_llama, LazyConfig.off())
+    ids = encode(tiny_tokenizer, PROMPTS[:1]).input_ids
+    for bad, match in ((dict(repetition_penalty=0.0), "repetition_penalty"),
+                       (dict(no_repeat_ngram_size=-1), "no_repeat_ngram_size"),
+                       (dict(min_new_tokens=1.5), "min_new_tokens")):
+        with pytest.raises(ValueError, match=match):
+            lazy.generate(ids, max_new_tokens=4, **bad)
 
 
 def test_revive_false_prunes_prefill_only(tiny_model, tiny_tokenizer):
