@@ -46,6 +46,16 @@ class PipelineConfig(BaseModel):
     temperature: float = Field(1.0, gt=0.0, description="Sampling temperature (do_sample only).")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (do_sample only).")
     seed: int = Field(0, description="Sampling seed (each batch seeds from it, so reruns are reproducible).")
+    repetition_penalty: float = Field(
+        1.0, gt=0.0, description="As in HF generate: logits of tokens already in the prompt or the output are divided "
+        "(positive) or multiplied (negative) by it; 1.0 = off.",
+    )
+    no_repeat_ngram_size: int = Field(
+        0, ge=0, description="As in HF generate: no n-gram of this size occurs twice in prompt + output; 0 = off.",
+    )
+    min_new_tokens: int = Field(
+        0, ge=0, description="As in HF generate: end-of-sequence is not allowed before this many new tokens.",
+    )
     chat_template: bool = Field(True, description="Wrap the prompt in the tokenizer's chat template.")
     system_prompt: str | None = Field(None, description="Optional system message placed before the user prompt.")
     baseline_sample_rate: float = Field(
@@ -167,7 +177,8 @@ class PipelineConfig(BaseModel):
             mode="json",
             include={
                 "model", "task", "id_column", "text_column", "question_column", "passthrough_columns",
-                "max_new_tokens", "lazy", "do_sample", "temperature", "top_p", "seed", "chat_template",
+                "max_new_tokens", "lazy", "do_sample", "temperature", "top_p", "seed", "repetition_penalty",
+                "no_repeat_ngram_size", "min_new_tokens", "chat_template",
                 "system_prompt", "baseline_sample_rate", "max_prompt_tokens", "truncate", "max_text_chars", "dtype",
             },
         )
@@ -205,6 +216,6 @@ class PipelineConfig(BaseModel):
 # Output columns after the id and the passthrough columns, in order (schema: docs/pipeline.md, README).
 OUTPUT_COLUMNS = (
     "id", "generation", "status", "error", "prompt_tokens", "prompt_tokens_used", "new_tokens", "ttft_s", "decode_s",
-    "computed_token_fraction", "est_speedup", "baseline_ttft_s", "measured_speedup", "first_token_agrees",
-    "rouge_l_vs_baseline", "worker", "model", "config_hash",
+    "computed_token_fraction", "computed_token_fraction_total", "revived_tokens", "est_speedup", "baseline_ttft_s",
+    "measured_speedup", "first_token_agrees", "rouge_l_vs_baseline", "worker", "model", "config_hash",
 )

@@ -228,6 +228,8 @@ def _make_pool(cfg: PipelineConfig) -> ActorPool:
         model=cfg.model, lazy=lazy, dtype=cfg.dtype, device=cfg.device,
         num_threads=None if use_gpu else cfg.cpus_per_worker, max_new_tokens=cfg.max_new_tokens,
         do_sample=cfg.do_sample, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
+        repetition_penalty=cfg.repetition_penalty, no_repeat_ngram_size=cfg.no_repeat_ngram_size,
+        min_new_tokens=cfg.min_new_tokens,
     )
     options = actor_options(1.0 if use_gpu else 0.0, cfg.cpus_per_worker, cfg.max_restarts)
     remote_cls = ray.remote(LazyWorker)

@@ -26,6 +26,8 @@ RESULT_TYPES: dict[str, pa.DataType] = {
     "ttft_s": pa.float64(),
     "decode_s": pa.float64(),
     "computed_token_fraction": pa.float64(),
+    "computed_token_fraction_total": pa.float64(),
+    "revived_tokens": pa.int64(),
     "est_speedup": pa.float64(),
     "baseline_ttft_s": pa.float64(),
     "measured_speedup": pa.float64(),

@@ -87,6 +87,9 @@ class LazyWorker:
                 seed=seed if self.spec.do_sample else None,
                 eos_token_id=None,  # the model's generation config (chat models end turns with their own id)
                 pad_token_id=self.pad_id,
+                repetition_penalty=self.spec.repetition_penalty,
+                no_repeat_ngram_size=self.spec.no_repeat_ngram_size,
+                min_new_tokens=self.spec.min_new_tokens,
             )
         prompt_len = ids.shape[1]
         new = []
@@ -109,6 +112,8 @@ class LazyWorker:
                     "ttft_s": st.ttft_s,
                     "decode_s": st.decode_s,
                     "computed_token_fraction": st.computed_token_fraction,
+                    "computed_token_fraction_total": st.computed_token_fraction_total,
+                    "revived_tokens": st.revived_tokens,
                     "est_speedup": st.est_speedup,
                     "baseline_ttft_s": None,
                     "measured_speedup": None,
@@ -148,6 +153,8 @@ def _error_row(exc: BaseException, worker: str) -> dict[str, Any]:
         "ttft_s": None,
         "decode_s": None,
         "computed_token_fraction": None,
+        "computed_token_fraction_total": None,
+        "revived_tokens": None,
         "est_speedup": None,
         "baseline_ttft_s": None,
         "measured_speedup": None,
