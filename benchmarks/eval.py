@@ -35,31 +35,55 @@ def _default(model: Any, **update: Any) -> LazyConfig:
     return LazyConfig.default_for(model).model_copy(update=update)
 
 
-# name -> (description, config factory). Fractions of depth map to the layers of LazyConfig.default_for.
+def _select_default(model: Any, **update: Any) -> LazyConfig:
+    """The previous default (revive_policy='select'): the baselines and sweeps below were run on it."""
+    return _default(model, revive_policy="select", **update)
+
+
+# name -> (description, config factory). Fractions of depth map to the layers of LazyConfig.default_for. The baselines
+# and sweeps vary the previous default (revive_policy='select'), as they were run; top* vary the current one.
 METHODS: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
     "full": ("full prefill (LazyConfig.off())", lambda m: LazyConfig.off()),
     "lazy": ("LazyLLM, LazyConfig.default_for(model)", lambda m: LazyConfig.default_for(m)),
-    "lazy_prev": ("the previous default: keep 0.3/0.1/0.05", lambda m: _default(m, keep_ratios=[0.3, 0.1, 0.05])),
+    "select_prev": (
+        "the previous default: each decoding step re-selects 40/20/10 % and revives what it lacks",
+        lambda m: _select_default(m),
+    ),
+    "lazy_prev": ("the default before that: keep 0.3/0.1/0.05",
+                  lambda m: _select_default(m, keep_ratios=[0.3, 0.1, 0.05])),
     "paper": ("LazyLLM with the paper's scoring (LazyConfig.paper)", lambda m: LazyConfig.paper(m)),
-    "prefill_only": ("default schedule, no Aux Cache revival", lambda m: _default(m, revive=False)),
-    "static": ("static pruning (once, at the first layer)", lambda m: _default(m, method="static")),
-    "random": ("random pruning, default schedule", lambda m: _default(m, method="random")),
-    "sweep_mild": ("default layers, keep 0.5/0.3/0.2", lambda m: _default(m, keep_ratios=[0.5, 0.3, 0.2])),
-    "sweep_tail": ("default layers, keep 0.3/0.15/0.1", lambda m: _default(m, keep_ratios=[0.3, 0.15, 0.1])),
-    "sweep_strong": ("default layers, keep 0.2/0.07/0.03", lambda m: _default(m, keep_ratios=[0.2, 0.07, 0.03])),
+    "prefill_only": ("default schedule, no Aux Cache revival", lambda m: _select_default(m, revive=False)),
+    "static": ("static pruning (once, at the first layer)", lambda m: _select_default(m, method="static")),
+    "random": ("random pruning, default schedule", lambda m: _select_default(m, method="random")),
+    "select_cap8": ("previous default, at most 8 revivals per layer and step",
+                    lambda m: _select_default(m, revive_per_step=8)),
+    "select_hyst": ("previous default, hysteresis 0.5 (favour what the next layer holds)",
+                    lambda m: _select_default(m, revive_hysteresis=0.5)),
+    "select_first16": ("previous default, revival in the first 16 decoding steps only",
+                       lambda m: _select_default(m, revive_steps=16)),
+    "top32": ("default, revive the pruned among each step's top 32", lambda m: _default(m, revive_top=32)),
+    "top128": ("default, revive the pruned among each step's top 128", lambda m: _default(m, revive_top=128)),
+    "top64_first16": ("default, revival in the first 16 decoding steps only", lambda m: _default(m, revive_steps=16)),
+    "sweep_mild": ("default layers, keep 0.5/0.3/0.2", lambda m: _select_default(m, keep_ratios=[0.5, 0.3, 0.2])),
+    "sweep_tail": ("default layers, keep 0.3/0.15/0.1", lambda m: _select_default(m, keep_ratios=[0.3, 0.15, 0.1])),
+    "sweep_strong": ("default layers, keep 0.2/0.07/0.03",
+                     lambda m: _select_default(m, keep_ratios=[0.2, 0.07, 0.03])),
     "sweep_late": (
         "layers at 10/17/24 of 30, keep 0.3/0.1/0.05",
-        lambda m: _default(m, prune_layers=layers_at(m, (10 / 30, 17 / 30, 24 / 30)), keep_ratios=[0.3, 0.1, 0.05]),
+        lambda m: _select_default(m, prune_layers=layers_at(m, (10 / 30, 17 / 30, 24 / 30)),
+                                  keep_ratios=[0.3, 0.1, 0.05]),
     ),
     "sweep_early": (
         "layers at 3/15/22 of 30, keep 0.3/0.1/0.05",
-        lambda m: _default(m, prune_layers=layers_at(m, (3 / 30, 15 / 30, 22 / 30)), keep_ratios=[0.3, 0.1, 0.05]),
+        lambda m: _select_default(m, prune_layers=layers_at(m, (3 / 30, 15 / 30, 22 / 30)),
+                                  keep_ratios=[0.3, 0.1, 0.05]),
     ),
-    "sweep_floor256": ("default schedule, at least 256 tokens kept", lambda m: _default(m, min_keep_tokens=256)),
-    "sweep_pool15": ("default schedule, pool kernel 15", lambda m: _default(m, pool_kernel=15)),
+    "sweep_floor256": ("default schedule, at least 256 tokens kept",
+                       lambda m: _select_default(m, min_keep_tokens=256)),
+    "sweep_pool15": ("default schedule, pool kernel 15", lambda m: _select_default(m, pool_kernel=15)),
     "sweep_window32": (
         "default schedule scored by the last 32 prompt queries (the first default's scoring)",
-        lambda m: _default(m, query_window=32),
+        lambda m: _select_default(m, query_window=32),
     ),
 }
 
@@ -72,6 +96,7 @@ def method_config(name: str, num_layers: int) -> LazyConfig:
 DEFAULT_METHODS = [
     "full",
     "lazy",
+    "select_prev",
     "lazy_prev",
     "paper",
     "prefill_only",
@@ -137,12 +162,15 @@ def _done(path: Path) -> set[tuple[str, str, str]]:
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
             rec = json.loads(line)
-            done.add((rec["method"], rec["item_id"], _config_key(rec.get("config") or {})))
+            done.add((rec["method"], rec["item_id"], config_key(rec.get("config") or {})))
     return done
 
 
-def _config_key(config: dict[str, Any]) -> str:
-    return json.dumps(config, sort_keys=True)
+def config_key(config: dict[str, Any]) -> str:
+    """A config's identity for resuming: its fields that differ from LazyConfig's defaults, so a new field with a
+    default leaves the records run before it valid (they ran with that default's behaviour)."""
+    defaults = LazyConfig().model_dump()
+    return json.dumps({k: v for k, v in config.items() if k not in defaults or defaults[k] != v}, sort_keys=True)
 
 
 def spec_from_args(args: argparse.Namespace, limit: int) -> SuiteSpec:
@@ -199,7 +227,7 @@ def main(argv: list[str] | None = None) -> Path:
     with args.out.open("a", encoding="utf-8") as sink:
         for item in interleave(items):  # item-major: a stopped run still compares every method on the same items
             for name, lazy in engines.items():
-                if (name, item.item_id, _config_key(lazy.config.model_dump())) in done:
+                if (name, item.item_id, config_key(lazy.config.model_dump())) in done:
                     continue
                 loglik = not args.no_loglik and item.task in ("multidoc_qa", "single_qa")
                 record = run_item(lazy, tok, item, loglik=loglik)

@@ -77,7 +77,7 @@ def _rouge_scorer() -> Any:
         from rouge_score import rouge_scorer
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError("ROUGE-L needs the rouge-score package: `.venv/bin/pip install rouge-score`") from err
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
 
 
 def rouge_l(prediction: str, reference: str) -> float:
@@ -85,6 +85,32 @@ def rouge_l(prediction: str, reference: str) -> float:
     if not prediction.strip() or not reference.strip():
         return 0.0
     return float(_rouge_scorer().score(reference, prediction)["rougeL"].fmeasure)
+
+
+def rouge_scores(prediction: str, reference: str) -> dict[str, float]:
+    """ROUGE-1 / ROUGE-2 / ROUGE-L F-measures (rouge-score, stemmed) of ``prediction`` against ``reference``; all 0
+    when either is empty."""
+    if not prediction.strip() or not reference.strip():
+        return {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    scores = _rouge_scorer().score(reference, prediction)
+    return {name: float(scores[name].fmeasure) for name in ("rouge1", "rouge2", "rougeL")}
+
+
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], resamples: int = 10_000, seed: int = 0,
+                     level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of the paired differences a - b and its percentile bootstrap interval (items resampled with
+    replacement, ``resamples`` times, fixed seed)."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired_bootstrap needs two equally long, non-empty score lists, got {len(a)} and {len(b)}")
+    import random
+
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    rng = random.Random(seed)
+    n = len(diffs)
+    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    tail = (1 - level) / 2
+    low, high = means[int(tail * resamples)], means[min(resamples - 1, int((1 - tail) * resamples))]
+    return sum(diffs) / n, low, high
 
 
 def first_token_agrees(new_ids: Sequence[int], reference_new_ids: Sequence[int]) -> bool:

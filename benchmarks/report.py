@@ -50,7 +50,7 @@ def load_records(paths: list[Path]) -> dict[str, dict[str, dict[str, Any]]]:
 def current_only(records: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
     """Drop the records of a method of ``benchmarks.eval.METHODS`` that were run with another config than the one the
     method has now (e.g. the baselines before a change of the default); methods no longer defined are kept as run."""
-    from benchmarks.eval import METHODS, method_config
+    from benchmarks.eval import METHODS, config_key, method_config
 
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for method, by_item in records.items():
@@ -59,7 +59,8 @@ def current_only(records: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dic
             continue
         kept = {}
         for item_id, rec in by_item.items():
-            if rec.get("config") == method_config(method, len(rec["kept_per_layer"])).model_dump():
+            current = method_config(method, len(rec["kept_per_layer"])).model_dump()
+            if config_key(rec.get("config") or {}) == config_key(current):
                 kept[item_id] = rec
         if kept:
             out[method] = kept
