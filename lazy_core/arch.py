@@ -3,6 +3,7 @@ embedding, final norm and lm_head. The model's own modules do all the math; noth
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,7 @@ class ModelParts:
     hidden_size: int
     max_positions: int
     sliding_windows: list[int | None]  # per layer; None = full causal attention
+    cache_kwarg: str  # the decoder layer's name for its cache argument: "cache" (transformers >= 5.24) or older
 
     @property
     def num_layers(self) -> int:
@@ -68,7 +70,15 @@ def model_parts(model: nn.Module) -> ModelParts:
         hidden_size=config.hidden_size,
         max_positions=int(getattr(config, "max_position_embeddings", 0) or 0),
         sliding_windows=[_sliding_window(config, i) for i in range(config.num_hidden_layers)],
+        cache_kwarg=_cache_kwarg(inner.layers[0]),
     )
+
+
+def _cache_kwarg(layer: nn.Module) -> str:
+    """transformers 5.24 renamed the decoder layers' ``past_key_values`` to ``cache`` (the old name warns, and goes
+    in 5.40): pass the cache under the name this version's layer declares."""
+    params = inspect.signature(layer.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def _sliding_window(config, layer_idx: int) -> int | None:

@@ -94,7 +94,8 @@ class LayerLoop:
         step = AttentionStep(inner=self.inner, mask=mask, query_rows=query_rows)
         state.cache.stage(pos, valid)
         out = self.parts.layers[j](
-            hidden, attention_mask=None, position_embeddings=cos_sin, past_key_values=state.cache, lazy_step=step
+            hidden, attention_mask=None, position_embeddings=cos_sin, lazy_step=step,
+            **{self.parts.cache_kwarg: state.cache},
         )
         return out, step.captured_query
 
