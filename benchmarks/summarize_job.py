@@ -118,6 +118,8 @@ def summarize(records: list[dict[str, Any]], references: dict[str, str], methods
     common = sorted(set.intersection(*(set(v) for v in by_method.values()))) if methods else []
     common_shards = set.intersection(*shards.values()) if methods else set()
     out: dict[str, Any] = {"papers": len(common), "methods": {}}
+    if not common:  # nothing run yet (or nothing under these settings)
+        return out
     full = by_method.get("full", {})
     for m in methods:
         rows = [by_method[m][i] for i in common]
@@ -213,7 +215,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         shards = write_shards(papers, args.work / f"corpus-{args.prompt_tokens}-s{args.seed}", args.rows_per_shard)
         done = {(r["method"], r["shard"]) for r in records}
-        ray.init(num_cpus=args.threads, include_dashboard=False, _system_config={"worker_niceness": 0})
+        started_ray = not ray.is_initialized()
+        if started_ray:  # Ray's default niceness 15 for workers would slow the actors against anything else running
+            ray.init(num_cpus=args.threads, include_dashboard=False, _system_config={"worker_niceness": 0})
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
             with out.open("a", encoding="utf-8") as sink:
@@ -230,7 +234,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         print(f"{method:>14} {shard.name} {len(rec['rows'])} docs in {rec['steady_s']:.1f}s",
                               flush=True)
         finally:
-            ray.shutdown()
+            if started_ray:
+                ray.shutdown()
     summary = summarize(records, references, args.methods)
     summary["settings"] = settings
     text = markdown(summary, args, "python -m benchmarks.summarize_job " + " ".join(sys.argv[1:] if argv is None

@@ -44,6 +44,16 @@ def test_sources_are_the_installed_real_data():
     assert len(load_squad()) > 10 and "paragraphs" in load_squad()[0]
 
 
+def test_aclsum_papers_are_bodies_without_their_abstracts():
+    from benchmarks.data import load_aclsum
+
+    papers = load_aclsum()
+    assert len(papers) == 250 and len({p["id"] for p in papers}) == 250
+    for paper in papers[:20]:
+        assert paper["abstract"] and paper["abstract"] not in paper["text"]
+        assert paper["text"].startswith(paper["title"]) and "## " in paper["text"]
+
+
 def test_counts_ids_and_lengths(suite):
     by_task = {t: [i for i in suite if i.task == t] for t in ("needle", "multidoc_qa", "single_qa", "summarize")}
     assert len(by_task["needle"]) == 2 * 3

@@ -10,8 +10,10 @@ from benchmarks.metrics import (
     first_line,
     first_token_agrees,
     normalize_answer,
+    paired_bootstrap,
     passkey_found,
     rouge_l,
+    rouge_scores,
     task_score,
 )
 
@@ -71,3 +73,25 @@ def test_task_score_dispatch():
         task_score("summarize", "a", [])
     with pytest.raises(ValueError, match="unknown task"):
         task_score("translate", "a", ["a"])
+
+
+def test_rouge_scores_give_1_2_and_l():
+    ref = "the model prunes tokens in the prefill"
+    same = rouge_scores(ref, ref)
+    assert same == {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0}
+    shuffled = rouge_scores("prefill the in tokens prunes model the", ref)
+    assert shuffled["rouge1"] == 1.0 and shuffled["rouge2"] < 0.5 and shuffled["rougeL"] < 1.0
+    assert rouge_scores("", ref) == {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+
+
+def test_paired_bootstrap_interval_covers_the_mean_and_is_seeded():
+    a = [0.30, 0.25, 0.40, 0.35, 0.20, 0.33]
+    b = [0.28, 0.27, 0.36, 0.30, 0.21, 0.30]
+    mean, low, high = paired_bootstrap(a, b)
+    assert mean == pytest.approx(sum(x - y for x, y in zip(a, b, strict=True)) / len(a))
+    assert low <= mean <= high and low < high
+    assert paired_bootstrap(a, b) == (mean, low, high)
+    assert paired_bootstrap(a, a) == (0.0, 0.0, 0.0)
+    assert paired_bootstrap([x + 1 for x in b], b)[1] == pytest.approx(1.0)  # a constant shift: a point interval
+    with pytest.raises(ValueError, match="equally long"):
+        paired_bootstrap(a, b[:-1])
