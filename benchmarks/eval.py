@@ -36,8 +36,10 @@ def _default(model: Any, **update: Any) -> LazyConfig:
 
 
 def _select_default(model: Any, **update: Any) -> LazyConfig:
-    """The previous default (revive_policy='select'): the baselines and sweeps below were run on it."""
-    return _default(model, revive_policy="select", **update)
+    """The previous default (revive_policy='select', every step revives): the baselines and sweeps below were run on
+    it. revive_top only matters to 'top'; it stays at the field's default so the records run before it keep their
+    identity."""
+    return _default(model, **{"revive_policy": "select", "revive_top": 64, "revive_steps": None, **update})
 
 
 # name -> (description, config factory). Fractions of depth map to the layers of LazyConfig.default_for. The baselines
@@ -61,8 +63,12 @@ METHODS: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
                     lambda m: _select_default(m, revive_hysteresis=0.5)),
     "select_first16": ("previous default, revival in the first 16 decoding steps only",
                        lambda m: _select_default(m, revive_steps=16)),
-    "top32": ("default, revive the pruned among each step's top 32", lambda m: _default(m, revive_top=32)),
-    "top64": ("default, revive the pruned among each step's top 64", lambda m: _default(m, revive_top=64)),
+    "top32": ("default, revive the pruned among each step's top 32, every step",
+              lambda m: _default(m, revive_top=32, revive_steps=None)),
+    "top64": ("default, revive the pruned among each step's top 64, every step",
+              lambda m: _default(m, revive_top=64, revive_steps=None)),
+    "top128_all": ("default, revival at every step (not only the first 32)",
+                   lambda m: _default(m, revive_steps=None)),
     "top64_first16": ("default with top 64, revival in the first 16 decoding steps only",
                       lambda m: _default(m, revive_top=64, revive_steps=16)),
     "sweep_mild": ("default layers, keep 0.5/0.3/0.2", lambda m: _select_default(m, keep_ratios=[0.5, 0.3, 0.2])),

@@ -145,11 +145,15 @@ class LazyConfig(BaseModel):
         kept. The schedule is the pick of ``lazy_core.calibrate(max_drop=0.01)`` on samples apart from the
         evaluation's (faster candidates lost 0.05-0.15 F1; BENCHMARKS.md, "Default schedule").
 
-        Decoding revives with ``revive_policy="top"``, ``revive_top=128`` (BENCHMARKS.md, "Revival policies"): each
-        step attends every token a layer holds and revives the pruned among its 128 best-scored. On 30 passkey items
-        (1K-8K, two seeds) it lost 1 of the full model's 26 passkeys, where the paper's per-step re-selection
-        (``"select"``, the previous default) lost 3 while reviving ~12x more and decoding at 1.5-2.4x the full
-        model's step; top 64 lost 2, top 32 lost 4. Without revival the schedule found 1 of the 17 passkeys at 1K-8K.
+        Decoding revives with ``revive_policy="top"``, ``revive_top=128``, ``revive_steps=32`` (BENCHMARKS.md,
+        "Revival policies"): each step attends every token a layer holds and, during the first 32 steps, revives the
+        pruned among its 128 best-scored. On 30 passkey items (1K-8K, two seeds; answers within 32 steps) it lost 1
+        of the full model's 26 passkeys, where the paper's per-step re-selection (``"select"``, the previous default)
+        lost 3 while reviving ~12x more and decoding at 1.5-2.4x the full model's step; top 64 lost 2, top 32 lost 4.
+        Without revival the schedule found 1 of the 17 passkeys at 1K-8K. Steps that revive carry extra rows through
+        every later layer (on this CPU a small matrix product costs ~3x a vector product, and a batch runs the extra
+        rows whenever one item revives): at batch 4 and 4K tokens such steps cost 1.7x the full model's, so revival
+        stops after step 32 and the rest of a summary decodes on what the layers hold (0.8x the full step).
                 """
         if model_depth(model_or_num_layers) < 4:
             return cls.off()
@@ -162,6 +166,7 @@ class LazyConfig(BaseModel):
             revive=True,
             revive_policy="top",
             revive_top=128,
+            revive_steps=32,
             query_window=1,
             head_reduce="max",
             query_reduce="max",
