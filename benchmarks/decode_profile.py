@@ -3,8 +3,9 @@ unpatched model's own decoding step (``model.generate``).
 
     .venv/bin/python -m benchmarks.decode_profile --lengths 2048 4096 8192 --new-tokens 65
 
-For each prompt length (a real-essay prompt, :func:`benchmarks.data.essay_prompt_ids`) and each method, one
-generation of ``--new-tokens`` tokens (no EOS) after a warm-up; the methods take turns, ``--repeats`` rounds, medians.
+For each prompt length (real-essay prompts, :func:`benchmarks.data.essay_prompt_ids`, ``--batch`` of them) and each
+method, one generation of ``--new-tokens`` tokens (no EOS) after a warm-up; the methods take turns, ``--repeats``
+rounds, medians.
 The step is split by timing the engine's own functions while it runs (wall clock: the CPU is synchronous), each
 counted without the functions it calls: the model's MLP, attention projections + RoPE, the attention kernel, the rest
 of a decoder layer (norms, residuals), lm_head, and the engine's bookkeeping (masks, scoring and selection at the
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         choices=sorted(METHODS))
     parser.add_argument("--new-tokens", type=int, default=65)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=1, help="items per batch (each its own essays, same length)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(RESULTS_DIR / "decode_profile.json"))
     args = parser.parse_args(argv)
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {"args": vars(args), "machine": machine(), "lengths": {}}
     for length in args.lengths:
         length = min(length, limit - args.new_tokens)
-        ids = torch.tensor([essay_prompt_ids(tok, length)])
+        ids = torch.tensor([essay_prompt_ids(tok, length, offset_essay=3 * b) for b in range(args.batch)])
         configs = {m: METHODS[m][1](model) for m in args.methods}
         engine_step(model, configs[args.methods[0]], ids, 4)  # warm-up, both paths
         generate_step(model, ids, 3)
@@ -200,7 +202,7 @@ def markdown(results: dict[str, Any], command: str) -> str:
                          e["computed_total"],
                          *[e["parts_ms"].get(k, 0.0) for k in labels]])
     run = results["args"]
-    return (f"Decoding step, {run['new_tokens']} new tokens, batch 1, {run['threads']} threads, "
+    return (f"Decoding step, {run['new_tokens']} new tokens, batch {run.get('batch', 1)}, {run['threads']} threads, "
             f"medians of {run['repeats']} interleaved rounds (`python -m benchmarks.decode_profile "
             f"{command}`); parts are exclusive ms per step\n\n" + md_table(header, rows) + "\n")
 

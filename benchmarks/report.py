@@ -112,6 +112,9 @@ def schedule_text(config: dict[str, Any]) -> str:
         text += f", {config['method']}"
     if not config.get("revive", True):
         text += ", no revival"
+    elif config.get("revive_policy") == "top":
+        text += f", revive top {config.get('revive_top')}"
+        text += f" in the first {config['revive_steps']} steps" if config.get("revive_steps") else ""
     return text + f", window {config.get('query_window')}, pool {config.get('pool_kernel')}"
 
 

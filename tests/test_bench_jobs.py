@@ -1,5 +1,6 @@
-"""benchmarks.summarize_job end to end on a tiny model and real ACLSum papers, through run_pipeline on a local Ray:
-every paper scored for every method, the interleaved runs resumable, the report's arithmetic."""
+"""The job benchmarks on a tiny model: benchmarks.summarize_job end to end on real ACLSum papers through run_pipeline on
+a local Ray (every paper scored for every method, the interleaved runs resumable, the report's arithmetic), and
+benchmarks.decode_profile (the step split into parts, the engine left unpatched)."""
 
 from __future__ import annotations
 
@@ -60,3 +61,24 @@ def test_batches_share_times_and_count_steps():
                                                                             new_tokens=9),
             dict(worker="w", ttft_s=3.0, decode_s=1.0, new_tokens=3)]
     assert sorted(summarize_job._batches(rows)) == [(1.0, 2.0, 8), (3.0, 1.0, 2)]
+
+
+def test_decode_profile_splits_the_step_and_leaves_the_engine_unpatched(tiny_model_dir, tmp_path):
+    from benchmarks import decode_profile
+    from lazy_core import engine
+
+    before = dict(vars(engine.LayerLoop))
+    out = tmp_path / "dp.json"
+    results = decode_profile.main(["--model", str(tiny_model_dir), "--lengths", "300", "--new-tokens", "5",
+                                   "--repeats", "1", "--batch", "2", "--threads", "1", "--methods", "full", "lazy",
+                                   "--out", str(out)])
+    entry = results["lengths"]["300"]
+    assert entry["generate_ms"] > 0
+    for name in ("full", "lazy"):
+        parts = entry[name]["parts_ms"]
+        assert {"layer: MLP", "layer: attention kernel", "lm_head + norm"} <= set(parts)
+        assert 0 < sum(parts.values()) <= entry[name]["step_ms"] * 1.05  # the parts add up to (at most) the step
+    assert "bookkeeping: scoring" in entry["lazy"]["parts_ms"] and "bookkeeping: scoring" not in entry["full"][
+        "parts_ms"]
+    assert dict(vars(engine.LayerLoop)) == before  # every probe removed
+    assert out.with_suffix(".md").read_text().count("\n| 300 |") == 3
