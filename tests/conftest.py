@@ -119,3 +119,20 @@ def real_model():
     from lazy_core import load_model
 
     return load_model("smollm2-135m-instruct", dtype="float32", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray (2 CPUs) for one test module, started and stopped by it."""
+    import shutil
+    import tempfile
+
+    import ray
+
+    if ray.is_initialized():
+        pytest.fail("Ray is already initialised in this process; these tests start their own local Ray")
+    temp_dir = tempfile.mkdtemp(prefix="rayp-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
+    yield
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)

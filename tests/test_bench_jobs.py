@@ -5,24 +5,10 @@ benchmarks.decode_profile (the step split into parts, the engine left unpatched)
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 
 import pytest
-import ray
 
 from benchmarks import summarize_job
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    if ray.is_initialized():
-        pytest.fail("Ray is already initialised in this process; this module starts its own local Ray")
-    temp_dir = tempfile.mkdtemp(prefix="raysj-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
-    yield
-    ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_job_scores_every_paper_for_every_method_and_resumes(local_ray, tiny_model_dir, tmp_path):

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -20,17 +18,6 @@ from pipeline import PipelineConfig, dry_run, run_pipeline
 from pipeline.config import OUTPUT_COLUMNS
 from pipeline.prompts import is_sampled
 from pipeline.scheduler import ActorPool, BatchTask
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    if ray.is_initialized():
-        pytest.fail("Ray is already initialised in this process; these tests start their own local Ray")
-    temp_dir = tempfile.mkdtemp(prefix="rayp-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
-    yield
-    ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def make_corpus(root: Path, shards: int, rows: int, prefix: str = "doc") -> list[str]:
