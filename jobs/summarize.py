@@ -224,10 +224,13 @@ def format_summary(report: Any) -> str:
         f"  speed:  {report.rows_per_s:.2f} rows/s, {report.tokens_per_s:.0f} tokens/s, {report.wall_s:.1f} s wall, "
         f"padding waste {report.padding_waste:.1%}",
         f"  lazy:   computed-token fraction {num(report.mean_computed_token_fraction, '.3f')}, est. speedup "
-        f"{num(report.median_est_speedup, '.2f', 'x')} (median)",
+        f"{num(report.median_est_speedup, '.2f', 'x')} (median), {report.unpruned_items} rows computed in full",
         f"  vs full ({report.sampled_items} sampled): speedup median {num(report.median_speedup, '.2f', 'x')} "
         f"[p10 {num(report.p10_speedup, '.2f')}, p90 {num(report.p90_speedup, '.2f')}], first-token agreement "
-        f"{num(report.first_token_agreement, '.1%')}, ROUGE-L {num(report.mean_rouge_l_vs_baseline, '.3f')}",
+        f"{num(report.first_token_agreement, '.1%')} over {report.compared_items} compared, ROUGE-L "
+        f"{num(report.mean_rouge_l_vs_baseline, '.3f')}",
+        f"  empty:  {report.empty_generations} empty generations written, {report.fallbacks} fallbacks to the full "
+        f"model, {report.pruning_losses} outputs lost to pruning",
     ]
     for reason, count in report.failures_by_reason.items():
         lines.append(f"  error rows: {count} x {reason}")
@@ -275,13 +278,24 @@ def verdict(report: Any, min_agreement: float | None) -> tuple[int, str]:
             )
         if agreement < min_agreement:
             return EXIT_ACCURACY, (
-                f"FAILED: first-token agreement with the full model {agreement:.1%} over {report.sampled_items} "
-                f"sampled items is below --min-agreement {min_agreement:.1%}"
+                f"FAILED: first-token agreement with the full model {agreement:.1%} over {report.compared_items} "
+                f"compared items ({report.sampled_items} sampled, {report.fallbacks} fallbacks) is below "
+                f"--min-agreement {min_agreement:.1%}"
             )
     return EXIT_OK, (
         f"OK: {report.shards_done + report.shards_skipped} of {report.shards_total} shards finished, "
-        f"{report.rows_ok} of {report.rows_in} rows ok this run -> {report.output}"
+        f"{report.rows_ok} of {report.rows_in} rows ok this run{_empties(report)} -> {report.output}"
     )
+
+
+def _empties(report: Any) -> str:
+    """', 2 empty generations, 3 fallbacks to the full model' or '' when there is nothing to say."""
+    parts = []
+    if report.empty_generations:
+        parts.append(f"{report.empty_generations} empty generations")
+    if report.fallbacks:
+        parts.append(f"{report.fallbacks} fallbacks to the full model")
+    return "".join(f", {p}" for p in parts)
 
 
 def _one_line(obj: object) -> str:

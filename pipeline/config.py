@@ -17,13 +17,13 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 BUILTIN_TASKS = ("summarize", "qa")
 
 
-class PipelineConfig(BaseModel):
-    """A batch run: Parquet shards in, one output shard per input shard out (see docs/pipeline.md)."""
+class GenerationSettings(BaseModel):
+    """What a row's generation depends on and how workers run it: the model, the prompt, the pruning schedule,
+    decoding, batching inside a worker and the workers' resources. Shared by :class:`PipelineConfig` (our driver) and
+    :class:`pipeline.ray_data.RayDataConfig` (a Ray Data stage)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
-    input: str = Field(description="Directory or glob of Parquet shards; a local path or any pyarrow filesystem URI.")
-    output: str = Field(description="Output directory (local path or pyarrow filesystem URI); created if missing.")
     model: str = Field(DEFAULT_MODEL, description="Model name for lazy_core.load_model: the embedded default, a local "
                        "HF directory or an HF hub id available offline.")
     task: str = Field(
@@ -31,12 +31,11 @@ class PipelineConfig(BaseModel):
         description="'summarize', 'qa' (needs question_column) or a template string containing {text} "
         "(and optionally {question}); the prompt goes through the tokenizer's chat template.",
     )
-    id_column: str = Field("id", description="Column holding a unique id per row.")
+    id_column: str = Field(
+        "id", description="Column holding a unique id per row; the baseline sample is chosen by a hash of it."
+    )
     text_column: str = Field("text", description="Column holding the document text.")
     question_column: str = Field("question", description="Column holding the question (task 'qa' or {question}).")
-    passthrough_columns: list[str] = Field(
-        default_factory=list, description="Input columns copied unchanged into the output rows."
-    )
     max_new_tokens: int = Field(64, ge=1, le=8192, description="Tokens generated per item at most.")
     lazy: LazyConfig | Literal["default", "off"] = Field(
         "default",
@@ -55,6 +54,11 @@ class PipelineConfig(BaseModel):
     )
     min_new_tokens: int = Field(
         0, ge=0, description="As in HF generate: end-of-sequence is not allowed before this many new tokens.",
+    )
+    fallback_on_empty: bool = Field(
+        True,
+        description="Rerun an item whose pruned output came back empty (or whitespace only) with pruning off, in the "
+        "same worker, and write the full model's output instead (column fallback=true; counted in the run report).",
     )
     chat_template: bool = Field(True, description="Wrap the prompt in the tokenizer's chat template.")
     system_prompt: str | None = Field(None, description="Optional system message placed before the user prompt.")
@@ -93,20 +97,6 @@ class PipelineConfig(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Model dtype: 'auto' = bfloat16 on GPU, float32 on CPU."
     )
-    max_in_flight: int | None = Field(
-        None, ge=1, description="Batches submitted and not finished, at most (backpressure). Default 2 per worker."
-    )
-    max_retries: int = Field(
-        2, ge=0, le=20, description="Retries of a batch whose worker died or hung; then it is split, then failed."
-    )
-    max_restarts: int = Field(3, ge=0, le=100, description="Ray restarts of a dead actor before it is replaced.")
-    batch_timeout_s: float = Field(
-        900.0, gt=0.0, description="A batch running longer than this is treated as hung: its worker is restarted."
-    )
-    overwrite: bool = Field(
-        False, description="Allow writing into an output directory finished with a different config hash."
-    )
-    progress: bool = Field(True, description="Show a progress bar on the driver (stderr).")
 
     @field_validator("task")
     @classmethod
@@ -144,6 +134,49 @@ class PipelineConfig(BaseModel):
             return LazyConfig(**lazy)
         return lazy
 
+    @property
+    def needs_question(self) -> bool:
+        return self.task == "qa" or "{question}" in self.task
+
+    def settings_hash(self, extra: set[str] = frozenset()) -> str:
+        """sha256 (16 hex) of the settings that change what an output row contains, plus the fields in ``extra``."""
+        affecting = self.model_dump(mode="json", include=set(ROW_SETTINGS) | set(extra))
+        blob = json.dumps(affecting, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# The settings that change what a row contains (the config hash); batching, resources and paths do not.
+ROW_SETTINGS = (
+    "model", "task", "id_column", "text_column", "question_column", "max_new_tokens", "lazy", "do_sample",
+    "temperature", "top_p", "seed", "repetition_penalty", "no_repeat_ngram_size", "min_new_tokens",
+    "fallback_on_empty", "chat_template", "system_prompt", "baseline_sample_rate", "max_prompt_tokens", "truncate",
+    "max_text_chars", "dtype",
+)
+
+
+class PipelineConfig(GenerationSettings):
+    """A batch run: Parquet shards in, one output shard per input shard out (see docs/pipeline.md)."""
+
+    input: str = Field(description="Directory or glob of Parquet shards; a local path or any pyarrow filesystem URI.")
+    output: str = Field(description="Output directory (local path or pyarrow filesystem URI); created if missing.")
+    passthrough_columns: list[str] = Field(
+        default_factory=list, description="Input columns copied unchanged into the output rows."
+    )
+    max_in_flight: int | None = Field(
+        None, ge=1, description="Batches submitted and not finished, at most (backpressure). Default 2 per worker."
+    )
+    max_retries: int = Field(
+        2, ge=0, le=20, description="Retries of a batch whose worker died or hung; then it is split, then failed."
+    )
+    max_restarts: int = Field(3, ge=0, le=100, description="Ray restarts of a dead actor before it is replaced.")
+    batch_timeout_s: float = Field(
+        900.0, gt=0.0, description="A batch running longer than this is treated as hung: its worker is restarted."
+    )
+    overwrite: bool = Field(
+        False, description="Allow writing into an output directory finished with a different config hash."
+    )
+    progress: bool = Field(True, description="Show a progress bar on the driver (stderr).")
+
     @model_validator(mode="after")
     def _check_columns(self) -> PipelineConfig:
         reserved = set(OUTPUT_COLUMNS) - {"id"}
@@ -159,10 +192,6 @@ class PipelineConfig(BaseModel):
     # ---- derived -------------------------------------------------------------------------------------------------
 
     @property
-    def needs_question(self) -> bool:
-        return self.task == "qa" or "{question}" in self.task
-
-    @property
     def required_columns(self) -> list[str]:
         cols = [self.id_column, self.text_column]
         if self.needs_question:
@@ -173,17 +202,7 @@ class PipelineConfig(BaseModel):
     def config_hash(self) -> str:
         """sha256 (16 hex) of every setting that changes what an output row contains. Paths, parallelism, batching,
         retries and timeouts are left out: they change how a run goes, not what it writes."""
-        affecting = self.model_dump(
-            mode="json",
-            include={
-                "model", "task", "id_column", "text_column", "question_column", "passthrough_columns",
-                "max_new_tokens", "lazy", "do_sample", "temperature", "top_p", "seed", "repetition_penalty",
-                "no_repeat_ngram_size", "min_new_tokens", "chat_template",
-                "system_prompt", "baseline_sample_rate", "max_prompt_tokens", "truncate", "max_text_chars", "dtype",
-            },
-        )
-        blob = json.dumps(affecting, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return self.settings_hash({"passthrough_columns"})
 
     # ---- construction --------------------------------------------------------------------------------------------
 
@@ -215,7 +234,8 @@ class PipelineConfig(BaseModel):
 
 # Output columns after the id and the passthrough columns, in order (schema: docs/pipeline.md, README).
 OUTPUT_COLUMNS = (
-    "id", "generation", "status", "error", "prompt_tokens", "prompt_tokens_used", "new_tokens", "ttft_s", "decode_s",
-    "computed_token_fraction", "computed_token_fraction_total", "revived_tokens", "est_speedup", "baseline_ttft_s",
-    "measured_speedup", "first_token_agrees", "rouge_l_vs_baseline", "worker", "model", "config_hash",
+    "id", "generation", "status", "error", "warning", "prompt_tokens", "prompt_tokens_used", "new_tokens", "ttft_s",
+    "decode_s", "pruned", "fallback", "computed_token_fraction", "computed_token_fraction_total", "revived_tokens",
+    "est_speedup", "baseline_ttft_s", "measured_speedup", "first_token_agrees", "rouge_l_vs_baseline", "worker",
+    "model", "config_hash",
 )

@@ -10,6 +10,7 @@ import posixpath
 import time
 import uuid
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -21,6 +22,7 @@ from pipeline.manifest import is_finished, load_manifest, open_for_run, record_s
 from pipeline.plan import ShardWork, id_key, output_table, plan_shard
 from pipeline.prompts import check_chat_template
 from pipeline.report import Aggregator, FailedShard, RunReport, save_report
+from pipeline.resources import plan_workers, worker_spec
 from pipeline.scheduler import ActorPool, BatchTask
 from pipeline.shards import Shard, discover_shards, read_schema, remove_stale_temps, resolve_fs, write_table_atomic
 from pipeline.tokenizer import fit_to_context, load_tokenizer
@@ -116,7 +118,10 @@ def run_pipeline(config: PipelineConfig | dict[str, Any] | str | os.PathLike[str
     try:
         pool = _make_pool(cfg)
         report.startup_s = time.monotonic() - started
-        _drive(cfg, plan_cfg, pool, in_fs, out_fs, out_dir, todo, manifest, seen_ids, report, agg, progress, tokenizer)
+        run = _Run(cfg=cfg, plan_cfg=plan_cfg, pool=pool, in_fs=in_fs, out_fs=out_fs, out_dir=out_dir,
+                   manifest=manifest, seen_ids=seen_ids, report=report, agg=agg, progress=progress,
+                   tokenizer=tokenizer)
+        run.drive([shard for shard, _ in todo])
         report.batch_retries = pool.retries
         report.worker_restarts = pool.failures_seen
     finally:
@@ -135,102 +140,97 @@ def run_pipeline(config: PipelineConfig | dict[str, Any] | str | os.PathLike[str
     return report
 
 
-def _drive(
-    cfg: PipelineConfig,
-    plan_cfg: PipelineConfig,
-    pool: ActorPool,
-    in_fs: pafs.FileSystem,
-    out_fs: pafs.FileSystem,
-    out_dir: str,
-    todo: list[tuple[Shard, int]],
-    manifest: Any,
-    seen_ids: set[Any],
-    report: RunReport,
-    agg: Aggregator,
-    progress: Any,
-    tokenizer: Any,
-) -> None:
-    """The scheduling loop: feed batches while the pool has room (backpressure), at most two shards in memory."""
-    upcoming = deque(enumerate(shard for shard, _ in todo))
-    active: dict[int, ShardWork] = {}
-    feed: deque[BatchTask] = deque()
-    padded = real = 0
+@dataclass
+class _Run:
+    """One run's state once the workers are up: the scheduling loop and the writing of finished shards."""
 
-    def finalize(work: ShardWork) -> None:
-        table = output_table(work, cfg.model, cfg.config_hash)
-        path = posixpath.join(out_dir, work.shard.name)
-        write_table_atomic(out_fs, table, path)
+    cfg: PipelineConfig
+    plan_cfg: PipelineConfig  # the config the prompts are planned with (max_prompt_tokens fitted to the context)
+    pool: ActorPool
+    in_fs: pafs.FileSystem
+    out_fs: pafs.FileSystem
+    out_dir: str
+    manifest: Any
+    seen_ids: set[Any]  # ids of earlier shards: duplicates become error rows
+    report: RunReport
+    agg: Aggregator
+    progress: Any
+    tokenizer: Any
+    active: dict[int, ShardWork] = field(default_factory=dict)  # shards in memory, by index
+    padded: int = 0
+    real: int = 0
+
+    def drive(self, todo: list[Shard]) -> None:
+        """Feed batches while the pool has room (backpressure), at most two shards in memory."""
+        upcoming = deque(enumerate(todo))
+        feed: deque[BatchTask] = deque()
+        while True:
+            while self.pool.has_room:
+                if feed:
+                    self.pool.add(feed.popleft())
+                    continue
+                if not upcoming or len(self.active) >= MAX_SHARDS_IN_MEMORY:
+                    break
+                work = self.plan(*upcoming.popleft())
+                if work is not None:
+                    feed.extend(work.tasks)
+            if not self.pool.busy and not feed and not upcoming:
+                break
+            for outcome in self.pool.step(wait_s=0.5):
+                work = self.active[outcome.task.shard]
+                if outcome.rows is not None:
+                    work.apply(outcome.task.positions, outcome.rows)
+                else:
+                    work.fail(outcome.task.positions, str(outcome.error))
+                self.progress.update(len(outcome.task.positions))
+                if work.remaining == 0:
+                    self.finalize(work)
+        if self.active:
+            names = sorted(w.shard.name for w in self.active.values())
+            raise RuntimeError(f"internal error: shards {names} never finished")
+
+    def plan(self, index: int, shard: Shard) -> ShardWork | None:
+        """Read and plan one shard (None when it is unreadable: a failed shard in the report)."""
+        try:
+            work = plan_shard(index, self.in_fs, shard, self.plan_cfg, tokenizer=self.tokenizer, seen_ids=self.seen_ids)
+        except (OSError, pa.ArrowException) as exc:
+            self.report.shards_failed.append(FailedShard(shard=shard.path, reason=f"unreadable_shard: {exc}"))
+            _event("shard_failed", shard=shard.path, reason=str(exc))
+            return None
+        self.active[index] = work
+        self.padded += work.padded_tokens
+        self.real += work.real_tokens
+        self.report.batches += len(work.tasks)
+        self.report.padding_waste = 0.0 if self.padded == 0 else 1.0 - self.real / self.padded
+        self.progress.update(len(work.results) - work.remaining)  # error rows are done already
+        _event("shard_planned", shard=shard.name, rows=len(work.results), batches=len(work.tasks),
+               error_rows=len(work.results) - work.remaining)
+        if work.remaining == 0:
+            self.finalize(work)
+        return work
+
+    def finalize(self, work: ShardWork) -> None:
+        """Write a shard whose rows all have results, record it in the manifest, count its rows."""
+        table = output_table(work, self.cfg.model, self.cfg.config_hash)
+        write_table_atomic(self.out_fs, table, posixpath.join(self.out_dir, work.shard.name))
         rows = table.to_pylist()
         ok = sum(1 for r in rows if r["status"] == "ok")
-        record_shard(manifest, work.shard.name, len(rows), ok, work.shard.path)
-        save_manifest(out_fs, out_dir, manifest)
-        agg.add_rows(rows)
-        report.shards_done += 1
-        del active[work.index]
+        record_shard(self.manifest, work.shard.name, len(rows), ok, work.shard.path)
+        save_manifest(self.out_fs, self.out_dir, self.manifest)
+        self.agg.add_rows(rows)
+        self.report.shards_done += 1
+        del self.active[work.index]
         _event("shard_done", shard=work.shard.name, rows=len(rows), ok=ok, failed=len(rows) - ok)
-
-    while True:
-        while pool.has_room:
-            if feed:
-                pool.add(feed.popleft())
-                continue
-            if not upcoming or len(active) >= MAX_SHARDS_IN_MEMORY:
-                break
-            index, shard = upcoming.popleft()
-            try:
-                work = plan_shard(index, in_fs, shard, plan_cfg, tokenizer=tokenizer, seen_ids=seen_ids)
-            except (OSError, pa.ArrowException) as exc:
-                report.shards_failed.append(FailedShard(shard=shard.path, reason=f"unreadable_shard: {exc}"))
-                _event("shard_failed", shard=shard.path, reason=str(exc))
-                continue
-            active[index] = work
-            padded += work.padded_tokens
-            real += work.real_tokens
-            report.batches += len(work.tasks)
-            report.padding_waste = 0.0 if padded == 0 else 1.0 - real / padded
-            progress.update(len(work.results) - work.remaining)  # error rows are done already
-            _event("shard_planned", shard=shard.name, rows=len(work.results), batches=len(work.tasks),
-                   error_rows=len(work.results) - work.remaining)
-            feed.extend(work.tasks)
-            if work.remaining == 0:
-                finalize(work)
-        if not pool.busy and not feed and not upcoming:
-            break
-        for outcome in pool.step(wait_s=0.5):
-            work = active[outcome.task.shard]
-            if outcome.rows is not None:
-                work.apply(outcome.task.positions, outcome.rows)
-            else:
-                work.fail(outcome.task.positions, str(outcome.error))
-            progress.update(len(outcome.task.positions))
-            if work.remaining == 0:
-                finalize(work)
-    if active:
-        raise RuntimeError(f"internal error: shards {sorted(w.shard.name for w in active.values())} never finished")
-
-
-def plan_workers(device: str, cluster_gpus: float, num_workers: int | None) -> tuple[int, bool]:
-    """(workers, one GPU each?). device="cuda" asks for GPUs even when none is up yet (an autoscaler adds them);
-    "auto" uses GPUs when the cluster has some; the default count is one per GPU, else 1."""
-    use_gpu = device == "cuda" or (device == "auto" and cluster_gpus >= 1)
-    return num_workers or (max(1, int(cluster_gpus)) if use_gpu else 1), use_gpu
 
 
 def _make_pool(cfg: PipelineConfig) -> ActorPool:
     import ray
 
     from workers.actor import LazyWorker
-    from workers.spec import WorkerSpec, actor_options
+    from workers.spec import actor_options
 
     num_workers, use_gpu = plan_workers(cfg.device, float(ray.cluster_resources().get("GPU", 0)), cfg.num_workers)
-    lazy = cfg.lazy if isinstance(cfg.lazy, str) else cfg.lazy.model_dump()
-    spec = WorkerSpec(
-        model=cfg.model, lazy=lazy, dtype=cfg.dtype, device=cfg.device,
-        num_threads=None if use_gpu else cfg.cpus_per_worker, max_new_tokens=cfg.max_new_tokens,
-        do_sample=cfg.do_sample, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
-        repetition_penalty=cfg.repetition_penalty, no_repeat_ngram_size=cfg.no_repeat_ngram_size,
-        min_new_tokens=cfg.min_new_tokens,
-    )
+    spec = worker_spec(cfg, use_gpu)
     options = actor_options(1.0 if use_gpu else 0.0, cfg.cpus_per_worker, cfg.max_restarts)
     remote_cls = ray.remote(LazyWorker)
     run_tag = uuid.uuid4().hex[:8]

@@ -10,8 +10,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from pipeline.bucketing import Bucket, bucket_by_length
-from pipeline.config import OUTPUT_COLUMNS, PipelineConfig
+from pipeline.bucketing import bucket_by_length
+from pipeline.config import OUTPUT_COLUMNS, GenerationSettings, PipelineConfig
 from pipeline.prompts import is_sampled, prepare_row
 from pipeline.scheduler import BatchTask
 from pipeline.shards import Shard, read_shard
@@ -20,11 +20,14 @@ RESULT_TYPES: dict[str, pa.DataType] = {
     "generation": pa.string(),
     "status": pa.string(),
     "error": pa.string(),
+    "warning": pa.string(),
     "prompt_tokens": pa.int64(),
     "prompt_tokens_used": pa.int64(),
     "new_tokens": pa.int64(),
     "ttft_s": pa.float64(),
     "decode_s": pa.float64(),
+    "pruned": pa.bool_(),
+    "fallback": pa.bool_(),
     "computed_token_fraction": pa.float64(),
     "computed_token_fraction_total": pa.float64(),
     "revived_tokens": pa.int64(),
@@ -85,40 +88,49 @@ def plan_shard(
     texts = table.column(config.text_column).to_pylist()
     questions = table.column(config.question_column).to_pylist() if config.needs_question else [None] * len(ids)
     results: list[dict[str, Any] | None] = [None] * len(ids)
-    good: list[tuple[int, list[int]]] = []  # (row position, prompt ids)
-    for pos, (item_id, text, question) in enumerate(zip(ids, texts, questions, strict=True)):
+    live = []
+    for pos, item_id in enumerate(ids):
         id_error = _check_id(item_id, config.id_column, seen_ids)
         if id_error is not None:
             results[pos] = error_result(id_error)
-            continue
-        prepared = prepare_row(tokenizer, config, text, question)
+        else:
+            live.append(pos)
+    good = prepare_rows(tokenizer, config, live, texts, questions, results)
+    work = ShardWork(index=index, shard=shard, base=base, results=results, remaining=len(good))
+    for positions, input_ids, flag, bucket in bucket_rows(good, [ids[p] for p, _ in good], config):
+        seed = config.seed + zlib.crc32(shard.name.encode()) + len(work.tasks)  # stable across resumed runs
+        work.tasks.append(BatchTask(shard=index, positions=positions, input_ids=input_ids, sampled=flag, seed=seed))
+        work.real_tokens += bucket.real_tokens
+        work.padded_tokens += bucket.padded_tokens
+    return work
+
+
+def prepare_rows(
+    tokenizer: Any, config: GenerationSettings, positions: list[int], texts: list[Any], questions: list[Any],
+    results: list[dict[str, Any] | None],
+) -> list[tuple[int, list[int]]]:
+    """Validate, template, tokenize and truncate the rows at ``positions``: a bad row's error result goes into
+    ``results``, a good row's prompt lengths too. Returns (position, prompt ids) of the good rows."""
+    good = []
+    for pos in positions:
+        prepared = prepare_row(tokenizer, config, texts[pos], questions[pos])
         if prepared.error is not None or prepared.input_ids is None:
             results[pos] = error_result(str(prepared.error), prepared.prompt_tokens)
             continue
         results[pos] = {"prompt_tokens": prepared.prompt_tokens, "prompt_tokens_used": len(prepared.input_ids)}
         good.append((pos, prepared.input_ids))
-    work = ShardWork(index=index, shard=shard, base=base, results=results, remaining=len(good))
-    sampled = [g for g in good if is_sampled(ids[g[0]], config.baseline_sample_rate)]
-    plain = [g for g in good if not is_sampled(ids[g[0]], config.baseline_sample_rate)]
-    # sampled items batch together: their full-model shadow run then covers exactly the batch the lazy run saw
-    for group, flag in ((plain, False), (sampled, True)):
-        buckets = bucket_by_length([len(g[1]) for g in group], config.max_batch_tokens, config.max_batch_size)
-        for bucket in buckets:
-            seed = config.seed + zlib.crc32(shard.name.encode()) + len(work.tasks)  # stable across resumed runs
-            work.tasks.append(_task(index, group, bucket, flag, seed))
-            work.real_tokens += bucket.real_tokens
-            work.padded_tokens += bucket.padded_tokens
-    return work
+    return good
 
 
-def _task(index: int, group: list[tuple[int, list[int]]], bucket: Bucket, sampled: bool, seed: int) -> BatchTask:
-    return BatchTask(
-        shard=index,
-        positions=[group[i][0] for i in bucket.indices],
-        input_ids=[group[i][1] for i in bucket.indices],
-        sampled=sampled,
-        seed=seed,
-    )
+def bucket_rows(good: list[tuple[int, list[int]]], keys: list[Any], config: GenerationSettings):
+    """Length-bucketed batches of the good rows: yields (positions, prompt ids, sampled, bucket). The rows whose
+    ``keys`` fall in the baseline sample batch together, so their full-model shadow run covers exactly the batch the
+    lazy run saw."""
+    flags = [is_sampled(key, config.baseline_sample_rate) for key in keys]
+    for flag in (False, True):
+        group = [g for g, f in zip(good, flags, strict=True) if f == flag]
+        for bucket in bucket_by_length([len(g[1]) for g in group], config.max_batch_tokens, config.max_batch_size):
+            yield [group[i][0] for i in bucket.indices], [group[i][1] for i in bucket.indices], flag, bucket
 
 
 def _check_id(item_id: Any, column: str, seen_ids: set[Any]) -> str | None:
@@ -140,15 +152,21 @@ def id_key(item_id: Any) -> tuple[str, Any]:
     return (type(item_id).__name__, item_id)
 
 
+def result_arrays(rows: list[dict[str, Any]], model: str, config_hash: str) -> dict[str, pa.Array]:
+    """The result columns (docs/pipeline.md, "Output schema") of these rows' results, typed, plus model and
+    config_hash."""
+    columns = {name: pa.array([r.get(name) for r in rows], type=typ) for name, typ in RESULT_TYPES.items()}
+    columns["model"] = pa.array([model] * len(rows), type=pa.string())
+    columns["config_hash"] = pa.array([config_hash] * len(rows), type=pa.string())
+    return columns
+
+
 def output_table(work: ShardWork, model: str, config_hash: str) -> pa.Table:
     """The output shard: id, passthrough columns, then the result columns (schema in docs/pipeline.md)."""
     rows = work.results
     if any(r is None or "status" not in r for r in rows):
         raise RuntimeError(f"shard {work.shard.name}: some rows have no result; refusing to write a partial shard")
-    filled: list[dict[str, Any]] = [r for r in rows if r is not None]
-    columns = {name: pa.array([r.get(name) for r in filled], type=typ) for name, typ in RESULT_TYPES.items()}
-    columns["model"] = pa.array([model] * len(rows), type=pa.string())
-    columns["config_hash"] = pa.array([config_hash] * len(rows), type=pa.string())
+    columns = result_arrays([r for r in rows if r is not None], model, config_hash)
     table = work.base
     for name in OUTPUT_COLUMNS[1:]:
         table = table.append_column(name, columns[name])

@@ -36,12 +36,23 @@ class RunReport(BaseModel):
     rows_ok: int = Field(0, description="Rows with status ok.")
     rows_failed: int = Field(0, description="Rows with status error.")
     failures_by_reason: dict[str, int] = Field(default_factory=dict, description="Error rows per reason code.")
+    empty_generations: int = Field(0, description="Ok rows whose generation is empty or whitespace only.")
+    fallbacks: int = Field(0, description="Ok rows whose pruned output was empty and that carry the full model's "
+                           "output instead (column fallback).")
+    pruning_losses: int = Field(0, description="Rows whose pruned output was empty where the full model's is not "
+                                "(warning pruning_lost_output), among the rows the full model also ran.")
+    unpruned_items: int = Field(0, description="Ok rows computed in full (prompt under the schedule's "
+                                "min_prompt_tokens, or pruning off).")
     sampled_items: int = Field(0, description="Rows also run through the full model (baseline sample).")
+    compared_items: int = Field(0, description="Rows whose first token was compared with the full model's: the "
+                                "baseline sample and every fallback rerun.")
     median_speedup: float | None = Field(None, description="Median measured TTFT speedup over sampled rows.")
     p10_speedup: float | None = Field(None, description="10th percentile of measured speedup.")
     p90_speedup: float | None = Field(None, description="90th percentile of measured speedup.")
     median_est_speedup: float | None = Field(None, description="Median FLOP-model speedup over ok rows.")
-    first_token_agreement: float | None = Field(None, description="Share of sampled rows whose first token agrees.")
+    first_token_agreement: float | None = Field(
+        None, description="Share of compared rows (the baseline sample and the fallback reruns) whose pruned output's "
+        "first token is the full model's; what the job's --min-agreement guard checks.")
     mean_rouge_l_vs_baseline: float | None = Field(None, description="Mean ROUGE-L F of lazy vs full, sampled rows.")
     mean_computed_token_fraction: float | None = Field(None, description="Mean computed-token fraction, ok rows.")
     wall_s: float = Field(0.0, description="Driver wall time of the run.")
@@ -72,6 +83,10 @@ class Aggregator:
         self.agrees: list[bool] = []
         self.rouges: list[float] = []
         self.tokens = 0
+        self.empty = 0
+        self.fallbacks = 0
+        self.losses = 0
+        self.unpruned = 0
 
     def add_rows(self, rows: list[dict[str, Any]]) -> None:
         for row in rows:
@@ -83,9 +98,14 @@ class Aggregator:
             self.tokens += (row["prompt_tokens_used"] or 0) + (row["new_tokens"] or 0)
             self.est_speedups.append(row["est_speedup"])
             self.fractions.append(row["computed_token_fraction"])
+            self.empty += not (row["generation"] or "").strip()
+            self.fallbacks += bool(row.get("fallback"))
+            self.losses += row.get("warning") == "pruning_lost_output"
+            self.unpruned += row.get("pruned") is False
+            if row["first_token_agrees"] is not None:
+                self.agrees.append(bool(row["first_token_agrees"]))
             if row["measured_speedup"] is not None:
                 self.speedups.append(row["measured_speedup"])
-                self.agrees.append(bool(row["first_token_agrees"]))
                 self.rouges.append(row["rouge_l_vs_baseline"])
 
     def fill(self, report: RunReport) -> RunReport:
@@ -93,7 +113,12 @@ class Aggregator:
         report.rows_ok = self.ok
         report.rows_failed = self.rows - self.ok
         report.failures_by_reason = dict(sorted(self.reasons.items()))
+        report.empty_generations = self.empty
+        report.fallbacks = self.fallbacks
+        report.pruning_losses = self.losses
+        report.unpruned_items = self.unpruned
         report.sampled_items = len(self.speedups)
+        report.compared_items = len(self.agrees)
         report.median_speedup = percentile(self.speedups, 50)
         report.p10_speedup = percentile(self.speedups, 10)
         report.p90_speedup = percentile(self.speedups, 90)

@@ -122,7 +122,7 @@ def test_dry_run_fails_on_an_unreadable_shard_and_a_missing_column(
 
 def _report(**fields) -> RunReport:
     base = dict(output="out/", config_hash="abc", shards_total=3, shards_done=2, shards_skipped=1, rows_in=10,
-                rows_ok=10, sampled_items=4, first_token_agreement=0.75)
+                rows_ok=10, sampled_items=3, fallbacks=1, compared_items=4, first_token_agreement=0.75)
     base.update(fields)
     return RunReport(**base)
 
@@ -139,8 +139,10 @@ def test_exit_0_only_when_every_shard_finished() -> None:
 def test_accuracy_guard() -> None:
     assert summarize.verdict(_report(), 0.75)[0] == summarize.EXIT_OK
     code, reason = summarize.verdict(_report(), 0.8)
-    assert code == summarize.EXIT_ACCURACY and "75.0% over 4 sampled items is below --min-agreement 80.0%" in reason
-    code, reason = summarize.verdict(_report(sampled_items=0, first_token_agreement=None), 0.5)
+    assert code == summarize.EXIT_ACCURACY
+    assert "75.0% over 4 compared items (3 sampled, 1 fallbacks) is below --min-agreement 80.0%" in reason
+    code, reason = summarize.verdict(
+        _report(sampled_items=0, fallbacks=0, compared_items=0, first_token_agreement=None), 0.5)
     assert code == summarize.EXIT_ACCURACY and "no item was compared" in reason
     # a failed shard outranks the guard: the night failed whatever the agreement
     failed = _report(shards_done=1, shards_failed=[FailedShard(shard="s", reason="r")])
@@ -152,3 +154,11 @@ def test_summary_shows_the_report() -> None:
     assert "shards: 3 found, 2 written, 1 already done, 0 failed" in text
     assert "speedup median 2.50x" in text and "first-token agreement 75.0%" in text
     assert "error rows: 2 x empty_text" in text
+    assert "empty:  0 empty generations written, 1 fallbacks to the full model, 0 outputs lost to pruning" in text
+
+
+def test_verdict_names_empty_generations_and_fallbacks() -> None:
+    assert summarize.verdict(_report(fallbacks=0), None)[1].startswith("OK: 3 of 3 shards finished, 10 of 10 rows "
+                                                                      "ok this run -> out/")
+    reason = summarize.verdict(_report(empty_generations=2, fallbacks=3), None)[1]
+    assert "10 of 10 rows ok this run, 2 empty generations, 3 fallbacks to the full model -> out/" in reason

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
+from lazy_core import LazyConfig
 from pipeline import PipelineConfig, dry_run, run_pipeline
 from pipeline.config import OUTPUT_COLUMNS
 from pipeline.prompts import is_sampled
@@ -91,6 +92,35 @@ def test_rows_in_rows_out_order_names_report_rerun_and_overwrite(local_ray, tiny
     rows = [r for f in sorted(out.glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
     assert {r["config_hash"] for r in rows} == {PipelineConfig(**changed).config_hash}
     assert all(1 <= r["new_tokens"] <= 2 for r in rows)
+
+
+def test_empty_outputs_are_reported_and_fall_back(local_ray, empty_case, tmp_path):
+    """The pruned run returns an empty summary for one row: with the fallback (default) the row carries the full
+    model's summary, marked, and the report counts it; without, the row is empty with a warning, still counted."""
+    from conftest import EMPTY_LAZY
+
+    texts = [empty_case["text"], "Another document about the weather in the hills.", "A third one, on bread."]
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"id": ["empty", "b", "c"], "text": texts}), tmp_path / "in" / "part-00000.parquet")
+    cfg = base_config(empty_case["path"], tmp_path, baseline_sample_rate=0.0, max_new_tokens=6,
+                      lazy=LazyConfig(**EMPTY_LAZY))
+    report = run_pipeline(cfg)
+    rows = {r["id"]: r for r in pq.read_table(tmp_path / "out" / "part-00000.parquet").to_pylist()}
+    full = run_pipeline({**cfg, "lazy": "off", "output": str(tmp_path / "full")})
+    ref = {r["id"]: r for r in pq.read_table(tmp_path / "full" / "part-00000.parquet").to_pylist()}
+    assert len(rows) == 3 and rows["empty"]["generation"] == ref["empty"]["generation"] != ""
+    assert rows["empty"]["fallback"] is True and rows["empty"]["warning"] == "pruning_lost_output"
+    assert rows["empty"]["first_token_agrees"] is False
+    assert (report.fallbacks, report.pruning_losses, report.empty_generations) == (1, 1, 0)
+    assert report.compared_items == 1 and report.first_token_agreement == 0.0  # what --min-agreement checks
+    assert (full.fallbacks, full.unpruned_items) == (0, 3)
+
+    off = run_pipeline({**cfg, "fallback_on_empty": False, "output": str(tmp_path / "nofb")})
+    rows = {r["id"]: r for r in pq.read_table(tmp_path / "nofb" / "part-00000.parquet").to_pylist()}
+    assert rows["empty"]["status"] == "ok" and rows["empty"]["generation"] == ""
+    assert rows["empty"]["warning"] == "empty_generation" and rows["empty"]["fallback"] is False
+    assert (off.fallbacks, off.empty_generations, off.rows_ok) == (0, 1, 3)
+    assert PipelineConfig(**cfg).config_hash != PipelineConfig(**{**cfg, "fallback_on_empty": False}).config_hash
 
 
 def test_bad_inputs_become_error_rows_and_failed_shards(local_ray, tiny_model_dir, tmp_path):

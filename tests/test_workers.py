@@ -71,3 +71,66 @@ def test_rouge_l_matches_reference_implementation():
         expected = scorer.score(" ".join(map(str, b)), " ".join(map(str, a)))["rougeL"].fmeasure
         assert rouge_l_f(a, b) == pytest.approx(expected)
     assert rouge_l_f([], []) == 1.0 and rouge_l_f([1], []) == 0.0 and rouge_l_f([1, 2, 3], [1, 2, 3]) == 1.0
+
+
+# ---- empty outputs ---------------------------------------------------------------------------------------------------
+
+
+def _empty_workers(case, **spec):
+    from conftest import EMPTY_LAZY
+
+    path = str(case["path"])
+    lazy = LazyWorker(WorkerSpec(model=path, lazy=LazyConfig(**EMPTY_LAZY).model_dump(), max_new_tokens=6, **spec))
+    full = LazyWorker(WorkerSpec(model=path, lazy="off", max_new_tokens=6))
+    return lazy, full
+
+
+def test_empty_pruned_output_falls_back_to_the_full_model(empty_case):
+    lazy, full = _empty_workers(empty_case)
+    other = _prompts(1, seed=3)[0]
+    rows = lazy.run_batch([empty_case["ids"], other], sampled=False, seed=0)
+    ref = full.run_batch([empty_case["ids"]], sampled=False, seed=0)[0]
+    row = rows[0]
+    assert ref["generation"].strip() and row["generation"] == ref["generation"]
+    assert row["status"] == "ok" and row["fallback"] is True and row["warning"] == "pruning_lost_output"
+    assert row["pruned"] is True and row["first_token_agrees"] is False and row["baseline_ttft_s"] > 0
+    assert row["measured_speedup"] is None  # not a baseline sample: no speedup claimed
+    assert row["new_tokens"] == ref["new_tokens"] and 0 < row["est_speedup"] < 1
+    assert 1 < row["computed_token_fraction"] < 2
+    alone = lazy.run_batch([other], sampled=False, seed=0)[0]
+    assert rows[1]["generation"] == alone["generation"] and rows[1]["fallback"] is False
+    assert rows[1]["warning"] is None and rows[1]["first_token_agrees"] is None
+
+
+def test_empty_output_is_flagged_when_the_fallback_is_off(empty_case):
+    lazy, _ = _empty_workers(empty_case, fallback_on_empty=False)
+    row = lazy.run_batch([empty_case["ids"]], sampled=False, seed=0)[0]
+    assert row["status"] == "ok" and row["generation"] == "" and row["warning"] == "empty_generation"
+    assert row["fallback"] is False and row["new_tokens"] == 1
+    sampled = lazy.run_batch([empty_case["ids"]], sampled=True, seed=0)[0]  # the shadow run shows it is a loss
+    assert sampled["generation"] == "" and sampled["warning"] == "pruning_lost_output"
+    assert sampled["first_token_agrees"] is False and sampled["measured_speedup"] > 0
+
+
+def test_sampled_empty_row_reuses_its_shadow_run(empty_case, monkeypatch):
+    lazy, full = _empty_workers(empty_case)
+    calls = []
+    real = lazy._generate
+    monkeypatch.setattr(lazy, "_generate", lambda engine, ids, seed: calls.append(engine) or real(engine, ids, seed))
+    row = lazy.run_batch([empty_case["ids"]], sampled=True, seed=0)[0]
+    assert calls == [lazy.lazy, lazy.full]  # no third run
+    assert row["fallback"] is True and row["generation"] == full.run_batch([empty_case["ids"]], False, 0)[0][
+        "generation"]
+
+
+def test_prompt_under_min_prompt_tokens_is_not_pruned(empty_case):
+    from conftest import EMPTY_LAZY
+
+    path, ids = str(empty_case["path"]), empty_case["ids"]
+    guarded = LazyConfig(**EMPTY_LAZY, min_prompt_tokens=len(ids) + 1).model_dump()
+    worker = LazyWorker(WorkerSpec(model=path, lazy=guarded, max_new_tokens=6))
+    full = LazyWorker(WorkerSpec(model=path, lazy="off", max_new_tokens=6))
+    row = worker.run_batch([ids], sampled=False, seed=0)[0]
+    assert row["pruned"] is False and row["fallback"] is False and row["warning"] is None
+    assert row["generation"] == full.run_batch([ids], sampled=False, seed=0)[0]["generation"]
+    assert row["computed_token_fraction"] == 1.0

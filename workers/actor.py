@@ -101,36 +101,74 @@ class LazyWorker:
         started = time.perf_counter()
         new_ids, stats = self._generate(self.lazy, input_ids, seed)
         lazy_s = time.perf_counter() - started
-        rows = []
-        for ids, st in zip(new_ids, stats, strict=True):
-            rows.append(
-                {
-                    "status": "ok",
-                    "error": None,
-                    "generation": self.tokenizer.decode(ids, skip_special_tokens=True),
-                    "new_tokens": st.new_tokens,
-                    "ttft_s": st.ttft_s,
-                    "decode_s": st.decode_s,
-                    "computed_token_fraction": st.computed_token_fraction,
-                    "computed_token_fraction_total": st.computed_token_fraction_total,
-                    "revived_tokens": st.revived_tokens,
-                    "est_speedup": st.est_speedup,
-                    "baseline_ttft_s": None,
-                    "measured_speedup": None,
-                    "first_token_agrees": None,
-                    "rouge_l_vs_baseline": None,
-                    "worker": self.name,
-                    "batch_s": lazy_s,
-                }
-            )
+        rows = [self._row(ids, st, lazy_s) for ids, st in zip(new_ids, stats, strict=True)]
+        full: dict[int, tuple[list[int], Any]] = {}  # item -> the full model's (new ids, stats)
         if sampled:
             full_ids, full_stats = self._generate(self.full, input_ids, seed)
-            for row, lazy_new, full_new, fst in zip(rows, new_ids, full_ids, full_stats, strict=True):
+            full = dict(enumerate(zip(full_ids, full_stats, strict=True)))
+            for row, lazy_new, (full_new, fst) in zip(rows, new_ids, full.values(), strict=True):
                 row["baseline_ttft_s"] = fst.ttft_s
                 row["measured_speedup"] = fst.ttft_s / row["ttft_s"] if row["ttft_s"] > 0 else None
                 row["first_token_agrees"] = bool(lazy_new[:1] == full_new[:1])
                 row["rouge_l_vs_baseline"] = rouge_l_f(lazy_new, full_new)
+        empty = [i for i, row in enumerate(rows) if not row["generation"].strip()]
+        rerun = [i for i in empty if i not in full and stats[i].pruned] if self.spec.fallback_on_empty else []
+        if rerun:  # a fresh batch of the empty items, run with pruning off
+            again = self._generate(self.full, [input_ids[i] for i in rerun], seed)
+            full.update(zip(rerun, zip(*again, strict=True), strict=True))
+        for i in empty:
+            self._mark_empty(rows[i], new_ids[i], stats[i], full.get(i), i in rerun)
         return rows
+
+    def _row(self, ids: list[int], st: Any, batch_s: float) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "error": None,
+            "warning": None,
+            "generation": self.tokenizer.decode(ids, skip_special_tokens=True),
+            "pruned": st.pruned,
+            "fallback": False,
+            "new_tokens": st.new_tokens,
+            "ttft_s": st.ttft_s,
+            "decode_s": st.decode_s,
+            "computed_token_fraction": st.computed_token_fraction,
+            "computed_token_fraction_total": st.computed_token_fraction_total,
+            "revived_tokens": st.revived_tokens,
+            "est_speedup": st.est_speedup,
+            "baseline_ttft_s": None,
+            "measured_speedup": None,
+            "first_token_agrees": None,
+            "rouge_l_vs_baseline": None,
+            "worker": self.name,
+            "batch_s": batch_s,
+        }
+
+    def _mark_empty(self, row: dict[str, Any], lazy_new: list[int], lazy_st: Any, full: Any, rerun: bool) -> None:
+        """An empty lazy output: a warning, and the full model's output when it has one and the fallback is on (see
+        docs/pipeline.md, 'Empty outputs')."""
+        row["warning"] = "empty_generation"
+        if full is None:
+            return
+        full_new, fst = full
+        text = self.tokenizer.decode(full_new, skip_special_tokens=True)
+        if text.strip():
+            row["warning"] = "pruning_lost_output"
+        if rerun:
+            row["first_token_agrees"] = bool(lazy_new[:1] == full_new[:1])
+            row["baseline_ttft_s"] = fst.ttft_s
+        if not self.spec.fallback_on_empty or not text.strip():
+            return
+        # the row now carries the full model's output; its costs are those of both runs
+        row.update(
+            generation=text,
+            fallback=True,
+            new_tokens=fst.new_tokens,
+            ttft_s=lazy_st.ttft_s + lazy_st.decode_s + fst.ttft_s,
+            decode_s=fst.decode_s,
+            computed_token_fraction=lazy_st.computed_token_fraction + 1.0,
+            computed_token_fraction_total=lazy_st.computed_token_fraction_total + 1.0,
+            est_speedup=1.0 / (1.0 + 1.0 / lazy_st.est_speedup),
+        )
 
     def _pad_left(self, input_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left padding, as HF generate expects for decoder-only models. Returns ids, mask: [B, T_max]."""
@@ -148,7 +186,10 @@ def _error_row(exc: BaseException, worker: str) -> dict[str, Any]:
     return {
         "status": "error",
         "error": f"engine_error: {type(exc).__name__}: {message}"[:2000],
+        "warning": None,
         "generation": None,
+        "pruned": None,
+        "fallback": None,
         "new_tokens": None,
         "ttft_s": None,
         "decode_s": None,

@@ -23,6 +23,7 @@ class WorkerSpec:
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
     min_new_tokens: int = 0
+    fallback_on_empty: bool = True  # rerun an item whose pruned output is empty with pruning off
 
 
 def actor_options(cluster_gpus: float, cpus_per_worker: int, max_restarts: int) -> dict[str, Any]:
