@@ -38,8 +38,9 @@ def _default(model: Any, **update: Any) -> LazyConfig:
 def _select_default(model: Any, **update: Any) -> LazyConfig:
     """The previous default (revive_policy='select', every step revives): the baselines and sweeps below were run on
     it. revive_top only matters to 'top'; it stays at the field's default so the records run before it keep their
-    identity."""
-    return _default(model, **{"revive_policy": "select", "revive_top": 64, "revive_steps": None, **update})
+    identity, as min_prompt_tokens stays at 0 (every prompt pruned, as they ran)."""
+    return _default(model, **{"revive_policy": "select", "revive_top": 64, "revive_steps": None, "min_prompt_tokens": 0,
+                               **update})
 
 
 # name -> (description, config factory). Fractions of depth map to the layers of LazyConfig.default_for. The baselines
