@@ -21,6 +21,7 @@ import logging
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -79,12 +80,10 @@ def _median(values: list[float]) -> float:
 
 def loop_run(cfg: PipelineConfig, threads: int) -> dict:
     """The same batches (same tokenization and bucketing) through LazyWorker.run_batch in this process."""
+    from pipeline.resources import worker_spec
     from workers.actor import LazyWorker
-    from workers.spec import WorkerSpec
 
-    lazy = cfg.lazy if isinstance(cfg.lazy, str) else cfg.lazy.model_dump()
-    worker = LazyWorker(WorkerSpec(model=cfg.model, lazy=lazy, dtype=cfg.dtype, device=cfg.device,
-                                   num_threads=threads, max_new_tokens=cfg.max_new_tokens))
+    worker = LazyWorker(replace(worker_spec(cfg, use_gpu=False), num_threads=threads))
     fs, shards = discover_shards(cfg.input)
     tokenizer = load_tokenizer(cfg.model)
     started = time.monotonic()
