@@ -9,7 +9,7 @@ from lazy_core.arch import SUPPORTED_MODEL_TYPES
 from lazy_core.calibrate import calibrate
 from lazy_core.config import LazyConfig
 from lazy_core.generate import LazyLLM
-from lazy_core.loading import DEFAULT_MODEL, load_model, load_tokenizer
+from lazy_core.loading import DEFAULT_MODEL, load_model, load_model_config, load_tokenizer
 from lazy_core.scoring import AttentionPruner, RandomPruner, ScoreInputs, StaticPruner, TokenPruner
 from lazy_core.stats import GenerateOutput, ItemStats
 
@@ -27,5 +27,6 @@ __all__ = [
     "TokenPruner",
     "calibrate",
     "load_model",
+    "load_model_config",
     "load_tokenizer",
 ]

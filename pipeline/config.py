@@ -138,9 +138,9 @@ class GenerationSettings(BaseModel):
     def needs_question(self) -> bool:
         return self.task == "qa" or "{question}" in self.task
 
-    def settings_hash(self, extra: set[str] = frozenset()) -> str:
-        """sha256 (16 hex) of the settings that change what an output row contains, plus the fields in ``extra``."""
-        affecting = self.model_dump(mode="json", include=set(ROW_SETTINGS) | set(extra))
+    def settings_hash(self, **extra: Any) -> str:
+        """sha256 (16 hex) of the settings that change what an output row contains, plus ``extra`` (name: value)."""
+        affecting = {**self.model_dump(mode="json", include=set(ROW_SETTINGS)), **extra}
         blob = json.dumps(affecting, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -202,7 +202,7 @@ class PipelineConfig(GenerationSettings):
     def config_hash(self) -> str:
         """sha256 (16 hex) of every setting that changes what an output row contains. Paths, parallelism, batching,
         retries and timeouts are left out: they change how a run goes, not what it writes."""
-        return self.settings_hash({"passthrough_columns"})
+        return self.settings_hash(passthrough_columns=list(self.passthrough_columns))
 
     # ---- construction --------------------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lazy_core import load_model_config
 from lazy_core import load_tokenizer as _load
 
 
@@ -13,28 +14,10 @@ def load_tokenizer(model: str) -> Any:
 
 
 def context_length(model: str) -> int | None:
-    """``max_position_embeddings`` from the model's config.json (no weights read); None when there is no config or it
-    has none (a tokenizer-only directory: the workers' model load is what fails then, with its own error)."""
-    import json
-    import os
-
-    from lazy_core import DEFAULT_MODEL
-
-    if model == DEFAULT_MODEL:
-        from lazy_core.loading import default_model_dir
-
-        config_path = os.path.join(default_model_dir(), "config.json")
-    elif os.path.isdir(os.path.expanduser(model)):
-        config_path = os.path.join(os.path.expanduser(model), "config.json")
-    else:
-        from transformers import AutoConfig
-
-        value = getattr(AutoConfig.from_pretrained(model, local_files_only=True), "max_position_embeddings", None)
-        return int(value) if isinstance(value, int) else None
-    if not os.path.exists(config_path):
-        return None
-    with open(config_path) as f:
-        value = json.load(f).get("max_position_embeddings")
+    """``max_position_embeddings`` of the model's config (``lazy_core.load_model_config``: the workers' name
+    resolution, no weights read); None when there is no config or it has none (a tokenizer-only directory: the
+    workers' model load is what fails then, with its own error)."""
+    value = getattr(load_model_config(model), "max_position_embeddings", None)
     return int(value) if isinstance(value, int) else None
 
 

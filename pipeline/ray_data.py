@@ -1,0 +1,156 @@
+"""LazyLLM as a Ray Data stage: ``lazy_map_batches(ds, config)`` appends the pipeline's output columns to a dataset.
+
+:class:`LazyPredictor` is the callable class for ``Dataset.map_batches``: it loads the model once in ``__init__`` (a
+:class:`workers.actor.LazyWorker`); each call takes a batch of rows (a pyarrow Table or a dict of numpy arrays), builds
+their prompts exactly as the pipeline does (chat template, task template, middle truncation), buckets them by length,
+runs the buckets and returns the batch's columns followed by the result columns, in the input's format. Bad rows
+become error rows; a call never raises for a row.
+
+:func:`lazy_map_batches` runs it as an actor pool of fixed size (``num_workers``), one model per actor, one GPU each
+when the cluster has GPUs (the rule of :func:`run_pipeline`). Unlike :func:`run_pipeline` it keeps no manifest and
+resumes nothing: a failed dataset is rerun by Ray Data's own means. Rows in == rows out (each batch's rows in their
+order; the dataset's order is Ray Data's, see ``DataContext.execution_options.preserve_order``).
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from typing import Any
+
+import pyarrow as pa
+from pydantic import Field
+
+from pipeline.config import OUTPUT_COLUMNS, GenerationSettings
+from pipeline.plan import bucket_rows, error_result, prepare_rows, result_arrays
+from pipeline.prompts import check_chat_template
+from pipeline.resources import plan_workers, worker_spec
+from pipeline.tokenizer import effective_prompt_limit
+
+RESULT_COLUMNS = OUTPUT_COLUMNS[1:]  # what the stage appends (the input's columns stay as they are, ids included)
+
+
+class RayDataConfig(GenerationSettings):
+    """The settings of a Ray Data stage: those of :class:`pipeline.PipelineConfig` that concern a row's generation
+    and the workers (task, model, schedule, decoding, prompt limits, batching inside a worker, resources), plus the
+    rows handed to a worker per call."""
+
+    batch_size: int = Field(
+        16, ge=1, description="Rows per map_batches call; a worker buckets them by length into batches of at most "
+        "max_batch_size items and max_batch_tokens padded tokens.",
+    )
+
+    @property
+    def config_hash(self) -> str:
+        """sha256 (16 hex) of the settings that change what an output row contains: the config_hash of a
+        PipelineConfig with the same settings and no passthrough columns (the rows are the same)."""
+        return self.settings_hash(passthrough_columns=[])
+
+    @classmethod
+    def from_any(cls, config: RayDataConfig | dict[str, Any] | str | os.PathLike[str]) -> RayDataConfig:
+        """Accept a RayDataConfig, a dict of its fields (a PipelineConfig's too: its run-only fields are dropped)
+        or a YAML file holding that dict."""
+        if isinstance(config, RayDataConfig):
+            return config
+        if isinstance(config, GenerationSettings):
+            config = config.model_dump(include=set(GenerationSettings.model_fields))
+        if isinstance(config, (str, os.PathLike)):
+            import yaml
+
+            with open(config) as f:
+                config = yaml.safe_load(f) or {}
+        if not isinstance(config, dict):
+            raise TypeError(f"expected a RayDataConfig, a dict or a YAML path, got {type(config).__name__}")
+        return cls(**config)
+
+
+def stage_options(cfg: RayDataConfig, cluster_gpus: float) -> dict[str, Any]:
+    """The map_batches arguments of the stage besides the callable: pool size, resources, batch size."""
+    import ray.data
+
+    num_workers, use_gpu = plan_workers(cfg.device, cluster_gpus, cfg.num_workers)
+    return {
+        "compute": ray.data.ActorPoolStrategy(size=num_workers),
+        "num_gpus": 1 if use_gpu else 0,
+        "num_cpus": 1 if use_gpu else cfg.cpus_per_worker,
+        "batch_size": cfg.batch_size,
+        "batch_format": "pyarrow",
+        "udf_modifying_row_count": False,
+        "fn_constructor_kwargs": {"config": cfg.model_dump(mode="json"), "use_gpu": use_gpu},
+    }
+
+
+def lazy_map_batches(ds: Any, config: RayDataConfig | dict[str, Any] | str | os.PathLike[str]) -> Any:
+    """``ds`` with the pipeline's output columns (docs/pipeline.md) appended to its own: ``generation``, ``status``,
+    ``error``, ``warning``, ``prompt_tokens``, ..., ``model``, ``config_hash``. ``config``: a :class:`RayDataConfig`
+    or its dict (``model``, ``text_column``, ``max_new_tokens``, ``lazy``, ``num_workers``, ...; the task defaults
+    to "summarize"). Lazy, like every Ray Data transform: nothing runs until the dataset is consumed."""
+    import ray
+
+    cfg = RayDataConfig.from_any(config)
+    schema = ds.schema(fetch_if_missing=False)
+    if schema is not None:
+        clash = sorted(set(schema.names) & set(RESULT_COLUMNS))
+        if clash:
+            raise ValueError(
+                f"the dataset already has column(s) {clash}, which the LazyLLM stage writes; rename or drop them "
+                "first (e.g. ds.rename_columns({...}))"
+            )
+    gpus = float(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0.0
+    return ds.map_batches(LazyPredictor, **stage_options(cfg, gpus))
+
+
+class LazyPredictor:
+    """One model per actor; ``config`` is a :class:`pipeline.ray_data.RayDataConfig` or its dict."""
+
+    def __init__(self, config: Any, use_gpu: bool = False) -> None:
+        from workers.actor import LazyWorker  # torch and the engine: imported where the model is loaded
+
+        cfg = RayDataConfig.from_any(config)
+        self.worker = LazyWorker(worker_spec(cfg, use_gpu))
+        check_chat_template(self.worker.tokenizer, cfg)
+        context = getattr(self.worker.model.config, "max_position_embeddings", None)
+        limit = effective_prompt_limit(cfg.max_prompt_tokens, cfg.max_new_tokens, context)
+        self.config = cfg.model_copy(update={"max_prompt_tokens": limit})  # prompt + new tokens fit the context
+        self.config_hash = cfg.config_hash
+
+    def __call__(self, batch: pa.Table | dict[str, Any]) -> pa.Table | dict[str, Any]:
+        table = batch if isinstance(batch, pa.Table) else _to_table(batch)
+        clash = sorted(set(table.column_names) & set(RESULT_COLUMNS))
+        if clash:
+            raise ValueError(f"the batch already has column(s) {clash}, which the LazyLLM stage writes; rename them")
+        columns = result_arrays(self.results(table), self.config.model, self.config_hash)
+        for name in RESULT_COLUMNS:
+            table = table.append_column(name, columns[name])
+        if isinstance(batch, pa.Table):
+            return table
+        from ray.data.block import BlockAccessor
+
+        return BlockAccessor.for_block(table).to_batch_format("numpy")
+
+    def results(self, table: pa.Table) -> list[dict[str, Any]]:
+        """One result dict per row of ``table``, in order."""
+        cfg, rows = self.config, table.num_rows
+        results: list[dict[str, Any] | None] = [None] * rows
+        needed = [cfg.text_column] + ([cfg.question_column] if cfg.needs_question else [])
+        missing = [c for c in needed if c not in table.column_names]
+        if missing:
+            reason = (f"missing_column: column(s) {missing} not found; columns are: {', '.join(table.column_names)}. "
+                      "Set text_column= / question_column= to match the dataset")
+            return [error_result(reason) for _ in range(rows)]
+        texts = table.column(cfg.text_column).to_pylist()
+        questions = table.column(cfg.question_column).to_pylist() if cfg.needs_question else [None] * rows
+        ids = table.column(cfg.id_column).to_pylist() if cfg.id_column in table.column_names else texts
+        good = prepare_rows(self.worker.tokenizer, cfg, list(range(rows)), texts, questions, results)
+        for positions, input_ids, sampled, _ in bucket_rows(good, [ids[p] for p, _ in good], cfg):
+            seed = cfg.seed + zlib.crc32(repr(ids[positions[0]]).encode())  # the same rows draw the same samples
+            for pos, row in zip(positions, self.worker.run_batch(input_ids, sampled, seed), strict=True):
+                results[pos] = {**(results[pos] or {}), **row}
+        return [r if r is not None else error_result("internal_error: row got no result") for r in results]
+
+
+def _to_table(batch: dict[str, Any]) -> pa.Table:
+    from ray.data.block import BlockAccessor
+
+    block = BlockAccessor.batch_to_block(batch)
+    return block if isinstance(block, pa.Table) else pa.Table.from_pandas(block, preserve_index=False)
