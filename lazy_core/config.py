@@ -164,14 +164,13 @@ class LazyConfig(BaseModel):
         stops after step 32 and the rest of a summary decodes on what the layers hold (0.8x the full step).
 
         Prompts under 1000 tokens are computed in full (``min_prompt_tokens``; BENCHMARKS.md, "Short prompts"): on
-        summarization prompts of 128-512 tokens the pruned first token differed from the full model's on 56-69 % of
-        the items (31-38 % at 1K-4K) while the prefill saved 0.07-0.6 s on this CPU, about a tenth of such an item's
-        time with a 100-token summary or less.
+        summarization prompts of 128-512 tokens (two seeds) the pruned first token differed from the full model's on
+        56-75 % of the items (8-31 % at 2K-4K) while the prefill saved at most 0.6 s on this CPU, about a tenth of
+        such an item's time with a 100-token summary.
         """
         if model_depth(model_or_num_layers) < 4:
             return cls.off()
-        layers = layers_at(model_or_num_layers, (8 / 30, 15 / 30, 22 / 30))
-        ratios = [0.4, 0.2, 0.1][: len(layers)]
+        layers, ratios = _default_layers(model_or_num_layers)
         return cls(
             prune_layers=layers,
             keep_ratios=ratios,
@@ -238,6 +237,21 @@ class LazyConfig(BaseModel):
                 alive = min(alive, self.keep_budget(active[layer], prompt_tokens))
         return kept
 
+    def check_layers(self, sliding_windows: list[int | None]) -> None:
+        """Raise ValueError if the schedule scores at a sliding-window layer of a hybrid model (one that also has
+        global layers): a sliding layer's last token sees only its window, not the prompt it would rank."""
+        global_layers = [j for j, w in enumerate(sliding_windows) if w is None]
+        if not global_layers or len(global_layers) == len(sliding_windows):
+            return
+        bad = [layer for layer in self.active_steps() if sliding_windows[layer] is not None]
+        if bad:
+            usable = [j for j in global_layers if j <= len(sliding_windows) - 2]
+            raise ValueError(
+                f"prune_layers {bad} are sliding-window layers of this hybrid model: their last token attends only "
+                f"its last {sliding_windows[bad[0]]} positions and cannot score the prompt. Prune after global layers "
+                f"({usable}), e.g. with LazyConfig.default_for(model)"
+            )
+
     def check_depth(self, num_layers: int) -> None:
         """Raise ValueError if a pruning layer does not exist in a ``num_layers``-deep model."""
         bad = [layer for layer in self.prune_layers if layer > num_layers - 2]
@@ -259,6 +273,42 @@ def model_depth(model_or_num_layers: Any) -> int:
             f"expected a Hugging Face model, its config or a layer count, got {type(model_or_num_layers).__name__}"
         )
     return num
+
+
+def sliding_window_of(config: Any, layer: int) -> int | None:
+    """The sliding window of decoder layer ``layer`` of a Hugging Face config, None for full causal attention."""
+    window = getattr(config, "sliding_window", None)
+    if not window:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return int(window) if layer_types[layer] == "sliding_attention" else None
+    if getattr(config, "use_sliding_window", True) is False:
+        return None
+    return int(window)
+
+
+DEFAULT_FRACTIONS = (8 / 30, 15 / 30, 22 / 30)
+DEFAULT_RATIOS = (0.4, 0.2, 0.1)
+
+
+def _default_layers(model_or_num_layers: Any) -> tuple[list[int], list[float]]:
+    """default_for's pruning layers and cumulative keep ratios. On a hybrid model (sliding-window and global layers)
+    each default layer moves to the nearest global layer that can prune (ties: the later one), and layers that meet
+    keep the smaller ratio."""
+    num = model_depth(model_or_num_layers)
+    config = getattr(model_or_num_layers, "config", model_or_num_layers)
+    windows = [None] * num if isinstance(config, int) else [sliding_window_of(config, j) for j in range(num)]
+    usable = [j for j, w in enumerate(windows) if w is None and j <= num - 2]
+    if not usable or len(usable) == num - 1 or all(w is None for w in windows):  # not hybrid
+        layers = layers_at(num, DEFAULT_FRACTIONS)
+        return layers, list(DEFAULT_RATIOS[: len(layers)])
+    merged: dict[int, float] = {}
+    for fraction, ratio in zip(DEFAULT_FRACTIONS, DEFAULT_RATIOS, strict=True):
+        layer = min(num - 2, max(0, round(fraction * num) - 1))
+        snapped = min(usable, key=lambda g, layer=layer: (abs(g - layer), -g))
+        merged[snapped] = min(ratio, merged.get(snapped, 1.0))
+    return sorted(merged), [merged[layer] for layer in sorted(merged)]
 
 
 def layers_at(model_or_num_layers: Any, fractions: tuple[float, ...]) -> list[int]:

@@ -64,13 +64,22 @@ class BatchState:
         self.dense = batch == 1
         self.max_positions = capacity
         self._budgets: dict[int, torch.Tensor] = {}
+        self._budget_max: dict[int, int] = {}
+        self.host_lengths: list[int] = lengths.tolist()  # one sync per batch: what the loops size things by
+        self.longest = max(self.host_lengths)
 
     def budget(self, config: LazyConfig, step: int) -> torch.Tensor:
         """[B] tokens kept after pruning step ``step`` (index into the schedule), computed once per batch."""
         if step not in self._budgets:
-            sizes = [config.keep_budget(step, n) for n in self.lengths.tolist()]
+            sizes = [config.keep_budget(step, n) for n in self.host_lengths]
             self._budgets[step] = torch.tensor(sizes, device=self.lengths.device)
+            self._budget_max[step] = max(sizes)
         return self._budgets[step]
+
+    def budget_max(self, config: LazyConfig, step: int) -> int:
+        """max of :meth:`budget`, on the host."""
+        self.budget(config, step)
+        return self._budget_max[step]
 
 
 class LayerLoop:
@@ -89,12 +98,12 @@ class LayerLoop:
     # ---- helpers -------------------------------------------------------------------------------------------------
 
     def _run_layer(self, state: BatchState, j: int, hidden, pos, valid, mask, cos_sin, query_rows=None):
-        """hidden: [B, C, D] at positions pos [B, C] (cos_sin: the rotary embedding of pos) ->
+        """hidden: [B, C, D] at positions pos [B, C] (cos_sin: per layer, the rotary embedding of pos) ->
         ([B, C, D], captured queries [B, H, W, d] or None)."""
         step = AttentionStep(inner=self.inner, mask=mask, query_rows=query_rows)
         state.cache.stage(pos, valid)
         out = self.parts.layers[j](
-            hidden, attention_mask=None, position_embeddings=cos_sin, lazy_step=step,
+            hidden, attention_mask=None, position_embeddings=cos_sin[j], lazy_step=step,
             **{self.parts.cache_kwarg: state.cache},
         )
         return out, step.captured_query
@@ -116,14 +125,15 @@ class LayerLoop:
         return ScoreInputs(
             layer=j, query=query, query_pos=query_pos, query_valid=query_valid, keys=kv.keys[:, :, : kv.length],
             key_pos=key_pos, key_valid=key_valid, candidates=candidates, scaling=self.scaling,
-            window=self._window_active(j, span),
+            window=self._window_active(j, span), position_bound=state.max_positions,
         )
 
     def _select(self, state: BatchState, inputs: ScoreInputs) -> torch.Tensor:
         """keep [B, S] over the layer's slots: the schedule's budget of the best-scored candidates (tail forced)."""
-        budget = state.budget(self.config, self.prune_step[inputs.layer])
+        step = self.prune_step[inputs.layer]
         forced = inputs.candidates & (inputs.key_pos >= (state.lengths - self.config.keep_tail)[:, None])
-        return self.pruner.select(inputs, budget, forced)
+        inputs = dataclasses.replace(inputs, budget_bound=state.budget_max(self.config, step))
+        return self.pruner.select(inputs, state.budget(self.config, step), forced)
 
     # ---- prefill -------------------------------------------------------------------------------------------------
 
@@ -136,7 +146,7 @@ class LayerLoop:
         hidden = parts.embed(input_ids)  # [B, T, D]
         window_cols = torch.arange(self.config.query_window, device=input_ids.device)
         kept = []
-        cos_sin = parts.rotary(hidden, pos)  # recomputed only when the rows change (after pruning)
+        cos_sin = parts.position_embeddings(hidden, pos)  # recomputed only when the rows change (after pruning)
         for j in range(parts.num_layers):
             window = self._window_active(j, width)
             mask = position_mask(pos, valid, pos, valid, window) if window is not None else None
@@ -157,14 +167,16 @@ class LayerLoop:
             if self.revive:
                 state.aux.put(j, hidden, pos, valid & ~keep)
             (hidden, pos), valid = _pack(keep, hidden, pos)
-            cos_sin = parts.rotary(hidden, pos)
+            cos_sin = parts.position_embeddings(hidden, pos)
         state.kept_per_layer = torch.stack(kept)  # [L, B]
         last = (valid.sum(1) - 1)[:, None, None].expand(-1, 1, hidden.shape[2])
         return self._logits(hidden.gather(1, last))
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [B, 1, D] -> [B, V] float32."""
-        return self.parts.lm_head(self.parts.norm(hidden))[:, -1].float()
+        logits = self.parts.lm_head(self.parts.norm(hidden))[:, -1].float()
+        cap = self.parts.logit_softcap
+        return logits if cap is None else torch.tanh(logits / cap) * cap
 
     # ---- decode --------------------------------------------------------------------------------------------------
 
@@ -183,9 +195,9 @@ class LayerLoop:
         """
         hidden = self.parts.embed(tokens[:, None])  # [B, 1, D]
         pos, valid = positions[:, None], live[:, None]
-        cos_sin = self.parts.rotary(hidden, pos)
+        cos_sin = self.parts.position_embeddings(hidden, pos)
         visible = None  # [B, P] by position: prompt tokens this step selected at the last pruning layer ('select')
-        span = int(positions.max()) + 1  # positions this step can reach (for sliding windows)
+        span = state.longest + step  # positions this step can reach (positions are lengths + step - 1)
         limit = self.config.revive_steps
         reviving = self.revive and (limit is None or step <= limit)
         for j in range(self.parts.num_layers):
@@ -203,7 +215,7 @@ class LayerLoop:
                 if revived is None:
                     continue
                 hidden, pos, valid = revived
-            cos_sin = self.parts.rotary(hidden, pos)
+            cos_sin = self.parts.position_embeddings(hidden, pos)
         return self._logits(hidden[:, -1:])
 
     def _decode_mask(self, state: BatchState, j: int, pos, valid, visible, window: int | None):
@@ -240,7 +252,7 @@ class LayerLoop:
         wanted = keep & state.aux.held(j, key_pos)  # selected, pruned at j, not active
         cap = self.config.revive_per_step
         if cap is not None:  # the best-scored `cap` of them; the rest stay in the Aux Cache
-            limited = dataclasses.replace(inputs, candidates=wanted)
+            limited = dataclasses.replace(inputs, candidates=wanted, budget_bound=cap)
             wanted = TokenPruner.select(self.pruner, limited, torch.full_like(state.lengths, cap),
                                         torch.zeros_like(wanted))
         return (*self._add_revived(state, j, wanted, key_pos, hidden, pos, valid, still), selected)
@@ -249,7 +261,8 @@ class LayerLoop:
         """'top' policy after layer j: revive (from the Aux Cache at j) the pruned tokens among the step's revive_top
         best-scored prompt tokens; rows revived at an earlier pruning layer go on. Returns the new rows, or None
         when nothing is revived (then the rows stay as they are)."""
-        top = self.pruner.select(inputs, torch.full_like(state.lengths, self.config.revive_top),
+        top = self.pruner.select(dataclasses.replace(inputs, budget_bound=self.config.revive_top),
+                                 torch.full_like(state.lengths, self.config.revive_top),
                                  torch.zeros_like(inputs.candidates))
         wanted = top & state.aux.held(inputs.layer, inputs.key_pos)
         if not bool(wanted.any()):  # one host sync per pruning layer; the common case once the step's top is computed

@@ -45,6 +45,7 @@ class LazyLLM:
         if not isinstance(self.config, LazyConfig):
             raise TypeError(f"config must be a LazyConfig, got {type(self.config).__name__}; use LazyConfig(**dict)")
         self.config.check_depth(self.parts.num_layers)
+        self.config.check_layers(self.parts.sliding_windows)
         self.flops = FlopModel.from_config(model.config)
 
     # ---- public API ----------------------------------------------------------------------------------------------

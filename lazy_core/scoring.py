@@ -29,6 +29,8 @@ class ScoreInputs:
     candidates: torch.Tensor  # [B, S] prompt tokens that may be kept or dropped
     scaling: float  # softmax scale of the model's attention
     window: int | None  # sliding window of this layer, None = full causal
+    position_bound: int  # every key position is below it (the batch's capacity): sizes tensors without a host sync
+    budget_bound: int | None = None  # >= every budget of the call, known on the host (saves a sync); None = compute
     bonus: torch.Tensor | None = None  # [B] added to the scores of the slots in bonus_slots before ranking
     bonus_slots: torch.Tensor | None = None  # [B, S]
 
@@ -52,7 +54,8 @@ class TokenPruner:
             score = score + inputs.bonus_slots * inputs.bonus[:, None]
         score = score.masked_fill(~candidates, float("-inf")).masked_fill(forced & candidates, float("inf"))
         k = torch.minimum(budget, candidates.sum(1))
-        k_max = int(k.max()) if k.numel() else 0
+        bound = inputs.budget_bound
+        k_max = min(bound, candidates.shape[1]) if bound is not None else (int(k.max()) if k.numel() else 0)
         keep = torch.zeros_like(candidates)
         if k_max == 0:
             return keep
@@ -103,7 +106,7 @@ class AttentionPruner(TokenPruner):
             score = per_query.sum(1) / count[:, None]
         score = score * inputs.candidates
         if cfg.pool_kernel > 1:  # over token positions, so the result does not depend on the cache's slot order
-            dense = torch.zeros(score.shape[0], int(inputs.key_pos.max()) + 1, dtype=score.dtype, device=score.device)
+            dense = torch.zeros(score.shape[0], inputs.position_bound, dtype=score.dtype, device=score.device)
             dense.scatter_reduce_(1, inputs.key_pos, score * inputs.key_valid, reduce="amax")
             dense = F.max_pool1d(dense[:, None], cfg.pool_kernel, stride=1, padding=cfg.pool_kernel // 2)[:, 0]
             score = dense.gather(1, inputs.key_pos)

@@ -13,6 +13,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
+    Gemma3TextConfig,
     LlamaConfig,
     MistralConfig,
     PreTrainedTokenizerFast,
@@ -72,7 +73,14 @@ def make_tiny_config(arch: str, num_layers: int = 4):
         return Qwen2Config(**_common(num_layers))
     if arch == "qwen3":
         return Qwen3Config(**_common(num_layers), head_dim=16)
+    if arch == "gemma3":  # hybrid: sliding window 8 (shorter than the prompts) and global layers 2 and 4
+        fields = {**_common(num_layers), "num_key_value_heads": 1}
+        types = ["full_attention" if j in GEMMA_GLOBAL else "sliding_attention" for j in range(num_layers)]
+        return Gemma3TextConfig(**fields, head_dim=16, sliding_window=8, layer_types=types, query_pre_attn_scalar=16)
     raise ValueError(arch)
+
+
+GEMMA_GLOBAL = (2, 4)
 
 
 def make_tiny_model(arch: str = "llama", num_layers: int = 4, seed: int = 0, attn: str = "sdpa"):

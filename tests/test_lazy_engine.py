@@ -357,6 +357,31 @@ def test_revive_false_prunes_prefill_only(tiny_model, tiny_tokenizer):
     assert all(s.revived_tokens == 0 and s.aux_cache_bytes == 0 for s in out.stats)
 
 
+# ---- on every device this machine has (CUDA where it exists) --------------------------------------------------------
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_invariants_on_device(tiny_tokenizer, device):
+    """Pruning off == model.generate token for token and a pruned batch == its items alone, on ``device`` (fp32:
+    exact on CPU and on CUDA; benchmarks/gpu.py checks bf16 on real shapes)."""
+    model = make_tiny_model("llama").to(device)
+    enc = encode(tiny_tokenizer).to(device)
+    off = LazyLLM(model, LazyConfig.off()).generate(enc.input_ids, attention_mask=enc.attention_mask,
+                                                     max_new_tokens=10)
+    assert torch.equal(off.sequences, model.generate(**enc, max_new_tokens=10, do_sample=False))
+    lazy = LazyLLM(model, LazyConfig(**PRUNE, revive_policy="top", revive_top=6))
+    batch = lazy.generate(enc.input_ids, attention_mask=enc.attention_mask, max_new_tokens=10)
+    width = enc.input_ids.shape[1]
+    for b in range(len(PROMPTS)):
+        real = enc.input_ids[b][enc.attention_mask[b].bool()][None]
+        alone = lazy.generate(real, max_new_tokens=10)
+        mine, ref = batch.sequences[b, width:].tolist(), alone.sequences[0, real.shape[1]:].tolist()
+        assert mine[: len(ref)] == ref
+        assert batch.sequences.device.type == device
+
+
 # ---- short prompts: computed in full -----------------------------------------------------------------------------
 
 
@@ -592,6 +617,10 @@ def test_sliding_window_models_match_when_off(tiny_tokenizer, arch):
     assert torch.equal(out.sequences, model.generate(**enc, max_new_tokens=8, do_sample=False))
     torch.testing.assert_close(lazy.prefill_logits(enc.input_ids, enc.attention_mask),
                                full_last_logits(model, enc.input_ids, enc.attention_mask), atol=1e-4, rtol=0)
-    pruned = LazyLLM(model, LazyConfig(**PRUNE)).generate(enc.input_ids, attention_mask=enc.attention_mask,
-                                                          max_new_tokens=8)
+    schedule = PRUNE if arch == "mistral" else {**PRUNE, "prune_layers": [0, 1]}  # qwen2 here: 0-1 global, 2-3 sliding
+    pruned = LazyLLM(model, LazyConfig(**schedule)).generate(enc.input_ids, attention_mask=enc.attention_mask,
+                                                             max_new_tokens=8)
     assert pruned.sequences.shape == out.sequences.shape
+    if arch == "qwen2":  # a hybrid model refuses to score at a sliding layer (its last token sees only its window)
+        with pytest.raises(ValueError, match=r"prune_layers \[2\] are sliding-window layers"):
+            LazyLLM(model, LazyConfig(**PRUNE))
