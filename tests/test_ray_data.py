@@ -81,7 +81,7 @@ def test_lazy_map_batches_matches_run_pipeline_and_composes(local_ray, tiny_mode
     ds = ray.data.read_parquet(str(tmp_path / "in"))
     ds = ds.filter(lambda row: row["keep"]).map(lambda row: {**row, "title": row["id"].upper()})
     out = lazy_map_batches(ds, {**config, "batch_size": 4}).take_all()
-    kept = [f"d{i}" for i in range(12) if i % 4 != 3]
+    kept = sorted(f"d{i}" for i in range(12) if i % 4 != 3)
     assert sorted(r["id"] for r in out) == kept  # rows in == rows out (after the user's filter)
     assert all(r["title"] == r["id"].upper() and r["status"] == "ok" for r in out)
     report = run_pipeline({**config, "input": str(tmp_path / "in"), "output": str(tmp_path / "out"),
@@ -106,10 +106,10 @@ def test_lazy_map_batches_with_the_real_default_model(local_ray):
 
     from benchmarks.data import load_essays
 
-    essays = [e[:1500] for e in load_essays()[:3]]
+    essays = [e[:6000] for e in load_essays()[:3]]  # ~1.3K tokens: over the default min_prompt_tokens
     ds = ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(essays)])
     out = lazy_map_batches(ds, {"max_new_tokens": 12, "num_workers": 1, "baseline_sample_rate": 1.0}).take_all()
     assert sorted(r["id"] for r in out) == [0, 1, 2]
     for r in out:
         assert r["status"] == "ok" and len(r["generation"].split()) >= 3 and r["model"] == "smollm2-135m-instruct"
-        assert r["prompt_tokens"] > 300 and r["pruned"] is True and r["baseline_ttft_s"] > 0
+        assert r["prompt_tokens"] > 1000 and r["pruned"] is True and r["baseline_ttft_s"] > 0
