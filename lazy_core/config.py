@@ -190,11 +190,12 @@ class LazyConfig(BaseModel):
     @classmethod
     def paper(cls, model_or_num_layers: Any, keep_ratios: tuple[float, ...] = (0.7, 0.5, 0.3)) -> LazyConfig:
         """The paper's scoring (§3.2): last prompt token as the only query, mean over heads, no pooling, pruning
-        at about 1/3, 2/3 and the end of the depth (the schedule of the prototype that DESIGN.md reports)."""
-        layers = layers_at(model_or_num_layers, (9 / 30, 19 / 30, 28 / 30))
+        at about 1/3, 2/3 and the end of the depth (the schedule of the prototype that DESIGN.md reports); on a
+        hybrid model, at the nearest global layers."""
+        layers, ratios = place_schedule(model_or_num_layers, (9 / 30, 19 / 30, 28 / 30), keep_ratios)
         return cls(
             prune_layers=layers,
-            keep_ratios=list(keep_ratios[: len(layers)]),
+            keep_ratios=ratios,
             min_keep_tokens=1,
             query_window=1,
             head_reduce="mean",
@@ -293,18 +294,24 @@ DEFAULT_RATIOS = (0.4, 0.2, 0.1)
 
 
 def _default_layers(model_or_num_layers: Any) -> tuple[list[int], list[float]]:
-    """default_for's pruning layers and cumulative keep ratios. On a hybrid model (sliding-window and global layers)
-    each default layer moves to the nearest global layer that can prune (ties: the later one), and layers that meet
-    keep the smaller ratio."""
+    """default_for's pruning layers and cumulative keep ratios (see :func:`place_schedule`)."""
+    return place_schedule(model_or_num_layers, DEFAULT_FRACTIONS, DEFAULT_RATIOS)
+
+
+def place_schedule(model_or_num_layers: Any, fractions: tuple[float, ...],
+                   ratios: tuple[float, ...]) -> tuple[list[int], list[float]]:
+    """Pruning layers at these fractions of the depth (:func:`layers_at`) with these cumulative keep ratios. On a
+    hybrid model (sliding-window and global layers) each layer moves to the nearest global layer that can prune
+    (ties: the later one), and layers that meet keep the smaller ratio."""
     num = model_depth(model_or_num_layers)
     config = getattr(model_or_num_layers, "config", model_or_num_layers)
     windows = [None] * num if isinstance(config, int) else [sliding_window_of(config, j) for j in range(num)]
     usable = [j for j, w in enumerate(windows) if w is None and j <= num - 2]
     if not usable or len(usable) == num - 1 or all(w is None for w in windows):  # not hybrid
-        layers = layers_at(num, DEFAULT_FRACTIONS)
-        return layers, list(DEFAULT_RATIOS[: len(layers)])
+        layers = layers_at(num, fractions)
+        return layers, list(ratios[: len(layers)])
     merged: dict[int, float] = {}
-    for fraction, ratio in zip(DEFAULT_FRACTIONS, DEFAULT_RATIOS, strict=True):
+    for fraction, ratio in zip(fractions, ratios, strict=False):
         layer = min(num - 2, max(0, round(fraction * num) - 1))
         snapped = min(usable, key=lambda g, layer=layer: (abs(g - layer), -g))
         merged[snapped] = min(ratio, merged.get(snapped, 1.0))

@@ -48,6 +48,9 @@ def test_real_gemma_default_schedule_sits_on_global_layers():
     default = LazyConfig.default_for(config)
     assert default.prune_layers == [5, 11] and default.keep_ratios == [0.4, 0.1]
     default.check_layers([None if t == "full_attention" else 512 for t in config.layer_types])
+    paper = LazyConfig.paper(config)  # the paper's scoring, at the nearest global layers too
+    assert paper.prune_layers == [5, 11] and paper.keep_ratios == [0.7, 0.3] and paper.head_reduce == "mean"
+    assert LazyConfig.paper(30).prune_layers == [8, 18, 27]  # full-attention models: unchanged
 
 
 def test_pruning_off_matches_model_generate(gemma, tiny_tokenizer):

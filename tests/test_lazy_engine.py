@@ -38,6 +38,20 @@ def full_last_logits(model, ids, mask):
     return torch.stack(rows)
 
 
+def batch_vs_alone(lazy, enc, max_new_tokens=10):
+    """Generate the batch, then each item alone: yields (b, batch output, alone output) after checking the tokens of
+    each item equal (the batch's row padded after the item's end)."""
+    batch = lazy.generate(enc.input_ids, attention_mask=enc.attention_mask, max_new_tokens=max_new_tokens)
+    width = enc.input_ids.shape[1]
+    pad = lazy.model.config.pad_token_id
+    for b in range(enc.input_ids.shape[0]):
+        real = enc.input_ids[b][enc.attention_mask[b].bool()][None]
+        alone = lazy.generate(real, max_new_tokens=max_new_tokens)
+        mine, ref = batch.sequences[b, width:].tolist(), alone.sequences[0, real.shape[1]:].tolist()
+        assert mine[: len(ref)] == ref and set(mine[len(ref):]) <= {pad}
+        yield b, batch, alone
+
+
 class RecordingPruner(AttentionPruner):
     """LazyLLM scoring that records what it saw and chose, per call."""
 
@@ -183,13 +197,7 @@ def test_batch_equals_items_alone(tiny_model, tiny_tokenizer, case):
     enc = encode(tiny_tokenizer)
     config = LazyConfig(**PRUNE, **case, query_window=3, pool_kernel=3)
     lazy = LazyLLM(tiny_model, config)
-    batch = lazy.generate(enc.input_ids, attention_mask=enc.attention_mask, max_new_tokens=10)
-    width = enc.input_ids.shape[1]
-    for b in range(len(PROMPTS)):
-        real = enc.input_ids[b][enc.attention_mask[b].bool()][None]
-        alone = lazy.generate(real, max_new_tokens=10)
-        mine, ref = batch.sequences[b, width:].tolist(), alone.sequences[0, real.shape[1]:].tolist()
-        assert mine[: len(ref)] == ref and set(mine[len(ref):]) <= {tiny_model.config.pad_token_id}
+    for b, batch, alone in batch_vs_alone(lazy, enc):
         assert batch.stats[b].kept_per_layer == alone.stats[0].kept_per_layer
         assert batch.stats[b].revived_tokens == alone.stats[0].revived_tokens
 
@@ -372,13 +380,7 @@ def test_invariants_on_device(tiny_tokenizer, device):
                                                      max_new_tokens=10)
     assert torch.equal(off.sequences, model.generate(**enc, max_new_tokens=10, do_sample=False))
     lazy = LazyLLM(model, LazyConfig(**PRUNE, revive_policy="top", revive_top=6))
-    batch = lazy.generate(enc.input_ids, attention_mask=enc.attention_mask, max_new_tokens=10)
-    width = enc.input_ids.shape[1]
-    for b in range(len(PROMPTS)):
-        real = enc.input_ids[b][enc.attention_mask[b].bool()][None]
-        alone = lazy.generate(real, max_new_tokens=10)
-        mine, ref = batch.sequences[b, width:].tolist(), alone.sequences[0, real.shape[1]:].tolist()
-        assert mine[: len(ref)] == ref
+    for _, batch, _ in batch_vs_alone(lazy, enc):
         assert batch.sequences.device.type == device
 
 
@@ -393,14 +395,10 @@ def test_prompts_under_min_prompt_tokens_are_computed_in_full(tiny_model, tiny_t
     lengths = enc.attention_mask.sum(1).tolist()  # 94, 13 and 72 tokens
     config = LazyConfig(**PRUNE, revive_policy=policy, min_prompt_tokens=80)
     lazy = LazyLLM(tiny_model, config)
-    out = lazy.generate(enc.input_ids, attention_mask=enc.attention_mask, max_new_tokens=10)
-    assert [s.pruned for s in out.stats] == [n >= 80 for n in lengths] == [True, False, False]
-    width = enc.input_ids.shape[1]
-    for b, n in enumerate(lengths):
+    for b, out, alone in batch_vs_alone(lazy, enc):
+        n = lengths[b]
         real = enc.input_ids[b][enc.attention_mask[b].bool()][None]
-        alone = lazy.generate(real, max_new_tokens=10)
-        mine, ref = out.sequences[b, width:].tolist(), alone.sequences[0, n:].tolist()
-        assert mine[: len(ref)] == ref and set(mine[len(ref):]) <= {tiny_model.config.pad_token_id}
+        assert [s.pruned for s in out.stats] == [length >= 80 for length in lengths] == [True, False, False]
         if n < 80:
             assert out.stats[b].kept_per_layer == [n] * 4 and out.stats[b].revived_tokens == 0
             full = tiny_model.generate(real, max_new_tokens=10, do_sample=False)
