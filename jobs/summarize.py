@@ -89,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--min-agreement",
         type=_fraction,
-        help="Accuracy guard: exit 3 when the first-token agreement of lazy vs. full output over the sampled items "
-        "falls below this (or when no item was sampled).",
+        help="Accuracy guard: exit 3 when the first-token agreement of lazy vs. full output over the compared items "
+        "(the baseline sample and every fallback rerun of an empty pruned output) falls below this, or when no item "
+        "was compared.",
     )
     parser.add_argument(
         "--overwrite",
