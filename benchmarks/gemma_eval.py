@@ -45,7 +45,9 @@ def configs(model: Any) -> dict[str, LazyConfig]:
     return {"full": LazyConfig.off(), "lazy": LazyConfig.default_for(model), "paper": LazyConfig.paper(model)}
 
 
-def passkey_items(tok: Any, length: int, count: int, seed: int) -> list[dict[str, Any]]:
+def passkey_items(tok: Any, length: int, count: int, seed: int, tokens: int | None = None) -> list[dict[str, Any]]:
+    """``count`` passkey prompts of ``tokens`` tokens (default ``length``, the bucket's nominal length)."""
+    tokens = tokens or length
     rng = random.Random(f"{seed}-gemma-passkey-{length}")
     essays = load_essays()
     items = []
@@ -57,7 +59,7 @@ def passkey_items(tok: Any, length: int, count: int, seed: int) -> list[dict[str
         needle = tok(f" The vault code chosen by {name} is {code}. ", add_special_tokens=False).input_ids
         tail = tok(f"\n\nQuestion: What is the vault code chosen by {name}?\nAnswer: The vault code chosen by "
                    f"{name} is", add_special_tokens=False).input_ids
-        budget = length - 1 - len(needle) - len(tail)
+        budget = tokens - 1 - len(needle) - len(tail)
         body = tok(corpus[: budget * 8], add_special_tokens=False).input_ids[:budget]
         if len(body) < budget:
             raise ValueError(f"the essays hold fewer than {budget} tokens")
@@ -120,27 +122,28 @@ def run_item(engines: dict[str, LazyLLM], tok: Any, item: dict[str, Any], order:
 
 def measure(args: argparse.Namespace) -> None:
     model, tok = load("gemma3-270m", args.threads)
-    engines = {name: LazyLLM(model, cfg) for name, cfg in configs(model).items()}
+    engines = {name: LazyLLM(model, cfg) for name, cfg in configs(model).items() if name in args.methods}
     done = set()
     if args.out.exists():
         done = {json.loads(line)["id"] for line in args.out.read_text().splitlines() if line.strip()}
     items = []
+    limit = int(model.config.max_position_embeddings) - 16  # room for the answer inside the 32K context
     for length in args.lengths:
-        items += passkey_items(tok, length, args.passkeys or PLAN.get(length, 2), args.seed)
+        items += passkey_items(tok, length, args.passkeys or PLAN.get(length, 2), args.seed, min(length, limit))
         if length <= args.hotpot_max and args.hotpot:
             items += hotpot_items(tok, length, args.hotpot, args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for n, item in enumerate(items):
         if item["id"] in done:
             continue
-        order = list(METHODS[n % 3:] + METHODS[: n % 3])
+        order = args.methods[n % len(args.methods):] + args.methods[: n % len(args.methods)]
         result = run_item(engines, tok, item, order)
         record = {k: v for k, v in item.items() if k != "ids"} | {"prompt_tokens": len(item["ids"]),
                                                                    "seed": args.seed, **result}
         with args.out.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         print(f"{item['id']} ({len(item['ids'])} tok): " + ", ".join(
-            f"{m} {result[m]['ttft_s']:.1f}s {result[m]['text'][:20]!r}" for m in METHODS), flush=True)
+            f"{m} {result[m]['ttft_s']:.1f}s {result[m]['text'][:20]!r}" for m in args.methods), flush=True)
 
 
 def report_text(records: list[dict[str, Any]]) -> str:
@@ -151,6 +154,9 @@ def report_text(records: list[dict[str, Any]]) -> str:
         full_ttft = statistics.median(r["full"]["ttft_s"] for r in keys + qa)
         row = [length, len(keys), sum(r["full"]["found"] for r in keys), f"{full_ttft:.1f}"]
         for m in ("lazy", "paper"):
+            if not all(m in r for r in keys + qa):
+                row += ["not run"] + [""] * 4
+                continue
             lost = sum(r["full"]["found"] and not r[m]["found"] for r in keys)
             ratio = statistics.median(r["full"]["ttft_s"] / r[m]["ttft_s"] for r in keys + qa)
             est = statistics.median(r[m]["est_speedup"] for r in keys + qa)
@@ -174,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hotpot-max", type=int, default=8192, help="HotpotQA only at lengths up to this.")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                        help="full must be among them (the others are compared with it).")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "gemma_eval.jsonl")
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--report-only", action="store_true")
@@ -185,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     text = report_text(records)
     print(text)
     if args.report or args.report_only:
-        replace_section("gemma", GEMMA_INTRO + "\n\n" + text)
+        replace_section("gemma", GEMMA_INTRO + "\n\n" + text + "\n\n" + GEMMA_NOTES)
 
 
 GEMMA_INTRO = """## Hybrid attention: Gemma 3 270M at 4K-32K tokens
@@ -196,7 +204,19 @@ passages (gold-answer log-likelihood). `lazy` = `LazyConfig.default_for(model)`:
 11, keeping 40 % and 10 % (the default's three layers moved to the nearest global layers that can prune; layer 17,
 the last global one, has no layer after it). `paper` = `LazyConfig.paper(model)` (last-token query, mean over heads,
 no pooling) at the same global layers, keeping 70 % / 30 %. TTFT is the engine's prefill + first token, medians of
-per-item ratios; 'lost' = found by the full model, not by the method."""
+per-item ratios; 'lost' = found by the full model, not by the method. The 32K bucket's prompts are 32752 tokens (the
+context is 32768, the answer needs room)."""
+GEMMA_NOTES = """- **Retrieval holds**: the default lost none of the passkeys the full model found at 4K-16K (the full
+  model missed one at 16K, which both pruned methods found), and the HotpotQA gold answer's log-likelihood moves
+  by -0.04 (4K) and -0.25 nats (8K) (target >= -0.5 at 16K/32K: HotpotQA was not run past 8K, each 16K item
+  costing ~20 min here). The paper's scoring loses -3.9 nats at 8K.
+- **TTFT 2.3-2.6x, target 3x missed, and out of reach for this model**: the first global layer is layer 5, so 6 of the
+  18 layers always run on the whole prompt; even keeping nothing after it, the prefill cannot drop below 6/18 of the
+  full one (3x). The measured ratio tracks the FLOP model (measured / estimated 0.98-1.06). (The FLOP model counts
+  every layer's attention over all its keys, as the sdpa kernel computes it here: a sliding layer's mask does not
+  skip work on CPU.)
+- Sample sizes are small (14 passkeys at 4K-16K, 1 at 32K, 6 HotpotQA questions), set by the machine: a 16K item
+  takes 6-7 minutes for the three methods, the 32K one about 20 minutes for two."""
 
 
 if __name__ == "__main__":

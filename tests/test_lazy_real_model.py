@@ -62,3 +62,44 @@ def test_default_schedule_retrieves_a_passkey(real_model):
     assert s.computed_token_fraction == sum(s.kept_per_layer) / (layers * s.prompt_tokens) < 0.45
     assert s.est_speedup > 2.3
     assert s.revived_tokens > 0  # decoding steps select the needle again and revive it
+
+
+def _plate_tectonics_prompt(tok) -> list[int]:
+    """A real 229-token summarization prompt (a SQuAD 2.0 paragraph through the pipeline's template) whose pruned
+    prefill, with every prompt pruned, puts end-of-sequence first: the summary would come back empty."""
+    from benchmarks.data import load_squad
+    from pipeline import PipelineConfig
+    from pipeline.prompts import build_prompt_ids
+
+    start = "The development of plate tectonics provided a physical basis"
+    text = next(p["context"] for a in load_squad() for p in a["paragraphs"] if p["context"].startswith(start))
+    return build_prompt_ids(tok, PipelineConfig(input="unused", output="unused"), text, None)
+
+
+def test_short_prompt_that_pruning_empties_is_computed_in_full(real_model):
+    model, tok = real_model
+    ids = torch.tensor([_plate_tectonics_prompt(tok)])
+    default = LazyConfig.default_for(model)
+    assert ids.shape[1] < default.min_prompt_tokens
+    pruned = LazyLLM(model, default.model_copy(update={"min_prompt_tokens": 0})).generate(ids, max_new_tokens=24)
+    assert pruned.stats[0].pruned and pruned.stats[0].new_tokens == 1
+    assert tok.decode(pruned.sequences[0, ids.shape[1]:], skip_special_tokens=True).strip() == ""
+    guarded = LazyLLM(model, default).generate(ids, max_new_tokens=24)
+    ref = model.generate(ids, max_new_tokens=24, do_sample=False)
+    assert guarded.sequences.tolist() == ref.tolist() and not guarded.stats[0].pruned
+    assert len(tok.decode(ref[0, ids.shape[1]:], skip_special_tokens=True).split()) >= 5
+
+
+def test_worker_falls_back_on_the_real_empty_case(real_model):
+    from workers import WorkerSpec
+    from workers.actor import LazyWorker
+
+    model, tok = real_model
+    ids = _plate_tectonics_prompt(tok)
+    unguarded = LazyConfig.default_for(model).model_copy(update={"min_prompt_tokens": 0}).model_dump()
+    worker = LazyWorker(WorkerSpec(model="smollm2-135m-instruct", lazy=unguarded, max_new_tokens=16))
+    row = worker.run_batch([ids], sampled=False, seed=0)[0]
+    full = worker.full.generate(torch.tensor([ids]), max_new_tokens=16)
+    expected = tok.decode(full.sequences[0, len(ids): len(ids) + full.stats[0].new_tokens], skip_special_tokens=True)
+    assert row["fallback"] is True and row["warning"] == "pruning_lost_output" and row["generation"] == expected
+    assert row["first_token_agrees"] is False and row["status"] == "ok"
