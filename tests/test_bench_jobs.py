@@ -13,7 +13,8 @@ from benchmarks import summarize_job
 
 def test_job_scores_every_paper_for_every_method_and_resumes(local_ray, tiny_model_dir, tmp_path):
     out = tmp_path / "job.jsonl"
-    argv = ["--model", str(tiny_model_dir), "--papers", "2", "--prompt-tokens", "300", "--max-new-tokens", "6",
+    # 1100 tokens: past the default's min_prompt_tokens (1000), so "lazy" prunes
+    argv = ["--model", str(tiny_model_dir), "--papers", "2", "--prompt-tokens", "1100", "--max-new-tokens", "6",
             "--rows-per-shard", "1", "--threads", "1", "--methods", "full", "lazy", "--out", str(out),
             "--work", str(tmp_path / "work"), "--no-repeat-ngram-size", "3"]
     summary = summarize_job.main(argv)
@@ -55,10 +56,10 @@ def test_decode_profile_splits_the_step_and_leaves_the_engine_unpatched(tiny_mod
 
     before = dict(vars(engine.LayerLoop))
     out = tmp_path / "dp.json"
-    results = decode_profile.main(["--model", str(tiny_model_dir), "--lengths", "300", "--new-tokens", "5",
+    results = decode_profile.main(["--model", str(tiny_model_dir), "--lengths", "1100", "--new-tokens", "5",
                                    "--repeats", "1", "--batch", "2", "--threads", "1", "--methods", "full", "lazy",
                                    "--out", str(out)])
-    entry = results["lengths"]["300"]
+    entry = results["lengths"]["1100"]
     assert entry["generate_ms"] > 0
     for name in ("full", "lazy"):
         parts = entry[name]["parts_ms"]
@@ -67,7 +68,7 @@ def test_decode_profile_splits_the_step_and_leaves_the_engine_unpatched(tiny_mod
     assert "bookkeeping: scoring" in entry["lazy"]["parts_ms"] and "bookkeeping: scoring" not in entry["full"][
         "parts_ms"]
     assert dict(vars(engine.LayerLoop)) == before  # every probe removed
-    assert out.with_suffix(".md").read_text().count("\n| 300 |") == 3
+    assert out.with_suffix(".md").read_text().count("\n| 1100 |") == 3
 
 
 def test_gpu_script_dry_run_checks_and_times_everything(tmp_path):
