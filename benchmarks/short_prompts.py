@@ -33,7 +33,7 @@ Real documents (ACLSum paper bodies and Paul Graham essays, alternating), each c
 pipeline's summarization prompt (chat template + task template) has at most the row's token count and at least 90 %
 of it. Per item: the full model, the default schedule with every prompt pruned, and the default schedule itself
 (`min_prompt_tokens=1000`: shorter prompts computed in full). SmolLM2-135M, fp32, 2 threads."""
-NOTES = """- No output came back empty on these 128 items, pruned or not: the empty summary reported from outside (a
+NOTES = """- No output came back empty on these 156 items, pruned or not: the empty summary reported from outside (a
   216-token story cut to 64 tokens) is the rare case. Under the threshold such a prompt is now computed in full, and
   an empty pruned output anywhere is rerun unpruned (`fallback_on_empty`, see docs/pipeline.md).
 - The pruned first token differs from the full model's on 56-75 % of the items up to 512 tokens (both seeds), on
