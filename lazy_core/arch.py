@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lazy_core.config import sliding_window_of
+from lazy_core.config import hybrid_global_layers, sliding_window_of
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
 
@@ -47,7 +47,7 @@ class ModelParts:
     @property
     def hybrid(self) -> bool:
         """Sliding-window and global layers mixed (Gemma 2/3 style)."""
-        return 0 < len(self.global_layers) < len(self.layers)
+        return hybrid_global_layers(self.sliding_windows) is not None
 
     @property
     def num_layers(self) -> int:

@@ -241,8 +241,8 @@ class LazyConfig(BaseModel):
     def check_layers(self, sliding_windows: list[int | None]) -> None:
         """Raise ValueError if the schedule scores at a sliding-window layer of a hybrid model (one that also has
         global layers): a sliding layer's last token sees only its window, not the prompt it would rank."""
-        global_layers = [j for j, w in enumerate(sliding_windows) if w is None]
-        if not global_layers or len(global_layers) == len(sliding_windows):
+        global_layers = hybrid_global_layers(sliding_windows)
+        if global_layers is None:
             return
         bad = [layer for layer in self.active_steps() if sliding_windows[layer] is not None]
         if bad:
@@ -289,6 +289,13 @@ def sliding_window_of(config: Any, layer: int) -> int | None:
     return int(window)
 
 
+def hybrid_global_layers(sliding_windows: list[int | None]) -> list[int] | None:
+    """The global (full-attention) layers of a hybrid layout, where sliding-window and global layers mix; None when
+    every layer is global or every layer slides."""
+    global_layers = [j for j, w in enumerate(sliding_windows) if w is None]
+    return global_layers if 0 < len(global_layers) < len(sliding_windows) else None
+
+
 DEFAULT_FRACTIONS = (8 / 30, 15 / 30, 22 / 30)
 DEFAULT_RATIOS = (0.4, 0.2, 0.1)
 
@@ -306,8 +313,8 @@ def place_schedule(model_or_num_layers: Any, fractions: tuple[float, ...],
     num = model_depth(model_or_num_layers)
     config = getattr(model_or_num_layers, "config", model_or_num_layers)
     windows = [None] * num if isinstance(config, int) else [sliding_window_of(config, j) for j in range(num)]
-    usable = [j for j, w in enumerate(windows) if w is None and j <= num - 2]
-    if not usable or len(usable) == num - 1 or all(w is None for w in windows):  # not hybrid
+    usable = [j for j in hybrid_global_layers(windows) or [] if j <= num - 2]
+    if not usable or len(usable) == num - 1:  # not hybrid, or every layer that can prune is global
         layers = layers_at(num, fractions)
         return layers, list(ratios[: len(layers)])
     merged: dict[int, float] = {}

@@ -160,7 +160,7 @@ class LazyLLM:
         eos_t = torch.tensor(list(eos), dtype=torch.long, device=device)
         with torch.inference_mode(), attention_hook(self.model) as inner:
             # a batch whose prompts are all too short to prune (config.min_prompt_tokens) runs the plain loop
-            pruning = any(self.config.prunes(n) for n in lengths.tolist())
+            pruning = any(self.config.prunes(n) for n in state.host_lengths)
             loop = LayerLoop(self.parts, self.config if pruning else _OFF, inner, self.pruner)
             start = time.perf_counter()
             token = choose(loop.prefill(state, left))

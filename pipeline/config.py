@@ -7,7 +7,7 @@ import json
 import os
 import string
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -145,6 +145,34 @@ class GenerationSettings(BaseModel):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+    # ---- construction --------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_any(cls, config: Self | dict[str, Any] | str | os.PathLike[str]) -> Self:
+        """Accept an instance of this class, a dict of its fields, or the path of a YAML file holding that dict."""
+        if isinstance(config, cls):
+            return config
+        if isinstance(config, dict):
+            return cls(**config)
+        if isinstance(config, (str, os.PathLike)):
+            return cls.from_yaml(config)
+        raise TypeError(f"expected a {cls.__name__}, a dict or a YAML path, got {type(config).__name__}")
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str], **overrides: Any) -> Self:
+        """Load a YAML mapping of fields; ``overrides`` (e.g. CLI flags) win over the file."""
+        import yaml
+
+        file = Path(path)
+        if not file.is_file():
+            raise FileNotFoundError(f"config file {str(file)!r} not found; pass a YAML file of {cls.__name__} fields")
+        data = yaml.safe_load(file.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {str(file)!r} must hold a YAML mapping of fields, got {type(data).__name__}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
+
+
 # The settings that change what a row contains (the config hash); batching, resources and paths do not.
 ROW_SETTINGS = (
     "model", "task", "id_column", "text_column", "question_column", "max_new_tokens", "lazy", "do_sample",
@@ -203,33 +231,6 @@ class PipelineConfig(GenerationSettings):
         """sha256 (16 hex) of every setting that changes what an output row contains. Paths, parallelism, batching,
         retries and timeouts are left out: they change how a run goes, not what it writes."""
         return self.settings_hash(passthrough_columns=list(self.passthrough_columns))
-
-    # ---- construction --------------------------------------------------------------------------------------------
-
-    @classmethod
-    def from_any(cls, config: PipelineConfig | dict[str, Any] | str | os.PathLike[str]) -> PipelineConfig:
-        """Accept a PipelineConfig, a dict of its fields, or the path of a YAML file holding that dict."""
-        if isinstance(config, PipelineConfig):
-            return config
-        if isinstance(config, dict):
-            return cls(**config)
-        if isinstance(config, (str, os.PathLike)):
-            return cls.from_yaml(config)
-        raise TypeError(f"expected a PipelineConfig, a dict or a YAML path, got {type(config).__name__}")
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike[str], **overrides: Any) -> PipelineConfig:
-        """Load a YAML mapping of fields; ``overrides`` (e.g. CLI flags) win over the file."""
-        import yaml
-
-        file = Path(path)
-        if not file.is_file():
-            raise FileNotFoundError(f"config file {str(file)!r} not found; pass a YAML file of PipelineConfig fields")
-        data = yaml.safe_load(file.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {str(file)!r} must hold a YAML mapping of fields, got {type(data).__name__}")
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**data)
 
 
 # Output columns after the id and the passthrough columns, in order (schema: docs/pipeline.md, README).

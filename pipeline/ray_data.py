@@ -25,7 +25,7 @@ from pipeline.config import OUTPUT_COLUMNS, GenerationSettings
 from pipeline.plan import bucket_rows, error_result, prepare_rows, result_arrays
 from pipeline.prompts import check_chat_template
 from pipeline.resources import plan_workers, worker_spec
-from pipeline.tokenizer import effective_prompt_limit
+from pipeline.tokenizer import fit_to_context
 
 RESULT_COLUMNS = OUTPUT_COLUMNS[1:]  # what the stage appends (the input's columns stay as they are, ids included)
 
@@ -47,21 +47,12 @@ class RayDataConfig(GenerationSettings):
         return self.settings_hash(passthrough_columns=[])
 
     @classmethod
-    def from_any(cls, config: RayDataConfig | dict[str, Any] | str | os.PathLike[str]) -> RayDataConfig:
-        """Accept a RayDataConfig, a dict of its fields (a PipelineConfig's too: its run-only fields are dropped)
-        or a YAML file holding that dict."""
-        if isinstance(config, RayDataConfig):
-            return config
-        if isinstance(config, GenerationSettings):
+    def from_any(cls, config: Any) -> RayDataConfig:
+        """Accept a RayDataConfig, a dict of its fields, a YAML file holding that dict, or a PipelineConfig (its
+        run-only fields are dropped)."""
+        if isinstance(config, GenerationSettings) and not isinstance(config, cls):
             config = config.model_dump(include=set(GenerationSettings.model_fields))
-        if isinstance(config, (str, os.PathLike)):
-            import yaml
-
-            with open(config) as f:
-                config = yaml.safe_load(f) or {}
-        if not isinstance(config, dict):
-            raise TypeError(f"expected a RayDataConfig, a dict or a YAML path, got {type(config).__name__}")
-        return cls(**config)
+        return super().from_any(config)
 
 
 def stage_options(cfg: RayDataConfig, cluster_gpus: float) -> dict[str, Any]:
@@ -90,12 +81,7 @@ def lazy_map_batches(ds: Any, config: RayDataConfig | dict[str, Any] | str | os.
     cfg = RayDataConfig.from_any(config)
     schema = ds.schema(fetch_if_missing=False)
     if schema is not None:
-        clash = sorted(set(schema.names) & set(RESULT_COLUMNS))
-        if clash:
-            raise ValueError(
-                f"the dataset already has column(s) {clash}, which the LazyLLM stage writes; rename or drop them "
-                "first (e.g. ds.rename_columns({...}))"
-            )
+        _check_no_result_columns(schema.names, "the dataset")
     gpus = float(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0.0
     return ds.map_batches(LazyPredictor, **stage_options(cfg, gpus))
 
@@ -109,16 +95,12 @@ class LazyPredictor:
         cfg = RayDataConfig.from_any(config)
         self.worker = LazyWorker(worker_spec(cfg, use_gpu))
         check_chat_template(self.worker.tokenizer, cfg)
-        context = getattr(self.worker.model.config, "max_position_embeddings", None)
-        limit = effective_prompt_limit(cfg.max_prompt_tokens, cfg.max_new_tokens, context)
-        self.config = cfg.model_copy(update={"max_prompt_tokens": limit})  # prompt + new tokens fit the context
+        self.config = fit_to_context(cfg)  # prompt + new tokens fit the model's context, as the driver plans them
         self.config_hash = cfg.config_hash
 
     def __call__(self, batch: pa.Table | dict[str, Any]) -> pa.Table | dict[str, Any]:
         table = batch if isinstance(batch, pa.Table) else _to_table(batch)
-        clash = sorted(set(table.column_names) & set(RESULT_COLUMNS))
-        if clash:
-            raise ValueError(f"the batch already has column(s) {clash}, which the LazyLLM stage writes; rename them")
+        _check_no_result_columns(table.column_names, "the batch")
         columns = result_arrays(self.results(table), self.config.model, self.config_hash)
         for name in RESULT_COLUMNS:
             table = table.append_column(name, columns[name])
@@ -147,6 +129,16 @@ class LazyPredictor:
             for pos, row in zip(positions, self.worker.run_batch(input_ids, sampled, seed), strict=True):
                 results[pos] = {**(results[pos] or {}), **row}
         return [r if r is not None else error_result("internal_error: row got no result") for r in results]
+
+
+def _check_no_result_columns(names: list[str], what: str) -> None:
+    """Raise ValueError when ``names`` include a column the stage writes (the input would be overwritten)."""
+    clash = sorted(set(names) & set(RESULT_COLUMNS))
+    if clash:
+        raise ValueError(
+            f"{what} already has column(s) {clash}, which the LazyLLM stage writes; rename or drop them first "
+            "(e.g. ds.rename_columns({...}))"
+        )
 
 
 def _to_table(batch: dict[str, Any]) -> pa.Table:
