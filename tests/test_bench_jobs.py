@@ -56,7 +56,7 @@ def test_decode_profile_splits_the_step_and_leaves_the_engine_unpatched(tiny_mod
 
     before = dict(vars(engine.LayerLoop))
     out = tmp_path / "dp.json"
-    results = decode_profile.main(["--model", str(tiny_model_dir), "--lengths", "1100", "--new-tokens", "5",
+    results = decode_profile.main(["--model", str(tiny_model_dir), "--lengths", "1100", "--new-tokens", "16",
                                    "--repeats", "1", "--batch", "2", "--threads", "1", "--methods", "full", "lazy",
                                    "--out", str(out)])
     entry = results["lengths"]["1100"]
