@@ -17,6 +17,8 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from lazy_core.packing import RowPacking
+
 HOOK_NAME = "lazyllm"
 
 
@@ -27,6 +29,7 @@ class AttentionStep:
     inner: str  # the model's own attention implementation
     mask: torch.Tensor | None  # [B, 1, Q, K] bool (True = attend) or None for plain causal/full attention
     query_rows: torch.Tensor | None = None  # [B, W] rows whose queries the scorer wants, or None
+    packing: RowPacking | None = None  # the layer runs on packed rows [1, N] (lazy_core.packing)
     captured_query: torch.Tensor | None = field(default=None, repr=False)  # [B, H, W, d] after the call
 
 
@@ -36,11 +39,15 @@ def lazy_attention(module: nn.Module, query, key, value, attention_mask, lazy_st
     if lazy_step is None:  # called outside the engine (should not happen while the hook is installed)
         inner = ALL_ATTENTION_FUNCTIONS.get_interface("sdpa", None)
         return inner(module, query, key, value, attention_mask, **kwargs)
+    packing = lazy_step.packing
     if lazy_step.query_rows is not None:
+        laid_out = query if packing is None else packing.unpack_heads(query)  # [B, H, W, d]
         rows = lazy_step.query_rows[:, None, :, None].expand(-1, query.shape[1], -1, query.shape[3])
-        lazy_step.captured_query = query.gather(2, rows)
+        lazy_step.captured_query = laid_out.gather(2, rows)
     mask = lazy_step.mask
     kwargs.pop("sliding_window", None)  # the engine's masks already carry the window
+    if packing is not None:
+        return _packed_attention(query, key, value, mask, packing, kwargs.get("scaling"))
     if lazy_step.inner == "eager":
         from transformers.models.llama.modeling_llama import eager_attention_forward
 
@@ -50,8 +57,10 @@ def lazy_attention(module: nn.Module, query, key, value, attention_mask, lazy_st
         additive = torch.zeros(mask.shape, dtype=query.dtype, device=query.device)
         additive.masked_fill_(~mask, torch.finfo(query.dtype).min)
         return eager_attention_forward(module, query, key, value, additive, **kwargs)
-    if (mask is not None and query.shape[2] > 1 and query.device.type == "cpu" and lazy_step.inner == "sdpa"
-            and kwargs.get("softcap") is None):
+    cpu_sdpa = query.device.type == "cpu" and lazy_step.inner == "sdpa" and kwargs.get("softcap") is None
+    if cpu_sdpa and (query.shape[2] == 1 or (mask is not None and query.shape[2] <= SMALL_QUERY_ROWS)):
+        return _small_query_attention(query, key, value, mask, kwargs.get("scaling"))
+    if cpu_sdpa and mask is not None and query.shape[2] > 1:
         return _masked_gqa_sdpa(module, query, key, value, mask, kwargs.get("scaling"))
     if mask is not None and lazy_step.inner != "sdpa":
         # flash / flex kernels take no arbitrary boolean mask: masked steps (batch padding, revival) use sdpa.
@@ -59,6 +68,50 @@ def lazy_attention(module: nn.Module, query, key, value, attention_mask, lazy_st
     else:
         inner = ALL_ATTENTION_FUNCTIONS.get_interface(lazy_step.inner, None)
     return inner(module, query, key, value, mask, **kwargs)
+
+
+# A decoding step's queries on CPU (the new token, plus any revived rows under a mask): at most this many go through
+# two plain matmuls instead of torch's SDPA kernel. (Without a mask, several queries need a causal mask: SDPA's.)
+SMALL_QUERY_ROWS = 256
+
+
+def _small_query_attention(query, key, value, mask, scaling):
+    """Attention of a few queries on CPU as two batched matmuls over the shared K/V heads, softmax in fp32.
+
+    torch's CPU SDPA kernel blocks over query rows: with one query per head it does a row's worth of work per task and
+    in bf16 costs 8-14x these two products (1 query onto 4K keys, batch 1-8, 2 threads; BENCHMARKS "bf16 on CPU").
+    query: [B, H, Q, d]; key/value: [B, H_kv, K, d]; mask: [B, 1, Q, K] bool or None (every key). Returns
+    ([B, Q, H, d], None). A query row with no key to attend (a finished item's pad row) gets a uniform average, not
+    NaN; its output is never used."""
+    batch, heads, rows, dim = query.shape
+    kv_heads, keys = key.shape[1], key.shape[2]
+    group = heads // kv_heads
+    scale = scaling if scaling is not None else dim**-0.5
+    q = query.reshape(batch, kv_heads, group * rows, dim)  # head h reads K/V head h // group
+    scores = torch.matmul(q, key.transpose(2, 3)).float().mul_(scale)  # [B, H_kv, G*Q, K]
+    if mask is not None:
+        scores = scores.view(batch, kv_heads, group, rows, keys)
+        scores.masked_fill_(~mask[:, :, None], torch.finfo(torch.float32).min)
+        scores = scores.view(batch, kv_heads, group * rows, keys)
+    probs = torch.softmax(scores, -1).to(value.dtype)
+    out = torch.matmul(probs, value)  # [B, H_kv, G*Q, d]
+    return out.view(batch, heads, rows, dim).transpose(1, 2).contiguous(), None
+
+
+def _packed_attention(query, key, value, mask, packing: RowPacking, scaling):
+    """Packed rows (lazy_core.packing): each item's rows attend its own keys, so no pad row costs a product.
+    query: [1, H, N, d]; key/value: [B, H_kv, K, d]; mask: [B, 1, W, K] bool over the batch layout's rows.
+    Returns ([1, N, H, d], None)."""
+    outs = []
+    for b, (start, count) in enumerate(zip(packing.starts, packing.counts, strict=True)):
+        if count == 0:
+            continue
+        rows = packing.rows[start : start + count]
+        item_mask = mask[b : b + 1].index_select(2, rows) if mask is not None else None  # [1, 1, count, K]
+        out, _ = _small_query_attention(query[:, :, start : start + count], key[b : b + 1], value[b : b + 1],
+                                        item_mask, scaling)
+        outs.append(out)  # [1, count, H, d]
+    return torch.cat(outs, 1), None
 
 
 def _masked_gqa_sdpa(module: nn.Module, query, key, value, mask, scaling):

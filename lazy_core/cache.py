@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from lazy_core.packing import RowPacking
+
 
 class LayerKV:
     """Keys/values of one layer for a batch. ``positions``/``valid`` say which token each slot holds."""
@@ -65,9 +67,10 @@ class LazyKVCache:
         self.computed = torch.zeros(num_layers, batch, dtype=torch.long, device=device)  # token-layers per item
         self._staged: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def stage(self, positions: torch.Tensor, valid: torch.Tensor) -> None:
-        """positions/valid: [B, C] of the chunk the next layer call computes."""
-        self._staged = (positions, valid)
+    def stage(self, positions: torch.Tensor, valid: torch.Tensor, packing: RowPacking | None = None) -> None:
+        """positions/valid: [B, C] of the chunk the next layer call computes (``packing``: it computes them as packed
+        rows, whose K/V are laid out [B, C] again before they are appended)."""
+        self._staged = (positions, valid, packing)
 
     def keys_meta(self, layer: int, positions: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Positions/validity [B, S + C] of the layer's key set once the chunk (positions/valid [B, C]) is appended."""
@@ -78,8 +81,10 @@ class LazyKVCache:
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         if self._staged is None:
             raise RuntimeError("LazyKVCache.update called without a staged chunk (the engine stages one per layer)")
-        positions, valid = self._staged
+        positions, valid, packing = self._staged
         self._staged = None
+        if packing is not None:  # [1, H_kv, N, d] -> [B, H_kv, C, d]
+            key_states, value_states = packing.unpack_heads(key_states), packing.unpack_heads(value_states)
         self.computed[layer_idx] += valid.sum(1)
         return self.layers[layer_idx].append(key_states, value_states, positions, valid)
 

@@ -238,6 +238,13 @@ class LazyConfig(BaseModel):
                 alive = min(alive, self.keep_budget(active[layer], prompt_tokens))
         return kept
 
+    def held_tokens(self, num_layers: int, prompt_tokens: int, new_tokens: int) -> int:
+        """K/V rows one item holds per layer, averaged over the layers, once prefill is done and ``new_tokens`` are
+        decoded (revived tokens not counted): what a batch keeps of an item, so what a batch's token budget counts.
+        A pruned token's Aux Cache entry (one hidden state where it was dropped) stands in for the K/V rows it left."""
+        kept = self.kept_per_layer(num_layers, prompt_tokens)
+        return math.ceil(sum(kept) / num_layers) + new_tokens
+
     def check_layers(self, sliding_windows: list[int | None]) -> None:
         """Raise ValueError if the schedule scores at a sliding-window layer of a hybrid model (one that also has
         global layers): a sliding layer's last token sees only its window, not the prompt it would rank."""

@@ -19,6 +19,7 @@ from lazy_core.arch import ModelParts
 from lazy_core.attention import AttentionStep
 from lazy_core.cache import AuxCache, LazyKVCache
 from lazy_core.config import LazyConfig
+from lazy_core.packing import RowPacking
 from lazy_core.scoring import ScoreInputs, TokenPruner, make_pruner
 
 
@@ -94,19 +95,32 @@ class LayerLoop:
         self.prune_step = config.active_steps()  # layer -> index into the schedule
         self.revive = config.revive and self.pruner.revives and bool(self.prune_step)
         self.scaling = parts.layers[0].self_attn.scaling
+        # reviving steps run the layers on packed rows where attention takes the engine's small-query CPU path
+        attn = parts.layers[0].self_attn
+        softcap = getattr(attn, "attn_logit_softcapping", None) or getattr(attn.config, "attn_logit_softcapping", None)
+        self.packable = parts.device.type == "cpu" and inner_attention == "sdpa" and softcap is None
 
     # ---- helpers -------------------------------------------------------------------------------------------------
 
-    def _run_layer(self, state: BatchState, j: int, hidden, pos, valid, mask, cos_sin, query_rows=None):
-        """hidden: [B, C, D] at positions pos [B, C] (cos_sin: per layer, the rotary embedding of pos) ->
-        ([B, C, D], captured queries [B, H, W, d] or None)."""
-        step = AttentionStep(inner=self.inner, mask=mask, query_rows=query_rows)
-        state.cache.stage(pos, valid)
+    def _run_layer(self, state: BatchState, j: int, hidden, pos, valid, mask, cos_sin, query_rows=None,
+                   packing: RowPacking | None = None):
+        """hidden: [B, C, D] at positions pos [B, C] (cos_sin: per layer, the rotary embedding of pos, or of the
+        packed rows under ``packing``) -> ([B, C, D], captured queries [B, H, W, d] or None)."""
+        step = AttentionStep(inner=self.inner, mask=mask, query_rows=query_rows, packing=packing)
+        state.cache.stage(pos, valid, packing)
         out = self.parts.layers[j](
-            hidden, attention_mask=None, position_embeddings=cos_sin[j], lazy_step=step,
-            **{self.parts.cache_kwarg: state.cache},
+            hidden if packing is None else packing.pack(hidden), attention_mask=None,
+            position_embeddings=cos_sin[j], lazy_step=step, **{self.parts.cache_kwarg: state.cache},
         )
-        return out, step.captured_query
+        return (out if packing is None else packing.unpack(out)), step.captured_query
+
+    def _rows_changed(self, hidden, pos, valid):
+        """After a revival changed a step's rows [B, C]: their packing (or None) and the rotary embeddings the layers
+        take, of the packed rows when packed."""
+        packing = RowPacking.of(valid) if self.packable else None
+        if packing is None:
+            return None, self.parts.position_embeddings(hidden, pos)
+        return packing, self.parts.position_embeddings(packing.pack(hidden), packing.pack(pos))
 
     def _window_active(self, j: int, max_pos: int) -> int | None:
         window = self.parts.sliding_windows[j]
@@ -200,11 +214,12 @@ class LayerLoop:
         span = state.longest + step  # positions this step can reach (positions are lengths + step - 1)
         limit = self.config.revive_steps
         reviving = self.revive and (limit is None or step <= limit)
+        packing = None  # set once revived rows widen the step (lazy_core.packing)
         for j in range(self.parts.num_layers):
             mask = self._decode_mask(state, j, pos, valid, visible, self._window_active(j, span))
             scoring = reviving and j in self.prune_step
             rows = torch.full_like(pos[:, -1:], hidden.shape[1] - 1) if scoring else None
-            hidden, query = self._run_layer(state, j, hidden, pos, valid, mask, cos_sin, rows)
+            hidden, query = self._run_layer(state, j, hidden, pos, valid, mask, cos_sin, rows, packing)
             if not scoring:
                 continue
             inputs = self._score_inputs(state, j, query, pos[:, -1:], live[:, None], live, span, visible)
@@ -215,7 +230,7 @@ class LayerLoop:
                 if revived is None:
                     continue
                 hidden, pos, valid = revived
-            cos_sin = self.parts.position_embeddings(hidden, pos)
+            packing, cos_sin = self._rows_changed(hidden, pos, valid)
         return self._logits(hidden[:, -1:])
 
     def _decode_mask(self, state: BatchState, j: int, pos, valid, visible, window: int | None):

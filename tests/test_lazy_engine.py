@@ -202,6 +202,26 @@ def test_batch_equals_items_alone(tiny_model, tiny_tokenizer, case):
         assert batch.stats[b].revived_tokens == alone.stats[0].revived_tokens
 
 
+def test_reviving_steps_run_on_packed_rows(tiny_model, tiny_tokenizer, monkeypatch):
+    """Reviving steps whose batch layout is mostly pad rows run on the packed rows (lazy_core.packing: row-wise ops on
+    the real rows only, attention item by item), and every item still equals its run alone."""
+    from lazy_core.packing import RowPacking
+
+    original, used = RowPacking.of, []
+
+    def spy(valid):
+        packing = original(valid)
+        used.append(packing is not None)
+        return packing
+
+    monkeypatch.setattr(RowPacking, "of", staticmethod(spy))
+    enc = encode(tiny_tokenizer)
+    lazy = LazyLLM(tiny_model, LazyConfig(**PRUNE, **POLICIES["top"], query_window=3, pool_kernel=3))
+    for b, batch, alone in batch_vs_alone(lazy, enc, max_new_tokens=12):
+        assert batch.stats[b].revived_tokens == alone.stats[0].revived_tokens
+    assert any(used), "no reviving step of this batch was packed"
+
+
 # ---- Aux Cache revival ----------------------------------------------------------------------------------------------
 
 
@@ -622,3 +642,18 @@ def test_sliding_window_models_match_when_off(tiny_tokenizer, arch):
     if arch == "qwen2":  # a hybrid model refuses to score at a sliding layer (its last token sees only its window)
         with pytest.raises(ValueError, match=r"prune_layers \[2\] are sliding-window layers"):
             LazyLLM(model, LazyConfig(**PRUNE))
+
+
+def test_held_tokens_is_what_the_caches_hold(tiny_llama):
+    """LazyConfig.held_tokens (what the pipeline's batch budget counts) == the K/V rows each layer of the engine's
+    cache holds, averaged over the layers, after prefill and the decoding steps that fed tokens back."""
+    config = LazyConfig(prune_layers=[0, 2], keep_ratios=[0.5, 0.25], min_keep_tokens=2, revive=False)
+    engine = LazyLLM(tiny_llama, config, keep_state=True)
+    ids = torch.randint(3, 100, (1, 40))
+    engine.generate(ids, max_new_tokens=6, eos_token_id=[])
+    cache = engine.last_state.cache
+    per_layer = [int(kv.valid[0, : kv.length].sum()) for kv in cache.layers]  # 40 / 20 / 20 / 10 prompt rows + 5
+    held = config.held_tokens(len(per_layer), 40, 5)  # the 6th new token is never fed back
+    assert held == -(-sum(per_layer) // len(per_layer)) == 23 + 5
+    assert LazyConfig.off().held_tokens(4, 40, 5) == 45
+    assert config.model_copy(update={"min_prompt_tokens": 41}).held_tokens(4, 40, 5) == 45  # computed in full
