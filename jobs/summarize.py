@@ -38,6 +38,7 @@ FLAG_TO_FIELD = {
     "output": "output",
     "model": "model",
     "workers": "num_workers",
+    "cpus_per_worker": "cpus_per_worker",
     "max_new_tokens": "max_new_tokens",
     "baseline_sample_rate": "baseline_sample_rate",
     "overwrite": "overwrite",
@@ -81,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", help="Output directory; one output shard per input shard plus _run_report.json.")
     parser.add_argument("--model", help="Model: 'smollm2-135m-instruct' (embedded default), a local HF dir or HF id.")
     parser.add_argument("--config", type=Path, help="YAML file of PipelineConfig fields (flags given here win).")
-    parser.add_argument("--workers", type=_positive_int, help="Ray actors, one model each (default: one per GPU).")
+    parser.add_argument("--workers", type=_positive_int, help="Ray actors, one model each (default: one per GPU; "
+                        "without GPUs, as many as fill the CPUs).")
+    parser.add_argument("--cpus-per-worker", type=_positive_int, help="CPUs (torch threads) per worker without GPUs "
+                        "(default: every CPU of the node, up to 8 per worker).")
     parser.add_argument("--max-new-tokens", type=_positive_int, help="Summary length limit in tokens.")
     parser.add_argument(
         "--baseline-sample-rate", type=_fraction, help="Share of items also run on the full model (for agreement)."
@@ -224,6 +228,8 @@ def format_summary(report: Any) -> str:
         f"  rows:   {report.rows_in} read, {report.rows_ok} ok, {report.rows_failed} error rows",
         f"  speed:  {report.rows_per_s:.2f} rows/s, {report.tokens_per_s:.0f} tokens/s, {report.wall_s:.1f} s wall, "
         f"padding waste {report.padding_waste:.1%}",
+        f"  ran on: {report.workers} worker(s) x {num(report.threads_per_worker, 'd')} thread(s), "
+        f"{report.device or 'n/a'}, {report.dtype or 'n/a'}",
         f"  lazy:   computed-token fraction {num(report.mean_computed_token_fraction, '.3f')}, est. speedup "
         f"{num(report.median_est_speedup, '.2f', 'x')} (median), {report.unpruned_items} rows computed in full",
         f"  vs full ({report.sampled_items} sampled): speedup median {num(report.median_speedup, '.2f', 'x')} "

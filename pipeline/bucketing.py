@@ -1,7 +1,8 @@
-"""Length bucketing: sort items by prompt length and cut batches by a padded-token budget and a size cap."""
+"""Length bucketing: sort items by prompt length and cut batches by a token budget and a size cap."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -18,19 +19,23 @@ class Bucket:
         return self.max_len * len(self.indices)
 
 
-def bucket_by_length(lengths: list[int], max_batch_tokens: int, max_batch_size: int) -> list[Bucket]:
+def bucket_by_length(lengths: list[int], max_batch_tokens: int, max_batch_size: int,
+                     cost: Callable[[int], int] | None = None) -> list[Bucket]:
     """Sort by length (descending, ties by index so the result is deterministic) and cut greedily: a batch grows
-    while ``len(batch) * longest <= max_batch_tokens`` and ``len(batch) <= max_batch_size``. A prompt longer than the
-    budget gets a batch of its own. Neighbours in the sorted order have similar lengths, so padding stays small."""
+    while ``len(batch) * cost(longest) <= max_batch_tokens`` and ``len(batch) <= max_batch_size``. ``cost``: the
+    tokens a batch holds per item of that prompt length (every item is sized like the longest), default the prompt
+    length itself. An item over the budget gets a batch of its own. Neighbours in the sorted order have similar
+    lengths, so padding stays small."""
     if max_batch_tokens < 1 or max_batch_size < 1:
         raise ValueError("max_batch_tokens and max_batch_size must be >= 1")
+    cost = cost or (lambda n: n)
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     buckets: list[Bucket] = []
     current: list[int] = []
     for i in order:
         if current:
             longest = lengths[current[0]]  # descending order: the first is the longest
-            if len(current) + 1 > max_batch_size or (len(current) + 1) * longest > max_batch_tokens:
+            if len(current) + 1 > max_batch_size or (len(current) + 1) * cost(longest) > max_batch_tokens:
                 buckets.append(_make(current, lengths))
                 current = []
         current.append(i)

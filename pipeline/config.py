@@ -85,17 +85,22 @@ class GenerationSettings(BaseModel):
     )
     max_batch_size: int = Field(8, ge=1, description="Items per batch at most.")
     num_workers: int | None = Field(
-        None, ge=1, description="Ray actors, each holding one model. Default: one per GPU in the cluster, else 1 (set "
-        "it with device='cuda' on an autoscaling cluster)."
+        None, ge=1, description="Ray actors, each holding one model. Default: one per GPU in the cluster; without GPUs "
+        "as many as fill every node's CPUs with cpus_per_worker each (set it with device='cuda' on an autoscaling "
+        "cluster)."
     )
-    cpus_per_worker: int = Field(1, ge=1, description="CPUs per actor when there is no GPU (torch threads match).")
+    cpus_per_worker: int | None = Field(
+        None, ge=1, description="CPUs per actor when there is no GPU (its torch threads match). Default: every CPU "
+        "of the node up to 8 per worker, or the cluster's CPUs split among num_workers when that is set.",
+    )
     device: str = Field(
         "auto",
         description="'auto' (one GPU per worker when the cluster has GPUs at start, else CPUs), 'cuda' (always ask "
         "for one GPU per worker, e.g. on an autoscaling cluster whose GPU nodes start at zero) or 'cpu'.",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Model dtype: 'auto' = bfloat16 on GPU, float32 on CPU."
+        "auto", description="Model dtype: 'auto' = bfloat16 on a GPU (float16 where it has no bf16) and on a CPU "
+        "with native bf16 products (AVX512_BF16 or AMX), else float32 (lazy_core.precision)."
     )
 
     @field_validator("task")

@@ -22,7 +22,13 @@ from pipeline.manifest import is_finished, load_manifest, open_for_run, record_s
 from pipeline.plan import ShardWork, id_key, output_table, plan_shard
 from pipeline.prompts import check_chat_template
 from pipeline.report import Aggregator, FailedShard, RunReport, save_report
-from pipeline.resources import plan_workers, worker_spec
+from pipeline.resources import (
+    cluster_node_cpus,
+    cluster_node_memory,
+    model_weight_bytes,
+    plan_workers,
+    worker_spec,
+)
 from pipeline.scheduler import ActorPool, BatchTask
 from pipeline.shards import Shard, discover_shards, read_schema, remove_stale_temps, resolve_fs, write_table_atomic
 from pipeline.tokenizer import fit_to_context, load_tokenizer
@@ -118,6 +124,7 @@ def run_pipeline(config: PipelineConfig | dict[str, Any] | str | os.PathLike[str
     try:
         pool = _make_pool(cfg)
         report.startup_s = time.monotonic() - started
+        _describe_workers(report, pool.worker_infos)
         run = _Run(cfg=cfg, plan_cfg=plan_cfg, pool=pool, in_fs=in_fs, out_fs=out_fs, out_dir=out_dir,
                    manifest=manifest, seen_ids=seen_ids, report=report, agg=agg, progress=progress,
                    tokenizer=tokenizer)
@@ -229,9 +236,10 @@ def _make_pool(cfg: PipelineConfig) -> ActorPool:
     from workers.actor import LazyWorker
     from workers.spec import actor_options
 
-    num_workers, use_gpu = plan_workers(cfg.device, float(ray.cluster_resources().get("GPU", 0)), cfg.num_workers)
-    spec = worker_spec(cfg, use_gpu)
-    options = actor_options(1.0 if use_gpu else 0.0, cfg.cpus_per_worker, cfg.max_restarts)
+    plan = plan_workers(cfg.device, float(ray.cluster_resources().get("GPU", 0)), cluster_node_cpus(),
+                        cfg.num_workers, cfg.cpus_per_worker, cluster_node_memory(), model_weight_bytes(cfg))
+    spec = worker_spec(cfg, plan)
+    options = actor_options(1.0 if plan.use_gpu else 0.0, plan.cpus_per_worker, cfg.max_restarts)
     remote_cls = ray.remote(LazyWorker)
     run_tag = uuid.uuid4().hex[:8]
     counter = iter(range(1_000_000))
@@ -239,11 +247,20 @@ def _make_pool(cfg: PipelineConfig) -> ActorPool:
     def make_actor() -> Any:
         return remote_cls.options(name=f"lazy-worker-{run_tag}-{next(counter)}", **options).remote(spec)
 
-    _event("pool_start", workers=num_workers, options=options)
+    _event("pool_start", workers=plan.workers, options=options)
     return ActorPool(
-        make_actor, num_workers=num_workers, max_in_flight=cfg.max_in_flight or 2 * num_workers,
+        make_actor, num_workers=plan.workers, max_in_flight=cfg.max_in_flight or 2 * plan.workers,
         max_retries=cfg.max_retries, batch_timeout_s=cfg.batch_timeout_s,
     )
+
+
+def _describe_workers(report: RunReport, infos: list[dict[str, Any]]) -> None:
+    """What ran: workers, their torch threads, device and dtype (as the first actor of each reported them)."""
+    report.workers = len(infos)
+    if infos:
+        report.threads_per_worker = infos[0].get("torch_threads")
+        report.device = infos[0].get("device")
+        report.dtype = infos[0].get("dtype")
 
 
 def _ids_of_finished(fs: pafs.FileSystem, out_dir: str, skipped: list[Shard]) -> set[Any]:

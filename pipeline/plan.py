@@ -10,6 +10,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from pipeline.batch_cost import item_cost
 from pipeline.bucketing import bucket_by_length
 from pipeline.config import OUTPUT_COLUMNS, GenerationSettings, PipelineConfig
 from pipeline.prompts import is_sampled, prepare_row
@@ -127,9 +128,11 @@ def bucket_rows(good: list[tuple[int, list[int]]], keys: list[Any], config: Gene
     ``keys`` fall in the baseline sample batch together, so their full-model shadow run covers exactly the batch the
     lazy run saw."""
     flags = [is_sampled(key, config.baseline_sample_rate) for key in keys]
+    cost = item_cost(config)
     for flag in (False, True):
         group = [g for g, f in zip(good, flags, strict=True) if f == flag]
-        for bucket in bucket_by_length([len(g[1]) for g in group], config.max_batch_tokens, config.max_batch_size):
+        lengths = [len(g[1]) for g in group]
+        for bucket in bucket_by_length(lengths, config.max_batch_tokens, config.max_batch_size, cost):
             yield [group[i][0] for i in bucket.indices], [group[i][1] for i in bucket.indices], flag, bucket
 
 

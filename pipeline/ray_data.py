@@ -24,7 +24,14 @@ from pydantic import Field
 from pipeline.config import OUTPUT_COLUMNS, GenerationSettings
 from pipeline.plan import bucket_rows, error_result, prepare_rows, result_arrays
 from pipeline.prompts import check_chat_template
-from pipeline.resources import plan_workers, worker_spec
+from pipeline.resources import (
+    WorkerPlan,
+    cluster_node_cpus,
+    cluster_node_memory,
+    model_weight_bytes,
+    plan_workers,
+    worker_spec,
+)
 from pipeline.tokenizer import fit_to_context
 
 RESULT_COLUMNS = OUTPUT_COLUMNS[1:]  # what the stage appends (the input's columns stay as they are, ids included)
@@ -55,19 +62,28 @@ class RayDataConfig(GenerationSettings):
         return super().from_any(config)
 
 
-def stage_options(cfg: RayDataConfig, cluster_gpus: float) -> dict[str, Any]:
-    """The map_batches arguments of the stage besides the callable: pool size, resources, batch size."""
+def stage_options(cfg: RayDataConfig, cluster_gpus: float, node_cpus: list[float] | None = None,
+                  node_memory: list[float] | None = None) -> dict[str, Any]:
+    """The map_batches arguments of the stage besides the callable: pool size, resources, batch size.
+
+    Workers are planned as the driver plans them (:func:`pipeline.resources.plan_workers`) over ``node_cpus`` (Ray's
+    CPUs per node; default one node of one CPU) less one CPU of the first node, left to the dataset's read and write
+    tasks: an actor pool holding every CPU would starve them."""
     import ray.data
 
-    num_workers, use_gpu = plan_workers(cfg.device, cluster_gpus, cfg.num_workers)
+    nodes = list(node_cpus or [1.0])
+    nodes[0] = max(1.0, nodes[0] - 1)
+    plan = plan_workers(cfg.device, cluster_gpus, nodes, cfg.num_workers, cfg.cpus_per_worker, node_memory,
+                        model_weight_bytes(cfg) if node_memory else None)
     return {
-        "compute": ray.data.ActorPoolStrategy(size=num_workers),
-        "num_gpus": 1 if use_gpu else 0,
-        "num_cpus": 1 if use_gpu else cfg.cpus_per_worker,
+        "compute": ray.data.ActorPoolStrategy(size=plan.workers),
+        "num_gpus": 1 if plan.use_gpu else 0,
+        "num_cpus": plan.cpus_per_worker,
         "batch_size": cfg.batch_size,
         "batch_format": "pyarrow",
         "udf_modifying_row_count": False,
-        "fn_constructor_kwargs": {"config": cfg.model_dump(mode="json"), "use_gpu": use_gpu},
+        "fn_constructor_kwargs": {"config": cfg.model_dump(mode="json"), "use_gpu": plan.use_gpu,
+                                  "cpus_per_worker": plan.cpus_per_worker},
     }
 
 
@@ -83,17 +99,21 @@ def lazy_map_batches(ds: Any, config: RayDataConfig | dict[str, Any] | str | os.
     if schema is not None:
         _check_no_result_columns(schema.names, "the dataset")
     gpus = float(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0.0
-    return ds.map_batches(LazyPredictor, **stage_options(cfg, gpus))
+    nodes = cluster_node_cpus() if ray.is_initialized() else None
+    memory = cluster_node_memory() if ray.is_initialized() else None
+    return ds.map_batches(LazyPredictor, **stage_options(cfg, gpus, nodes, memory))
 
 
 class LazyPredictor:
     """One model per actor; ``config`` is a :class:`pipeline.ray_data.RayDataConfig` or its dict."""
 
-    def __init__(self, config: Any, use_gpu: bool = False) -> None:
+    def __init__(self, config: Any, use_gpu: bool = False, cpus_per_worker: int | None = None) -> None:
+        """``cpus_per_worker``: torch threads on CPU (default: the config's, else every CPU of this machine)."""
         from workers.actor import LazyWorker  # torch and the engine: imported where the model is loaded
 
         cfg = RayDataConfig.from_any(config)
-        self.worker = LazyWorker(worker_spec(cfg, use_gpu))
+        threads = cpus_per_worker or cfg.cpus_per_worker or os.cpu_count() or 1
+        self.worker = LazyWorker(worker_spec(cfg, WorkerPlan(1, use_gpu, threads)))
         check_chat_template(self.worker.tokenizer, cfg)
         self.config = fit_to_context(cfg)  # prompt + new tokens fit the model's context, as the driver plans them
         self.config_hash = cfg.config_hash

@@ -151,6 +151,7 @@ class ActorPool:
             raise RuntimeError(f"a worker failed to start: {exc}") from exc
         for info in infos:
             log.info("worker_ready %s", info)
+        self.worker_infos: list[dict[str, Any]] = list(infos)  # what each first actor reported (device, dtype...)
 
     def _submit(self) -> None:
         while self.pending:

@@ -289,11 +289,52 @@ def test_prompt_limit_fits_the_model_context(tiny_model_dir):
         effective_prompt_limit(1000, 2040, 2048)
 
 
-def test_plan_workers_one_per_gpu_else_cpu():
-    from pipeline.driver import plan_workers
+def test_plan_workers_one_per_gpu_else_every_cpu():
+    from pipeline.resources import DEFAULT_THREADS_PER_CPU_WORKER as K
+    from pipeline.resources import WorkerPlan, plan_workers
 
-    assert plan_workers("auto", 4.0, None) == (4, True)
-    assert plan_workers("auto", 0.0, None) == (1, False)
-    assert plan_workers("auto", 4.0, 2) == (2, True)
-    assert plan_workers("cpu", 4.0, None) == (1, False)
-    assert plan_workers("cuda", 0.0, 3) == (3, True)  # autoscaling cluster: GPUs come when asked for
+    assert plan_workers("auto", 4.0, [16.0], None, None) == WorkerPlan(4, True, 1)
+    assert plan_workers("auto", 4.0, [16.0], 2, None) == WorkerPlan(2, True, 1)
+    assert plan_workers("cuda", 0.0, [2.0], 3, None) == WorkerPlan(3, True, 1)  # autoscaling: GPUs come when asked
+    # without GPUs the workers together take every CPU: a worker per K CPUs on every node
+    assert plan_workers("auto", 0.0, [2.0], None, None) == WorkerPlan(2 // K, False, K)
+    assert plan_workers("cpu", 4.0, [2.0], None, None) == WorkerPlan(2 // K, False, K)
+    assert plan_workers("auto", 0.0, [64.0, 8.0], None, None) == WorkerPlan(72 // K, False, K)
+    assert plan_workers("auto", 0.0, [], None, None) == WorkerPlan(1, False, 1)  # no CPU reported: one worker
+    # ... as many as the node's memory holds model copies (half of it, 2 bytes per weight byte), the CPUs split
+    gib = float(1 << 30)
+    assert plan_workers("auto", 0.0, [64.0], None, None, [256 * gib], 14 * gib) == WorkerPlan(4, False, 16)
+    assert plan_workers("auto", 0.0, [64.0], None, None, [256 * gib], 0.27 * gib) == WorkerPlan(64 // K, False, K)
+    assert plan_workers("auto", 0.0, [8.0], None, None, [16 * gib], 14 * gib) == WorkerPlan(1, False, 8)  # at least 1
+    # explicit settings win: threads alone fill the nodes, workers alone split the CPUs, both are taken as given
+    assert plan_workers("auto", 0.0, [8.0, 8.0], None, 2) == WorkerPlan(8, False, 2)
+    assert plan_workers("auto", 0.0, [8.0], 2, None) == WorkerPlan(2, False, 4)
+    assert plan_workers("auto", 0.0, [4.0, 4.0], 1, None) == WorkerPlan(1, False, 4)  # one worker lives on one node
+    assert plan_workers("auto", 0.0, [2.0], 3, 1) == WorkerPlan(3, False, 1)
+
+
+def test_model_weight_bytes_from_the_config(tiny_model_dir):
+    """The memory rule's estimate of the weights, from the config alone, against the model's real parameters."""
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.resources import model_weight_bytes
+
+    params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_model_dir).parameters())
+    for dtype, size in (("float32", 4), ("bfloat16", 2)):
+        cfg = PipelineConfig(input="i", output="o", model=str(tiny_model_dir), dtype=dtype)
+        assert model_weight_bytes(cfg) == pytest.approx(params * size, rel=0.05)  # norms are not counted
+
+
+def test_bucketing_counts_what_a_batch_holds(tiny_model_dir):
+    """With a cost per item (the tokens the schedule keeps), more pruned items fit the same budget than padded
+    prompts would; the driver's cost follows the config's schedule and model depth."""
+    from pipeline.batch_cost import item_cost
+
+    lengths = [1000] * 8
+    assert [len(b.indices) for b in bucket_by_length(lengths, 4000, 8)] == [4, 4]
+    assert [len(b.indices) for b in bucket_by_length(lengths, 4000, 8, cost=lambda n: n // 2)] == [8]
+    lazy = dict(prune_layers=[0], keep_ratios=[0.25], min_keep_tokens=1)  # tiny model: 4 layers, 1000 | 250 x 3
+    cost = item_cost(PipelineConfig(input="i", output="o", model=str(tiny_model_dir), lazy=lazy, max_new_tokens=10))
+    assert cost(1000) == -(-(1000 + 3 * 250) // 4) + 10
+    off = item_cost(PipelineConfig(input="i", output="o", model=str(tiny_model_dir), lazy="off", max_new_tokens=10))
+    assert off(1000) == 1010

@@ -13,6 +13,8 @@ from pipeline import RayDataConfig, lazy_map_batches, run_pipeline
 from pipeline.config import OUTPUT_COLUMNS
 from pipeline.plan import RESULT_TYPES
 from pipeline.ray_data import RESULT_COLUMNS, LazyPredictor, stage_options
+from pipeline.resources import DEFAULT_THREADS_PER_CPU_WORKER as K
+from pipeline.resources import model_weight_bytes
 
 LAZY = dict(prune_layers=[1], keep_ratios=[0.5], min_keep_tokens=4, keep_tail=2)
 
@@ -56,6 +58,15 @@ def test_stage_options_follow_the_drivers_rule(tiny_model_dir):
     cfg = RayDataConfig(model=str(tiny_model_dir), cpus_per_worker=2, batch_size=5)
     cpu = stage_options(cfg, cluster_gpus=0.0)
     assert (cpu["num_gpus"], cpu["num_cpus"], cpu["batch_size"], cpu["compute"].min_size) == (0, 2, 5, 1)
+    assert cpu["fn_constructor_kwargs"]["cpus_per_worker"] == 2
+    # by default the driver's rule over the CPUs of the nodes, less one for the dataset's own tasks
+    auto = stage_options(RayDataConfig(model=str(tiny_model_dir)), cluster_gpus=0.0, node_cpus=[9.0])
+    assert (auto["num_cpus"], auto["compute"].min_size, auto["compute"].max_size) == (K, 8 // K, 8 // K)
+    auto = stage_options(RayDataConfig(model=str(tiny_model_dir)), cluster_gpus=0.0, node_cpus=[2.0, 4.0])
+    assert (auto["num_cpus"], auto["compute"].max_size) == (K, 1 // K + 4 // K)
+    weights = model_weight_bytes(cfg)  # and the nodes' memory: room for 3 workers' copies -> 3 workers
+    tight = stage_options(RayDataConfig(model=str(tiny_model_dir)), 0.0, [9.0], [3 * 2 * weights / 0.5])
+    assert (tight["compute"].max_size, tight["num_cpus"]) == (3, 8 // 3)
     gpu = stage_options(cfg, cluster_gpus=4.0)
     assert (gpu["num_gpus"], gpu["num_cpus"], gpu["compute"].max_size) == (1, 1, 4)
     assert gpu["fn_constructor_kwargs"]["use_gpu"] is True and gpu["batch_format"] == "pyarrow"
