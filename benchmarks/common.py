@@ -19,14 +19,15 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
 
 
-def load(name: str, threads: int) -> tuple[Any, Any]:
-    """(model, tokenizer) in fp32 on CPU with ``threads`` torch threads; the default name is the embedded model."""
+def load(name: str, threads: int, dtype: str = "float32") -> tuple[Any, Any]:
+    """(model, tokenizer) on CPU with ``threads`` torch threads, fp32 unless ``dtype`` says otherwise ("auto":
+    lazy_core.precision); the default name is the embedded model."""
     from lazy_core.loading import load_model
 
     if threads < 1:
         raise ValueError(f"--threads must be >= 1, got {threads}")
     torch.set_num_threads(threads)
-    model, tok = load_model(name, dtype="float32", device="cpu")
+    model, tok = load_model(name, dtype=dtype, device="cpu")
     model.eval()
     return model, tok
 

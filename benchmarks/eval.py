@@ -214,6 +214,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-loglik", action="store_true", help="skip the gold answers' log-likelihoods")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "auto"],
+                        help="model dtype (write other dtypes to their own --out)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "eval.jsonl")
     parser.add_argument(
         "--without-full", action="store_true", help="do not add 'full' (when another process's file holds it)"
@@ -223,7 +225,7 @@ def main(argv: list[str] | None = None) -> Path:
     methods = sorted(METHODS) if "all" in args.methods else list(dict.fromkeys(args.methods))
     if "full" not in methods and not args.without_full:
         methods.insert(0, "full")  # every score is relative to the full model
-    model, tok = load(args.model, args.threads)
+    model, tok = load(args.model, args.threads, args.dtype)
     items = build_suite(tok, spec_from_args(args, context_limit(model)))
     if args.fresh and args.out.exists():
         args.out.unlink()
@@ -239,7 +241,8 @@ def main(argv: list[str] | None = None) -> Path:
                     continue
                 loglik = not args.no_loglik and item.task in ("multidoc_qa", "single_qa")
                 record = run_item(lazy, tok, item, loglik=loglik)
-                record.update(method=name, config=lazy.config.model_dump(), machine=env)
+                record.update(method=name, config=lazy.config.model_dump(), machine=env,
+                              dtype=str(model.dtype).removeprefix("torch."))
                 sink.write(json.dumps(record) + "\n")
                 sink.flush()
                 print(

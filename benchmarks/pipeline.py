@@ -21,7 +21,6 @@ import logging
 import shutil
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -80,10 +79,10 @@ def _median(values: list[float]) -> float:
 
 def loop_run(cfg: PipelineConfig, threads: int) -> dict:
     """The same batches (same tokenization and bucketing) through LazyWorker.run_batch in this process."""
-    from pipeline.resources import worker_spec
+    from pipeline.resources import WorkerPlan, worker_spec
     from workers.actor import LazyWorker
 
-    worker = LazyWorker(replace(worker_spec(cfg, use_gpu=False), num_threads=threads))
+    worker = LazyWorker(worker_spec(cfg, WorkerPlan(1, False, threads)))
     fs, shards = discover_shards(cfg.input)
     tokenizer = load_tokenizer(cfg.model)
     started = time.monotonic()

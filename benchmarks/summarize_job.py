@@ -72,15 +72,28 @@ def write_shards(papers: list[dict[str, str]], folder: Path, rows_per_shard: int
     return paths
 
 
-def run_shard(shard: Path, method: str, model: Any, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """One run_pipeline over one shard with one method -> a JSON-able record."""
+def label(method: str, dtype: str) -> str:
+    """A method's name in the report: the name alone in float32 (the records before dtypes were recorded), else
+    ``method@dtype``."""
+    return method if dtype == "float32" else f"{method}@{dtype}"
+
+
+def baseline(labels: list[str]) -> str:
+    """What the diffs are against: full in float32 when it ran, else the first full."""
+    return "full" if "full" in labels else next((m for m in labels if m.startswith("full")), "full")
+
+
+def run_shard(shard: Path, method: str, dtype: str, model: Any, args: argparse.Namespace,
+              work: Path) -> dict[str, Any]:
+    """One run_pipeline over one shard with one method in one dtype -> a JSON-able record."""
     from pipeline import PipelineConfig, run_pipeline
 
     config = METHODS[method][1](model)
-    out = work / f"out-{method}-{shard.stem}"
+    out = work / f"out-{method}-{dtype}-{shard.stem}"
     shutil.rmtree(out, ignore_errors=True)
     cfg = PipelineConfig(
         input=str(shard), output=str(out), model=args.model, lazy=config, max_new_tokens=args.max_new_tokens,
+        dtype=dtype,
         max_prompt_tokens=args.prompt_tokens, baseline_sample_rate=0.0, num_workers=1, cpus_per_worker=args.threads,
         max_batch_size=args.batch_size, repetition_penalty=args.repetition_penalty,
         no_repeat_ngram_size=args.no_repeat_ngram_size, min_new_tokens=args.min_new_tokens, progress=False,
@@ -92,7 +105,7 @@ def run_shard(shard: Path, method: str, model: Any, args: argparse.Namespace, wo
     shutil.rmtree(out, ignore_errors=True)
     keep = ("id", "generation", "prompt_tokens", "prompt_tokens_used", "new_tokens", "ttft_s", "decode_s",
             "computed_token_fraction", "computed_token_fraction_total", "revived_tokens", "worker")
-    return {"method": method, "config": config.model_dump(), "shard": shard.name,
+    return {"method": method, "dtype": dtype, "config": config.model_dump(), "shard": shard.name,
             "steady_s": report.wall_s - report.startup_s, "startup_s": report.startup_s,
             "rows": [{k: r[k] for k in keep} for r in rows]}
 
@@ -111,7 +124,7 @@ def summarize(records: list[dict[str, Any]], references: dict[str, str], methods
     steady = dict.fromkeys(methods, 0.0)
     shards = {m: set() for m in methods}
     for rec in records:
-        m = rec["method"]
+        m = label(rec["method"], rec.get("dtype", "float32"))
         by_method[m].update({r["id"]: r for r in rec["rows"]})
         steady[m] += rec["steady_s"]
         shards[m].add(rec["shard"])
@@ -120,13 +133,16 @@ def summarize(records: list[dict[str, Any]], references: dict[str, str], methods
     out: dict[str, Any] = {"papers": len(common), "methods": {}}
     if not common:  # nothing run yet (or nothing under these settings)
         return out
-    full = by_method.get("full", {})
+    base = baseline(methods)
+    full = by_method.get(base, {})
     for m in methods:
         rows = [by_method[m][i] for i in common]
         scores = [rouge_scores(r["generation"] or "", references[r["id"]]) for r in rows]
         batches = _batches(rows)
-        time_s = sum(rec["steady_s"] for rec in records if rec["method"] == m and rec["shard"] in common_shards)
-        docs = sum(len(rec["rows"]) for rec in records if rec["method"] == m and rec["shard"] in common_shards)
+        mine = [rec for rec in records if label(rec["method"], rec.get("dtype", "float32")) == m
+                and rec["shard"] in common_shards]
+        time_s = sum(rec["steady_s"] for rec in mine)
+        docs = sum(len(rec["rows"]) for rec in mine)
         entry = {
             "docs_per_s": docs / time_s if time_s else float("nan"),
             "median_ttft_s": statistics.median(b[0] for b in batches),
@@ -138,7 +154,7 @@ def summarize(records: list[dict[str, Any]], references: dict[str, str], methods
             "empty_outputs": sum(not (r["generation"] or "").strip() for r in rows),
             **{name: statistics.fmean(s[name] for s in scores) for name in ("rouge1", "rouge2", "rougeL")},
         }
-        if m != "full" and full:
+        if m != base and full:
             base = [rouge_scores(full[i]["generation"] or "", references[i]) for i in common]
             for name in ("rouge1", "rouge2", "rougeL"):
                 entry[f"{name}_diff"] = paired_bootstrap([s[name] for s in scores], [s[name] for s in base])
@@ -150,7 +166,7 @@ def summarize(records: list[dict[str, Any]], references: dict[str, str], methods
 
 def markdown(summary: dict[str, Any], args: argparse.Namespace, command: str) -> str:
     methods = summary["methods"]
-    full = methods.get("full", {})
+    full = methods.get(baseline(list(methods)), {})
     header = ["method", "docs/s", "docs/s vs full", "TTFT s (median)", "decode ms/step", "decode vs full",
               "computed (prefill)", "computed (whole job)", "revived/item", "new tokens", "empty", "R-1", "R-2",
               "R-L", "ΔR-L vs full [95 % CI]", "R-L vs full's summary"]
@@ -176,6 +192,8 @@ def markdown(summary: dict[str, Any], args: argparse.Namespace, command: str) ->
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", default=["full", "lazy"], choices=sorted(METHODS))
+    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
+                        help="each method runs in each dtype; diffs are against full in float32 (or the first)")
     parser.add_argument("--papers", type=int, default=40)
     parser.add_argument("--prompt-tokens", type=int, default=4096)
     parser.add_argument("--max-new-tokens", type=int, default=128)
@@ -204,6 +222,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def matches(rec: dict[str, Any]) -> bool:
         return (rec["settings"] == settings and rec["method"] in args.methods
+                and rec.get("dtype", "float32") in args.dtypes
                 and config_key(rec["config"]) == config_key(method_config(rec["method"],
                                                                           model.config.num_hidden_layers).model_dump())
                 and all(r["id"] in references for r in rec["rows"]))
@@ -214,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         import ray
 
         shards = write_shards(papers, args.work / f"corpus-{args.prompt_tokens}-s{args.seed}", args.rows_per_shard)
-        done = {(r["method"], r["shard"]) for r in records}
+        done = {(r["method"], r.get("dtype", "float32"), r["shard"]) for r in records}
         started_ray = not ray.is_initialized()
         if started_ray:  # Ray's default niceness 15 for workers would slow the actors against anything else running
             ray.init(num_cpus=args.threads, include_dashboard=False, _system_config={"worker_niceness": 0})
@@ -222,21 +241,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         try:
             with out.open("a", encoding="utf-8") as sink:
                 for i, shard in enumerate(shards):
-                    order = args.methods if i % 2 == 0 else args.methods[::-1]  # ABBA: drift hits both alike
-                    for method in order:
-                        if (method, shard.name) in done:
+                    runs = [(m, d) for d in args.dtypes for m in args.methods]
+                    order = runs if i % 2 == 0 else runs[::-1]  # ABBA: drift hits both alike
+                    for method, dtype in order:
+                        if (method, dtype, shard.name) in done:
                             continue
-                        rec = run_shard(shard, method, model, args, args.work)
+                        rec = run_shard(shard, method, dtype, model, args, args.work)
                         rec.update(settings=settings, corpus=corpus_ids, machine=machine())
                         sink.write(json.dumps(rec) + "\n")
                         sink.flush()
                         records.append(rec)
-                        print(f"{method:>14} {shard.name} {len(rec['rows'])} docs in {rec['steady_s']:.1f}s",
+                        print(f"{label(method, dtype):>20} {shard.name} {len(rec['rows'])} docs in "
+                              f"{rec['steady_s']:.1f}s",
                               flush=True)
         finally:
             if started_ray:
                 ray.shutdown()
-    summary = summarize(records, references, args.methods)
+    summary = summarize(records, references, [label(m, d) for d in args.dtypes for m in args.methods])
     summary["settings"] = settings
     text = markdown(summary, args, "python -m benchmarks.summarize_job " + " ".join(sys.argv[1:] if argv is None
                                                                                     else argv))

@@ -1,0 +1,90 @@
+"""The decoding step against batch size: what a batch costs per step, pruned or not, bf16 or fp32, and where the
+pipeline's batching defaults come from.
+
+    .venv/bin/python -m benchmarks.batch_curve --lengths 4096 --batches 1 2 4 8 16 --dtypes bfloat16
+    .venv/bin/python -m benchmarks.batch_curve --lengths 4096 --batches 1 4 8 --dtypes float32
+    .venv/bin/python -m benchmarks.batch_curve --lengths 8192 --batches 1 4 8 16 --dtypes bfloat16
+
+For each length, dtype and batch size: a batch of B real-essay prompts (:func:`benchmarks.data.essay_prompt_ids`, each
+its own essays, exactly the length) generates ``--new-tokens`` tokens (no EOS) with ``full`` (``LazyConfig.off()``)
+and ``lazy`` (the default schedule, revival in every one of these steps: the first 32), taking turns. Reported: the
+step in ms (decode time / steps), the step per item, the step against B=1 and the reviving step against the full one.
+Each configuration runs once after a warm-up (prefill dominates the cost of a run: 16 x 4K prompts take 40-100 s);
+rerun with another --offset for a second set of essays. Writes ``benchmarks/results/batch_curve-<T>.json`` / ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import RESULTS_DIR, machine, md_table, write_json
+from benchmarks.data import essay_prompt_ids
+from lazy_core import LazyConfig, LazyLLM, load_model
+
+
+def run(model: Any, config: LazyConfig, ids: torch.Tensor, new_tokens: int) -> dict[str, float]:
+    out = LazyLLM(model, config).generate(ids, max_new_tokens=new_tokens, eos_token_id=[])
+    stats = out.stats[0]
+    return {"step_ms": 1000 * stats.decode_s / (new_tokens - 1), "ttft_s": stats.ttft_s,
+            "revived_per_item": sum(s.revived_tokens for s in out.stats) / len(out.stats)}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[4096])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--dtypes", nargs="+", default=["bfloat16"], choices=["bfloat16", "float32", "auto"])
+    parser.add_argument("--new-tokens", type=int, default=17)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every CPU)")
+    parser.add_argument("--offset", type=int, default=0, help="first essay of the prompts (a second set: 40)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    results: dict[str, Any] = {"args": vars(args) | {"out": str(args.out)}, "machine": machine(), "runs": []}
+    out = args.out or RESULTS_DIR / f"batch_curve-{'-'.join(map(str, args.lengths))}-{'-'.join(args.dtypes)}.json"
+    for dtype in args.dtypes:
+        model, tok = load_model(args.model, dtype=dtype, device="cpu")
+        configs = {"full": LazyConfig.off(), "lazy": LazyConfig.default_for(model)}
+        for length in args.lengths:
+            prompts = [essay_prompt_ids(tok, length, offset_essay=args.offset + 3 * b)
+                       for b in range(max(args.batches))]
+            run(model, configs["lazy"], torch.tensor(prompts[:1]), 3)  # warm-up
+            for batch in args.batches:
+                ids = torch.tensor(prompts[:batch])
+                for name, config in configs.items():
+                    entry = {"dtype": str(model.dtype).removeprefix("torch."), "length": length, "batch": batch,
+                             "method": name, **run(model, config, ids, args.new_tokens)}
+                    results["runs"].append(entry)
+                    print(entry, flush=True)
+                    write_json(out, results)
+    text = markdown(results, " ".join(sys.argv[1:] if argv is None else argv))
+    out.with_suffix(".md").write_text(text, encoding="utf-8")
+    print(text)
+    return results
+
+
+def markdown(results: dict[str, Any], command: str) -> str:
+    runs = results["runs"]
+    by_key = {(r["dtype"], r["length"], r["method"], r["batch"]): r for r in runs}
+    rows = []
+    for r in runs:
+        one = by_key.get((r["dtype"], r["length"], r["method"], 1))
+        full = by_key.get((r["dtype"], r["length"], "full", r["batch"]))
+        rows.append([r["dtype"], r["length"], r["method"], r["batch"], r["step_ms"], r["step_ms"] / r["batch"],
+                     r["step_ms"] / one["step_ms"] if one else float("nan"),
+                     r["step_ms"] / full["step_ms"] if full else float("nan"), r["ttft_s"], r["revived_per_item"]])
+    header = ["dtype", "prompt", "method", "B", "step ms", "ms per item", "vs B=1", "vs full step", "TTFT s",
+              "revived/item"]
+    return (f"Decoding step vs. batch size, {results['args']['new_tokens'] - 1} steps (all reviving), "
+            f"{results['machine']['torch_threads']} threads (`python -m benchmarks.batch_curve {command}`)\n\n"
+            + md_table(header, rows) + "\n")
+
+
+if __name__ == "__main__":
+    main()
