@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--full-batches", type=int, nargs="+", help="batch sizes for full (default: --batches)")
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16"], choices=["bfloat16", "float32", "auto"])
     parser.add_argument("--new-tokens", type=int, default=17)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every CPU)")
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for batch in args.batches:
                 ids = torch.tensor(prompts[:batch])
                 for name, config in configs.items():
+                    if name == "full" and args.full_batches and batch not in args.full_batches:
+                        continue
                     entry = {"dtype": str(model.dtype).removeprefix("torch."), "length": length, "batch": batch,
                              "method": name, **run(model, config, ids, args.new_tokens)}
                     results["runs"].append(entry)

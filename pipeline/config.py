@@ -81,9 +81,13 @@ class GenerationSettings(BaseModel):
         4_000_000, ge=1, description="Rows whose text is longer than this (in characters) are error rows (huge rows)."
     )
     max_batch_tokens: int = Field(
-        16384, ge=1, description="Token budget of a batch: batch size x longest prompt (padded) at most."
+        32768, ge=1, description="Token budget of a batch: batch size x the tokens the schedule keeps of its longest "
+        "prompt (pruned K/V rows averaged over the layers, LazyConfig.held_tokens, plus max_new_tokens) at most."
     )
-    max_batch_size: int = Field(8, ge=1, description="Items per batch at most.")
+    max_batch_size: int = Field(
+        4, ge=1, description="Items per batch at most. 4 is the measured best of a single-thread CPU worker (a step "
+        "per item costs the same at 8, and prefill per item more); on a GPU, batches of 16-64 pay (raise it).",
+    )
     num_workers: int | None = Field(
         None, ge=1, description="Ray actors, each holding one model. Default: one per GPU in the cluster; without GPUs "
         "as many as fill every node's CPUs with cpus_per_worker each (set it with device='cuda' on an autoscaling "

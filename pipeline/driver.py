@@ -199,7 +199,8 @@ class _Run:
     def plan(self, index: int, shard: Shard) -> ShardWork | None:
         """Read and plan one shard (None when it is unreadable: a failed shard in the report)."""
         try:
-            work = plan_shard(index, self.in_fs, shard, self.plan_cfg, tokenizer=self.tokenizer, seen_ids=self.seen_ids)
+            work = plan_shard(index, self.in_fs, shard, self.plan_cfg, tokenizer=self.tokenizer, seen_ids=self.seen_ids,
+                              workers=self.pool.size)
         except (OSError, pa.ArrowException) as exc:
             self.report.shards_failed.append(FailedShard(shard=shard.path, reason=f"unreadable_shard: {exc}"))
             _event("shard_failed", shard=shard.path, reason=str(exc))

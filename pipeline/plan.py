@@ -76,9 +76,11 @@ def plan_shard(
     config: PipelineConfig,
     tokenizer: Any,
     seen_ids: set[Any],
+    workers: int = 1,
 ) -> ShardWork:
-    """Read one shard, validate and tokenize its rows, bucket the good ones into batches. ``seen_ids`` holds the ids
-    of earlier shards (duplicates become error rows) and is updated. Raises OSError/ArrowException on a corrupt file."""
+    """Read one shard, validate and tokenize its rows, bucket the good ones into batches (at least ``workers`` of
+    them when the shard has the rows, so a small shard keeps every worker busy). ``seen_ids`` holds the ids of earlier
+    shards (duplicates become error rows) and is updated. Raises OSError/ArrowException on a corrupt file."""
     columns = list(dict.fromkeys(config.required_columns))
     table = read_shard(fs, shard, columns)
     base = pa.table(
@@ -98,7 +100,7 @@ def plan_shard(
             live.append(pos)
     good = prepare_rows(tokenizer, config, live, texts, questions, results)
     work = ShardWork(index=index, shard=shard, base=base, results=results, remaining=len(good))
-    for positions, input_ids, flag, bucket in bucket_rows(good, [ids[p] for p, _ in good], config):
+    for positions, input_ids, flag, bucket in bucket_rows(good, [ids[p] for p, _ in good], config, workers):
         seed = config.seed + zlib.crc32(shard.name.encode()) + len(work.tasks)  # stable across resumed runs
         work.tasks.append(BatchTask(shard=index, positions=positions, input_ids=input_ids, sampled=flag, seed=seed))
         work.real_tokens += bucket.real_tokens
@@ -123,16 +125,17 @@ def prepare_rows(
     return good
 
 
-def bucket_rows(good: list[tuple[int, list[int]]], keys: list[Any], config: GenerationSettings):
+def bucket_rows(good: list[tuple[int, list[int]]], keys: list[Any], config: GenerationSettings, workers: int = 1):
     """Length-bucketed batches of the good rows: yields (positions, prompt ids, sampled, bucket). The rows whose
     ``keys`` fall in the baseline sample batch together, so their full-model shadow run covers exactly the batch the
-    lazy run saw."""
+    lazy run saw. With several ``workers`` a group too small to fill one batch per worker is split into as many."""
     flags = [is_sampled(key, config.baseline_sample_rate) for key in keys]
     cost = item_cost(config)
     for flag in (False, True):
         group = [g for g, f in zip(good, flags, strict=True) if f == flag]
         lengths = [len(g[1]) for g in group]
-        for bucket in bucket_by_length(lengths, config.max_batch_tokens, config.max_batch_size, cost):
+        size = max(1, min(config.max_batch_size, -(-len(group) // max(1, workers))))
+        for bucket in bucket_by_length(lengths, config.max_batch_tokens, size, cost):
             yield [group[i][0] for i in bucket.indices], [group[i][1] for i in bucket.indices], flag, bucket
 
 

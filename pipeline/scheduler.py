@@ -153,6 +153,11 @@ class ActorPool:
             log.info("worker_ready %s", info)
         self.worker_infos: list[dict[str, Any]] = list(infos)  # what each first actor reported (device, dtype...)
 
+    @property
+    def size(self) -> int:
+        """Workers in the pool."""
+        return len(self.slots)
+
     def _submit(self) -> None:
         while self.pending:
             healthy = [s for s in self.slots if s.probe is None and len(s.queue) < self.per_actor]

@@ -278,6 +278,17 @@ def test_plan_shard_qa_task_and_empty_shard(tmp_path, tiny_tokenizer):
     assert table.num_rows == 0 and table.column_names == ["id", *OUTPUT_COLUMNS[1:]]
 
 
+def test_plan_shard_gives_every_worker_a_batch(tmp_path, tiny_tokenizer, tiny_model_dir):
+    """A shard too small to fill a batch per worker is split into one batch per worker; a big one is not."""
+    _write(tmp_path / "a.parquet", id=[f"r{i}" for i in range(6)], text=[f"document number {i}" for i in range(6)])
+    fs, shards = discover_shards(str(tmp_path))
+    cfg = PipelineConfig(input=str(tmp_path), output="o", model=str(tiny_model_dir), baseline_sample_rate=0.0,
+                         max_batch_size=8)
+    sizes = {w: [len(t.positions) for t in plan_shard(0, fs, shards[0], cfg, tiny_tokenizer, set(), w).tasks]
+             for w in (1, 2, 4, 16)}
+    assert sizes == {1: [6], 2: [3, 3], 4: [2, 2, 2], 16: [1] * 6}
+
+
 def test_prompt_limit_fits_the_model_context(tiny_model_dir):
     from pipeline.tokenizer import context_length, effective_prompt_limit
 
