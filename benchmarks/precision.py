@@ -2,12 +2,13 @@
 fp32 model finds, full and pruned?
 
     .venv/bin/python -m benchmarks.eval --dtype bfloat16 --methods full lazy --tasks needle multidoc_qa --long \\
-        --out benchmarks/results/eval-bf16.jsonl
+        --out benchmarks/results/precision-bf16.jsonl
     .venv/bin/python -m benchmarks.eval --dtype bfloat16 --methods full lazy --tasks needle --long --seed 2 \\
-        --out benchmarks/results/eval-bf16-seed2.jsonl
+        --out benchmarks/results/precision-bf16-seed2.jsonl
     .venv/bin/python -m benchmarks.precision
 
-Pairs each bf16 record with the fp32 record of the same method and item (``--fp32`` files, default the evaluation's
+(The bf16 records stay out of ``eval*.jsonl``, which ``benchmarks.report`` merges as fp32 runs.) Pairs each bf16 record
+with the fp32 record of the same method and item (``--fp32`` files, default the evaluation's
 own records) and reports per method and task: items, passkeys found (needle) in fp32 and bf16 and those lost, the gold
 answer's mean log-likelihood (QA) in both and its mean change, and the share of items whose generated text is the
 same. The job's ROUGE-L in both dtypes comes from ``benchmarks.summarize_job --dtypes float32 bfloat16``. Writes
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--fp32", type=Path, nargs="+",
                         default=[RESULTS_DIR / "eval.jsonl", RESULTS_DIR / "eval-needle-seed2.jsonl"])
     parser.add_argument("--bf16", type=Path, nargs="+",
-                        default=[RESULTS_DIR / "eval-bf16.jsonl", RESULTS_DIR / "eval-bf16-seed2.jsonl"])
+                        default=[RESULTS_DIR / "precision-bf16.jsonl", RESULTS_DIR / "precision-bf16-seed2.jsonl"])
     parser.add_argument("--methods", nargs="+", default=["full", "lazy"])
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "precision.md")
     args = parser.parse_args(argv)
