@@ -34,6 +34,13 @@ def run(model: Any, config: LazyConfig, ids: torch.Tensor, new_tokens: int) -> d
             "revived_per_item": sum(s.revived_tokens for s in out.stats) / len(out.stats)}
 
 
+def _sdpa_small_query(query, key, value, mask, scaling):
+    """What a step's few queries cost through torch's SDPA (query [B, H, Q, d]) -> ([B, Q, H, d], None)."""
+    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling,
+                                                           enable_gqa=key.shape[1] != query.shape[1])
+    return out.transpose(1, 2).contiguous(), None
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -44,9 +51,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--new-tokens", type=int, default=17)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every CPU)")
     parser.add_argument("--offset", type=int, default=0, help="first essay of the prompts (a second set: 40)")
+    parser.add_argument("--attention", choices=["engine", "sdpa"], default="engine",
+                        help="sdpa: a step's few queries go through torch's SDPA kernel instead of the engine's two "
+                        "matmuls (the A/B behind BENCHMARKS 'The CPU the job runs on')")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads or torch.get_num_threads())
+    if args.attention == "sdpa":
+        import lazy_core.attention
+
+        lazy_core.attention._small_query_attention = _sdpa_small_query
     results: dict[str, Any] = {"args": vars(args) | {"out": str(args.out)}, "machine": machine(), "runs": []}
     out = args.out or RESULTS_DIR / f"batch_curve-{'-'.join(map(str, args.lengths))}-{'-'.join(args.dtypes)}.json"
     for dtype in args.dtypes:
@@ -61,7 +75,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 for name, config in configs.items():
                     if name == "full" and args.full_batches and batch not in args.full_batches:
                         continue
-                    entry = {"dtype": str(model.dtype).removeprefix("torch."), "length": length, "batch": batch,
+                    entry = {"dtype": str(model.dtype).removeprefix("torch."), "attention": args.attention,
+                             "length": length, "batch": batch,
                              "method": name, **run(model, config, ids, args.new_tokens)}
                     results["runs"].append(entry)
                     print(entry, flush=True)

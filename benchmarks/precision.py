@@ -45,6 +45,10 @@ def compare(fp32: dict[tuple[str, str], dict[str, Any]], bf16: dict[tuple[str, s
     rows = []
     for method in methods:
         pairs = [(fp32[key], rec) for key, rec in bf16.items() if key[0] == method and key in fp32]
+        odd = [a["item_id"] for a, b in pairs
+               if (a["prompt_tokens"], a["answers"]) != (b["prompt_tokens"], b["answers"])]
+        if odd:
+            raise ValueError(f"items {odd[:3]} differ between the fp32 and bf16 records (another suite?): rerun them")
         for task in sorted({a["task"] for a, _ in pairs}):
             mine = [(a, b) for a, b in pairs if a["task"] == task]
             row: dict[str, Any] = {"method": method, "task": task, "items": len(mine),

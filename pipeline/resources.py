@@ -34,14 +34,15 @@ def plan_workers(device: str, cluster_gpus: float, node_cpus: list[float], num_w
     (``node_cpus``: Ray's CPU count per alive node): one worker per :data:`DEFAULT_THREADS_PER_CPU_WORKER` CPUs, as
     many as the node's memory holds model copies of ``model_bytes`` (``node_memory``: Ray's memory per node; see
     :data:`WORKER_MEMORY_SHARE`), the node's CPUs split among them. Explicit settings win: ``cpus_per_worker`` alone
-    fills the nodes with workers of that many threads, ``num_workers`` alone splits the CPUs among that many
-    workers, both are taken as they are."""
+    fills the nodes with workers of that many threads (as many as the memory holds), ``num_workers`` alone splits the
+    CPUs among that many workers, both are taken as they are."""
     use_gpu = device == "cuda" or (device == "auto" and cluster_gpus >= 1)
     if use_gpu:
         return WorkerPlan(num_workers or max(1, int(cluster_gpus)), True, 1)
-    nodes = [int(c) for c in node_cpus if c >= 1] or [1]
     memory = list(node_memory or [])
-    held = [_copies_held(memory[i] if i < len(memory) else None, model_bytes) for i in range(len(nodes))]
+    pairs = [(int(c), memory[i] if i < len(memory) else None) for i, c in enumerate(node_cpus) if c >= 1]
+    nodes = [c for c, _ in pairs] or [1]
+    held = [_copies_held(m, model_bytes) for _, m in pairs] or [_copies_held(None, None)]
     if cpus_per_worker is None:
         if num_workers is not None:
             cpus_per_worker = max(1, sum(nodes) // num_workers)

@@ -150,8 +150,10 @@ def test_accuracy_guard() -> None:
 
 
 def test_summary_shows_the_report() -> None:
-    text = summarize.format_summary(_report(failures_by_reason={"empty_text": 2}, median_speedup=2.5))
+    text = summarize.format_summary(_report(failures_by_reason={"empty_text": 2}, median_speedup=2.5, workers=2,
+                                            threads_per_worker=1, device="cpu", dtype="bfloat16"))
     assert "shards: 3 found, 2 written, 1 already done, 0 failed" in text
+    assert "ran on: 2 worker(s) x 1 thread(s), cpu, bfloat16" in text
     assert "speedup median 2.50x" in text and "first-token agreement 75.0%" in text
     assert "error rows: 2 x empty_text" in text
     assert "empty:  0 empty generations written, 1 fallbacks to the full model, 0 outputs lost to pruning" in text

@@ -72,6 +72,11 @@ def test_rows_in_rows_out_order_names_report_rerun_and_overwrite(local_ray, tiny
     assert {r["config_hash"] for r in rows} == {PipelineConfig(**cfg).config_hash}
     assert (report.rows_in, report.rows_ok, report.rows_failed) == (21, 21, 0)
     assert (report.shards_done, report.shards_skipped, report.ok) == (3, 0, True)
+    # what ran: num_workers=2 split the local Ray's 2 CPUs, one thread each; the tiny model in dtype "auto"
+    from lazy_core.precision import auto_dtype
+
+    assert (report.workers, report.threads_per_worker, report.device) == (2, 1, "cpu")
+    assert report.dtype == str(auto_dtype("cpu")).removeprefix("torch.")
     assert report.sampled_items == sum(is_sampled(i, 0.5) for i in ids) and report.median_speedup > 0
     saved = json.loads((out / "_run_report.json").read_text())
     assert saved["rows_ok"] == 21 and saved["config_hash"] == report.config_hash

@@ -317,6 +317,8 @@ def test_plan_workers_one_per_gpu_else_every_cpu():
     assert plan_workers("auto", 0.0, [64.0], None, None, [256 * gib], 14 * gib) == WorkerPlan(4, False, 16)
     assert plan_workers("auto", 0.0, [64.0], None, None, [256 * gib], 0.27 * gib) == WorkerPlan(64 // K, False, K)
     assert plan_workers("auto", 0.0, [8.0], None, None, [16 * gib], 14 * gib) == WorkerPlan(1, False, 8)  # at least 1
+    # a node without CPUs (a head node started with --num-cpus 0) is skipped with its memory
+    assert plan_workers("auto", 0.0, [0.0, 64.0], None, None, [1e15, 256 * gib], 14 * gib) == WorkerPlan(4, False, 16)
     # explicit settings win: threads alone fill the nodes, workers alone split the CPUs, both are taken as given
     assert plan_workers("auto", 0.0, [8.0, 8.0], None, 2) == WorkerPlan(8, False, 2)
     assert plan_workers("auto", 0.0, [8.0], 2, None) == WorkerPlan(2, False, 4)
