@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=_positive_int, help="Ray actors, one model each (default: one per GPU; "
                         "without GPUs, as many as fill the CPUs).")
     parser.add_argument("--cpus-per-worker", type=_positive_int, help="CPUs (torch threads) per worker without GPUs "
-                        "(default: every CPU of the node, up to 8 per worker).")
+                        "(default: one single-thread worker per CPU; fewer, wider ones if the memory holds fewer "
+                        "model copies).")
     parser.add_argument("--max-new-tokens", type=_positive_int, help="Summary length limit in tokens.")
     parser.add_argument(
         "--baseline-sample-rate", type=_fraction, help="Share of items also run on the full model (for agreement)."

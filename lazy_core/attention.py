@@ -79,7 +79,8 @@ def _small_query_attention(query, key, value, mask, scaling):
     """Attention of a few queries on CPU as two batched matmuls over the shared K/V heads, softmax in fp32.
 
     torch's CPU SDPA kernel blocks over query rows: with one query per head it does a row's worth of work per task and
-    in bf16 costs 8-14x these two products (1 query onto 4K keys, batch 1-8, 2 threads; BENCHMARKS "bf16 on CPU").
+    in bf16 costs 13-20x these two products (1 query onto 4K keys, batch 1-8, 2 threads; BENCHMARKS "The CPU the job
+    runs on").
     query: [B, H, Q, d]; key/value: [B, H_kv, K, d]; mask: [B, 1, Q, K] bool or None (every key). Returns
     ([B, Q, H, d], None). A query row with no key to attend (a finished item's pad row) gets a uniform average, not
     NaN; its output is never used."""

@@ -139,6 +139,20 @@ class LazyConfig(BaseModel):
         return bool(self.prune_layers) and min(self.keep_ratios) < 1.0
 
     @classmethod
+    def resolve(cls, spec: LazyConfig | dict[str, Any] | str, model_or_config: Any) -> LazyConfig:
+        """The schedule a pipeline setting names: "default" (:meth:`default_for` the model or its config), "off", a
+        LazyConfig or the dict of its fields."""
+        if isinstance(spec, cls):
+            return spec
+        if spec == "default":
+            return cls.default_for(model_or_config)
+        if spec == "off":
+            return cls.off()
+        if isinstance(spec, dict):
+            return cls(**spec)
+        raise ValueError(f"lazy must be 'default', 'off', a LazyConfig or its dict, got {spec!r}")
+
+    @classmethod
     def off(cls) -> LazyConfig:
         """No pruning: every token is computed at every layer (the exact baseline, same engine)."""
         return cls(prune_layers=[], keep_ratios=[])

@@ -23,11 +23,7 @@ def _cost(model: str, lazy: str, new_tokens: int) -> Callable[[int], int]:
     model_config = load_model_config(model)
     if model_config is None:
         return lambda n: n + new_tokens
-    if lazy == "default":
-        schedule = LazyConfig.default_for(model_config)
-    elif lazy == "off":
-        schedule = LazyConfig.off()
-    else:
-        schedule = LazyConfig.model_validate_json(lazy)
+    named = lazy in ("default", "off")  # the key is a name or a LazyConfig's JSON (hashable for the cache)
+    schedule = LazyConfig.resolve(lazy if named else LazyConfig.model_validate_json(lazy), model_config)
     layers = model_depth(model_config)
     return functools.lru_cache(maxsize=4096)(lambda n: schedule.held_tokens(layers, n, new_tokens))

@@ -94,8 +94,9 @@ class GenerationSettings(BaseModel):
         "cluster)."
     )
     cpus_per_worker: int | None = Field(
-        None, ge=1, description="CPUs per actor when there is no GPU (its torch threads match). Default: every CPU "
-        "of the node up to 8 per worker, or the cluster's CPUs split among num_workers when that is set.",
+        None, ge=1, description="CPUs per actor when there is no GPU (its torch threads match). Default: 1 (a "
+        "single-thread worker per CPU) unless the node's memory holds fewer model copies, or the cluster's CPUs split "
+        "among num_workers when that is set (pipeline.resources.plan_workers).",
     )
     device: str = Field(
         "auto",

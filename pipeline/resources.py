@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pipeline.config import GenerationSettings
 from workers.spec import WorkerSpec
 
-# Torch threads of one CPU worker when nothing is set. Measured on 2 cores (BENCHMARKS "Every core"): two workers of
-# one thread each beat one worker of two threads on the job; a decoding step of a small model is many small ops, and
-# one process runs them one after the other whatever its threads, so more processes use the cores better.
+# Torch threads of one CPU worker when nothing is set. Measured on 2 cores (BENCHMARKS "The CPU the job runs on"): two
+# workers of one thread each beat one worker of two threads on the job; a decoding step of a small model is many small
+# ops, and one process runs them one after the other whatever its threads, so more processes use the cores better.
 DEFAULT_THREADS_PER_CPU_WORKER = 1
 # Share of a node's memory (Ray's 'memory' resource) that the workers' model copies may take, and what one worker
 # needs per byte of weights (weights + caches of a batch + activations, with room).
@@ -67,7 +67,7 @@ def model_weight_bytes(cfg: GenerationSettings) -> float | None:
     """The model's weights in bytes in the dtype the workers load it in (estimated from its config: embeddings,
     attention and MLP matrices), or None when the config is not at hand."""
     from lazy_core import load_model_config
-    from lazy_core.precision import auto_dtype
+    from lazy_core.loading import resolve_dtype
 
     config = load_model_config(cfg.model)
     try:
@@ -81,8 +81,7 @@ def model_weight_bytes(cfg: GenerationSettings) -> float | None:
     tied = bool(getattr(config, "tie_word_embeddings", False))
     attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim
     params = vocab * hidden * (1 if tied else 2) + layers * (attention + 3 * hidden * inner)
-    dtype = cfg.dtype if cfg.dtype != "auto" else str(auto_dtype("cpu")).removeprefix("torch.")
-    return float(params * (4 if dtype == "float32" else 2))
+    return float(params * resolve_dtype(cfg.dtype, "cpu").itemsize)
 
 
 def cluster_node_cpus() -> list[float]:

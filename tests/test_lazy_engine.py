@@ -657,3 +657,13 @@ def test_held_tokens_is_what_the_caches_hold(tiny_llama):
     assert held == -(-sum(per_layer) // len(per_layer)) == 23 + 5
     assert LazyConfig.off().held_tokens(4, 40, 5) == 45
     assert config.model_copy(update={"min_prompt_tokens": 41}).held_tokens(4, 40, 5) == 45  # computed in full
+
+
+def test_resolve_names_the_pipelines_schedules(tiny_llama):
+    """LazyConfig.resolve: what the worker and the driver's batch budget both read a `lazy` setting as."""
+    assert LazyConfig.resolve("default", tiny_llama) == LazyConfig.default_for(tiny_llama)
+    assert LazyConfig.resolve("default", tiny_llama.config) == LazyConfig.default_for(tiny_llama)
+    assert LazyConfig.resolve("off", tiny_llama) == LazyConfig.off()
+    assert LazyConfig.resolve(PRUNE, tiny_llama) == LazyConfig(**PRUNE)
+    with pytest.raises(ValueError, match="lazy must be 'default', 'off'"):
+        LazyConfig.resolve("fast", tiny_llama)

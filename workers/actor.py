@@ -31,14 +31,8 @@ class LazyWorker:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.model, self.tokenizer = load_model(spec.model, dtype=spec.dtype, device=device)  # "auto": precision.py
-        if spec.lazy == "default":
-            lazy_config = LazyConfig.default_for(self.model)
-        elif spec.lazy == "off":
-            lazy_config = LazyConfig.off()
-        else:
-            lazy_config = LazyConfig(**spec.lazy)
-        self.lazy_config = lazy_config
-        self.lazy = LazyLLM(self.model, lazy_config)
+        self.lazy_config = LazyConfig.resolve(spec.lazy, self.model)
+        self.lazy = LazyLLM(self.model, self.lazy_config)
         self.full = LazyLLM(self.model, LazyConfig.off())
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
