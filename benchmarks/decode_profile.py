@@ -46,9 +46,9 @@ PROBES = (
     ("lazy_core.engine:LayerLoop", "_score_inputs", "bookkeeping: scoring"),
     ("lazy_core.scoring:TokenPruner", "select", "bookkeeping: scoring"),
     ("lazy_core.scoring:AttentionPruner", "scores", "bookkeeping: scoring"),
-    ("lazy_core.engine:LayerLoop", "_reselect", "bookkeeping: revival"),
-    ("lazy_core.engine:LayerLoop", "_revive_top", "bookkeeping: revival"),
-    ("lazy_core.engine:LayerLoop", "_add_revived", "bookkeeping: revival"),
+    ("lazy_core.revival:SelectRevival", "revive", "bookkeeping: revival"),
+    ("lazy_core.revival:TopRevival", "revive", "bookkeeping: revival"),
+    ("lazy_core.engine:LayerLoop", "add_revived", "bookkeeping: revival"),
 )
 
 

@@ -1,4 +1,4 @@
-"""Accuracy vs. speed of LazyLLM and its baselines on real long-context items (evaluation issue; paper §4, Table 1).
+"""Accuracy vs. speed of LazyLLM and its baselines on real long-context items (paper §4, Table 1).
 
 Every method runs on the same fixed-seed items (benchmarks/data.py), one item at a time, greedy. Each (method, item)
 writes one JSON line to the results file as soon as it is done, so a run can be stopped and resumed (pairs already
@@ -28,23 +28,30 @@ import torch
 from benchmarks.common import RESULTS_DIR, context_limit, load, machine
 from benchmarks.data import TASKS, EvalItem, SuiteSpec, build_suite
 from lazy_core import LazyConfig, LazyLLM
-from lazy_core.config import layers_at
+from lazy_core.arch import place_schedule
+from lazy_core.config import EARLY_FRACTIONS, LATE_FRACTIONS
+from lazy_core.revival import FLAT_REVIVAL_KEYS, POLICIES, SelectRevival, TopRevival, revival_from_flat_keys
 
 
 def _default(model: Any, **update: Any) -> LazyConfig:
-    return LazyConfig.default_for(model).model_copy(update=update)
+    """LazyConfig.default_for(model) with these fields changed (validated)."""
+    return LazyConfig(**{**LazyConfig.default_for(model).model_dump(), **update})
 
 
 def _select_default(model: Any, **update: Any) -> LazyConfig:
-    """The previous default (revive_policy='select', every step revives): the baselines and sweeps below were run on
-    it. revive_top only matters to 'top'; it stays at the field's default so the records run before it keep their
-    identity, as min_prompt_tokens stays at 0 (every prompt pruned, as they ran)."""
-    return _default(model, **{"revive_policy": "select", "revive_top": 64, "revive_steps": None, "min_prompt_tokens": 0,
-                               **update})
+    """The previous default (SelectRevival: every step re-selects and revives): the baselines and sweeps below were run
+    on it, with min_prompt_tokens 0 (every prompt pruned, as they ran)."""
+    return _default(model, **{"revival": SelectRevival(), "revive_steps": None, "min_prompt_tokens": 0, **update})
 
 
-# name -> (description, config factory). Fractions of depth map to the layers of LazyConfig.default_for. The baselines
-# and sweeps vary the previous default (revive_policy='select'), as they were run; top* vary the current one.
+def _placed(model: Any, fractions: tuple[float, ...], ratios: tuple[float, ...]) -> dict[str, Any]:
+    """prune_layers and keep_ratios at these fractions of the depth, placed as the presets place theirs."""
+    layers, kept = place_schedule(model, fractions, ratios)
+    return {"prune_layers": layers, "keep_ratios": kept}
+
+
+# name -> (description, config factory). Fractions of depth map to layers by place_schedule, as in default_for. The
+# baselines and sweeps vary the previous default (SelectRevival), as they were run; top* vary the current one.
 METHODS: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
     "full": ("full prefill (LazyConfig.off())", lambda m: LazyConfig.off()),
     "lazy": ("LazyLLM, LazyConfig.default_for(model)", lambda m: LazyConfig.default_for(m)),
@@ -59,32 +66,30 @@ METHODS: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
     "static": ("static pruning (once, at the first layer)", lambda m: _select_default(m, method="static")),
     "random": ("random pruning, default schedule", lambda m: _select_default(m, method="random")),
     "select_cap8": ("previous default, at most 8 revivals per layer and step",
-                    lambda m: _select_default(m, revive_per_step=8)),
+                    lambda m: _select_default(m, revival=SelectRevival(per_step=8))),
     "select_hyst": ("previous default, hysteresis 0.5 (favour what the next layer holds)",
-                    lambda m: _select_default(m, revive_hysteresis=0.5)),
+                    lambda m: _select_default(m, revival=SelectRevival(hysteresis=0.5))),
     "select_first16": ("previous default, revival in the first 16 decoding steps only",
                        lambda m: _select_default(m, revive_steps=16)),
     "top32": ("default, revive the pruned among each step's top 32, every step",
-              lambda m: _default(m, revive_top=32, revive_steps=None)),
+              lambda m: _default(m, revival=TopRevival(top=32), revive_steps=None)),
     "top64": ("default, revive the pruned among each step's top 64, every step",
-              lambda m: _default(m, revive_top=64, revive_steps=None)),
+              lambda m: _default(m, revival=TopRevival(top=64), revive_steps=None)),
     "top128_all": ("default, revival at every step (not only the first 32)",
                    lambda m: _default(m, revive_steps=None)),
     "top64_first16": ("default with top 64, revival in the first 16 decoding steps only",
-                      lambda m: _default(m, revive_top=64, revive_steps=16)),
+                      lambda m: _default(m, revival=TopRevival(top=64), revive_steps=16)),
     "sweep_mild": ("default layers, keep 0.5/0.3/0.2", lambda m: _select_default(m, keep_ratios=[0.5, 0.3, 0.2])),
     "sweep_tail": ("default layers, keep 0.3/0.15/0.1", lambda m: _select_default(m, keep_ratios=[0.3, 0.15, 0.1])),
     "sweep_strong": ("default layers, keep 0.2/0.07/0.03",
                      lambda m: _select_default(m, keep_ratios=[0.2, 0.07, 0.03])),
     "sweep_late": (
         "layers at 10/17/24 of 30, keep 0.3/0.1/0.05",
-        lambda m: _select_default(m, prune_layers=layers_at(m, (10 / 30, 17 / 30, 24 / 30)),
-                                  keep_ratios=[0.3, 0.1, 0.05]),
+        lambda m: _select_default(m, **_placed(m, LATE_FRACTIONS, (0.3, 0.1, 0.05))),
     ),
     "sweep_early": (
         "layers at 3/15/22 of 30, keep 0.3/0.1/0.05",
-        lambda m: _select_default(m, prune_layers=layers_at(m, (3 / 30, 15 / 30, 22 / 30)),
-                                  keep_ratios=[0.3, 0.1, 0.05]),
+        lambda m: _select_default(m, **_placed(m, EARLY_FRACTIONS, (0.3, 0.1, 0.05))),
     ),
     "sweep_floor256": ("default schedule, at least 256 tokens kept",
                        lambda m: _select_default(m, min_keep_tokens=256)),
@@ -176,8 +181,14 @@ def _done(path: Path) -> set[tuple[str, str, str]]:
 
 def config_key(config: dict[str, Any]) -> str:
     """A config's identity for resuming: its fields that differ from LazyConfig's defaults, so a new field with a
-    default leaves the records run before it valid (they ran with that default's behaviour)."""
+    default leaves the records run before it valid (they ran with that default's behaviour). Records written with the
+    old flat revive_* keys name the revival policy they meant."""
     defaults = LazyConfig().model_dump()
+    flat = {k: config[k] for k in FLAT_REVIVAL_KEYS if k in config}
+    if flat:
+        policy = revival_from_flat_keys(flat)
+        config = {k: v for k, v in config.items() if k not in flat} | {
+            "revival": POLICIES[policy["name"]](**policy).model_dump()}
     return json.dumps({k: v for k, v in config.items() if k not in defaults or defaults[k] != v}, sort_keys=True)
 
 

@@ -35,6 +35,7 @@ import torch
 
 from benchmarks.common import RESULTS_DIR, md_table, replace_section
 from lazy_core import LazyConfig, LazyLLM
+from lazy_core.revival import TopRevival
 from lazy_core.stats import FlopModel
 
 SHAPES: dict[str, dict[str, Any]] = {
@@ -124,7 +125,7 @@ def checks(shape: str, device: str, dtype: torch.dtype) -> dict[str, Any]:
     ref = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, **rules)
     off_equal = torch.equal(off.sequences, ref)
     pruned_cfg = LazyConfig(prune_layers=[0, 2], keep_ratios=[0.5, 0.25], min_keep_tokens=4, keep_tail=2,
-                            revive_policy="top", revive_top=8)
+                            revival=TopRevival(top=8))
     lazy = LazyLLM(model, pruned_cfg)
     batch = lazy.generate(ids, attention_mask=mask, **rules)
     agree = []

@@ -1,4 +1,4 @@
-"""Markdown report + PNG plots of the evaluation and the TTFT benchmark (evaluation issue, item 4; paper Table 1).
+"""Markdown report + PNG plots of the evaluation and the TTFT benchmark (the paper's Table 1).
 
 Reads ``benchmarks/results/eval.jsonl`` (``python -m benchmarks.eval``) and ``benchmarks/results/ttft.json``
 (``python -m benchmarks.ttft``), writes ``benchmarks/results/report.md`` with a table like the paper's Table 1, a
@@ -27,7 +27,7 @@ TASK_NAMES = {
     "single_qa": "Single-doc QA, SQuAD (F1)",
     "summarize": "Summarization (ROUGE-L vs. full)",
 }
-MAX_DROP = 0.01  # the issue's rule: <= 1 point of score, <= 1 % of needle items changed
+MAX_DROP = 0.01  # a method qualifies within 1 point of full's score and with <= 1 % of needle items changed
 
 
 def load_records(paths: list[Path]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -112,8 +112,8 @@ def schedule_text(config: dict[str, Any]) -> str:
         text += f", {config['method']}"
     if not config.get("revive", True):
         text += ", no revival"
-    elif config.get("revive_policy") == "top":
-        text += f", revive top {config.get('revive_top')}"
+    elif (config.get("revival") or {}).get("name", config.get("revive_policy")) == "top":  # or the old flat keys
+        text += f", revive top {(config.get('revival') or {}).get('top', config.get('revive_top'))}"
         text += f" in the first {config['revive_steps']} steps" if config.get("revive_steps") else ""
     return text + f", window {config.get('query_window')}, pool {config.get('pool_kernel')}"
 
@@ -163,7 +163,7 @@ def summarise(rows: list[dict[str, Any]], order: list[str]) -> list[dict[str, An
 
 
 def choose(summary: list[dict[str, Any]]) -> str:
-    """The issue's selection rule applied to the pruned methods, in words: the fastest within 1 point of full, and
+    """The selection rule applied to the pruned methods, in words: the fastest within 1 point of full, and
     (since a handful of needle items makes "<= 1 % changed" mean "none") the fastest among those with the fewest
     needle items lost and QA F1 no more than 1 point below full, among the methods run on the most needle items."""
     pruned = [s for s in summary if s["method"] != "full"]

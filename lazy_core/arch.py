@@ -1,15 +1,18 @@
 """The parts of a Hugging Face decoder-only model that the lazy engine drives: embeddings, decoder layers, rotary
-embedding, final norm and lm_head. The model's own modules do all the math; nothing here is copied modeling code."""
+embedding, final norm and lm_head. The model's own modules do all the math; nothing here is copied modeling code.
+
+Also the layout arithmetic the schedules are placed by: depth, each layer's sliding window, the global layers of a
+hybrid model, and :func:`place_schedule` (fractions of the depth -> pruning layers), the one placement that
+``LazyConfig.default_for``, ``LazyConfig.paper``, ``calibrate`` and the evaluation share."""
 
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
-
-from lazy_core.config import hybrid_global_layers, sliding_window_of
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
 
@@ -110,3 +113,67 @@ def _rope_types(rotary: nn.Module, config) -> list[str] | None:
     if "layer_type" not in inspect.signature(rotary.forward).parameters:
         return None
     return list(config.layer_types)
+
+
+# ---- layout: depth, windows, where a schedule's layers go ------------------------------------------------------------
+
+
+def model_depth(model_or_num_layers: Any) -> int:
+    """The number of decoder layers of a Hugging Face model, its config, or a layer count given as an int."""
+    if isinstance(model_or_num_layers, int):
+        return model_or_num_layers
+    config = getattr(model_or_num_layers, "config", model_or_num_layers)
+    num = getattr(config, "num_hidden_layers", None)
+    if not isinstance(num, int):
+        raise TypeError(
+            f"expected a Hugging Face model, its config or a layer count, got {type(model_or_num_layers).__name__}"
+        )
+    return num
+
+
+def sliding_window_of(config: Any, layer: int) -> int | None:
+    """The sliding window of decoder layer ``layer`` of a Hugging Face config, None for full causal attention."""
+    window = getattr(config, "sliding_window", None)
+    if not window:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return int(window) if layer_types[layer] == "sliding_attention" else None
+    if getattr(config, "use_sliding_window", True) is False:
+        return None
+    return int(window)
+
+
+def hybrid_global_layers(sliding_windows: list[int | None]) -> list[int] | None:
+    """The global (full-attention) layers of a hybrid layout, where sliding-window and global layers mix; None when
+    every layer is global or every layer slides."""
+    global_layers = [j for j, w in enumerate(sliding_windows) if w is None]
+    return global_layers if 0 < len(global_layers) < len(sliding_windows) else None
+
+
+def place_schedule(model_or_num_layers: Any, fractions: tuple[float, ...],
+                   ratios: tuple[float, ...]) -> tuple[list[int], list[float]]:
+    """Pruning layers at these fractions of the depth (:func:`layers_at`) with these cumulative keep ratios. On a
+    hybrid model (sliding-window and global layers) each layer moves to the nearest global layer that can prune
+    (ties: the later one), and layers that meet keep the smaller ratio."""
+    num = model_depth(model_or_num_layers)
+    config = getattr(model_or_num_layers, "config", model_or_num_layers)
+    windows = [None] * num if isinstance(config, int) else [sliding_window_of(config, j) for j in range(num)]
+    usable = [j for j in hybrid_global_layers(windows) or [] if j <= num - 2]
+    if not usable or len(usable) == num - 1:  # not hybrid, or every layer that can prune is global
+        layers = layers_at(num, fractions)
+        return layers, list(ratios[: len(layers)])
+    merged: dict[int, float] = {}
+    for fraction, ratio in zip(fractions, ratios, strict=False):
+        layer = min(num - 2, max(0, round(fraction * num) - 1))
+        snapped = min(usable, key=lambda g, layer=layer: (abs(g - layer), -g))
+        merged[snapped] = min(ratio, merged.get(snapped, 1.0))
+    return sorted(merged), [merged[layer] for layer in sorted(merged)]
+
+
+def layers_at(model_or_num_layers: Any, fractions: tuple[float, ...]) -> list[int]:
+    """0-based pruning layers at these fractions of the depth, ignoring the layers' windows (use
+    :func:`place_schedule` to place a schedule): fraction f prunes after layer round(f * L) - 1, kept within 0..L-2
+    (a pruning layer needs a layer after it); duplicates on shallow models are merged."""
+    num = model_depth(model_or_num_layers)
+    return sorted({min(num - 2, max(0, round(f * num) - 1)) for f in fractions})

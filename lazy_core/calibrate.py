@@ -22,16 +22,12 @@ from typing import Any
 
 import torch
 
-from lazy_core.config import LazyConfig, layers_at, model_depth
+from lazy_core.arch import model_depth, place_schedule
+from lazy_core.config import PLACEMENTS, LazyConfig
 from lazy_core.generate import LazyLLM
 from lazy_core.stats import FlopModel
 
-# where to prune (fractions of the depth) x how much to keep (cumulative ratios of the prompt)
-PLACEMENTS: tuple[tuple[float, ...], ...] = (
-    (8 / 30, 15 / 30, 22 / 30),
-    (10 / 30, 17 / 30, 24 / 30),
-    (3 / 30, 15 / 30, 22 / 30),
-)
+# where to prune (lazy_core.config.PLACEMENTS: fractions of the depth) x how much to keep (cumulative ratios)
 KEEP_RATIOS: tuple[tuple[float, ...], ...] = (
     (0.5, 0.3, 0.2),
     (0.4, 0.2, 0.1),
@@ -71,17 +67,19 @@ class CalibrationResult:
 
 
 def candidate_schedules(model_or_num_layers: Any) -> list[LazyConfig]:
-    """The default search space for a model of this depth: ``LazyConfig.default_for`` itself, then ``PLACEMENTS`` x
-    ``KEEP_RATIOS`` with its scoring (query window, max over heads/queries, pooling, kept tail), plus the paper's own
-    scoring (``LazyConfig.paper``). Duplicates (shallow models) are dropped; order is deterministic."""
+    """The default search space for a model (or its config, or a depth): ``LazyConfig.default_for`` itself, then
+    ``PLACEMENTS`` x ``KEEP_RATIOS`` with its scoring (query window, max over heads/queries, pooling, kept tail), plus
+    the paper's own scoring (``LazyConfig.paper``). Every schedule is placed by ``place_schedule``, as the presets are
+    (on a hybrid model: at the nearest global layers). Duplicates (shallow models, or placements that snap to the
+    same layers) are dropped; order is deterministic."""
     base = LazyConfig.default_for(model_or_num_layers)
     out: list[LazyConfig] = []
     if model_depth(model_or_num_layers) >= 4:
         out.append(base)
-        for fractions in PLACEMENTS:
-            layers = layers_at(model_or_num_layers, fractions)
+        for fractions in PLACEMENTS.values():
             for ratios in KEEP_RATIOS:
-                out.append(base.model_copy(update={"prune_layers": layers, "keep_ratios": list(ratios[: len(layers)])}))
+                layers, kept = place_schedule(model_or_num_layers, fractions, ratios)
+                out.append(LazyConfig(**{**base.model_dump(), "prune_layers": layers, "keep_ratios": kept}))
         out.append(LazyConfig.paper(model_or_num_layers))
     unique: list[LazyConfig] = []
     for cfg in out:

@@ -3,7 +3,8 @@
 Layer indices are 0-based decoder-layer indices. "Pruning at layer l" means: layer l runs on every token that is
 alive at l, its attention (the query window's queries against all alive keys) scores the alive prompt tokens, and only
 the kept ones are computed by layers l+1, l+2, ... The keep ratios are **cumulative**: ``keep_ratios[i]`` is the
-fraction of the *whole prompt* still alive after ``prune_layers[i]``, so they must not increase.
+fraction of the *whole prompt* still alive after ``prune_layers[i]``, so they must not increase. What decoding revives
+is ``revival``, one of the policies of :mod:`lazy_core.revival`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,20 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from lazy_core.arch import hybrid_global_layers, model_depth, place_schedule
+from lazy_core.revival import FLAT_REVIVAL_KEYS, Revival, SelectRevival, TopRevival, revival_from_flat_keys
+
 PruningMethod = Literal["attention", "static", "random"]
 Reduce = Literal["mean", "max"]
-RevivePolicy = Literal["select", "top"]
+
+# Where the presets and the calibration search prune, as fractions of the depth (arch.place_schedule: the layers).
+DEFAULT_FRACTIONS = (8 / 30, 15 / 30, 22 / 30)  # default_for: 0-based layers 7, 14, 21 of 30
+DEFAULT_RATIOS = (0.4, 0.2, 0.1)
+LATE_FRACTIONS = (10 / 30, 17 / 30, 24 / 30)
+EARLY_FRACTIONS = (3 / 30, 15 / 30, 22 / 30)
+PAPER_FRACTIONS = (9 / 30, 19 / 30, 28 / 30)  # paper: about 1/3, 2/3 and the end of the depth
+PLACEMENTS: dict[str, tuple[float, ...]] = {"default": DEFAULT_FRACTIONS, "late": LATE_FRACTIONS,
+                                            "early": EARLY_FRACTIONS}
 
 
 class LazyConfig(BaseModel):
@@ -49,41 +61,22 @@ class LazyConfig(BaseModel):
         ge=0,
         description="Prompts shorter than this many tokens are computed in full: no pruning, no revival, the output "
         "of the unpruned model. Decided per item, so a batch may mix pruned and unpruned items. Below it the pruned "
-        "prefill saves little time and risks the answer (BENCHMARKS.md, 'Short prompts'). 0 = prune every prompt "
-        "(the paper).",
+        "prefill saves little time and risks the answer (BENCHMARKS.md, 'Short prompts: where pruning stops "
+        "paying'). 0 = prune every prompt (the paper).",
     )
     revive: bool = Field(
         True,
         description="Aux Cache revival during decoding (§3.3): a pruned token selected again by a later query is "
         "computed once from the layer where it was pruned. False = prefill-only pruning.",
     )
-    revive_per_step: int | None = Field(
-        None,
-        ge=1,
-        description="At most this many tokens revived per pruning layer per decoding step (the best-scored ones); "
-        "None = every selected token (the paper). Bounds the decoding cost of revival.",
-    )
-    revive_policy: RevivePolicy = Field(
-        "select",
-        description="What a decoding step attends to after a pruning layer, and so what it revives. 'select' (the "
+    revival: Revival = Field(
+        default_factory=SelectRevival,
+        description="What a decoding step attends to after a pruning layer, and so what it revives: a policy of "
+        "lazy_core.revival chosen by its name, with its own knobs. {'name': 'select', 'per_step', 'hysteresis'} (the "
         "paper, §3.1): each step re-selects its own keep_ratios share of the prompt at every pruning layer and the "
-        "later layers see only those; each selected token that lacks K/V there is revived (the selection churns from "
-        "step to step, so most of the prompt is revived within ~100 tokens). 'top': the later layers see every token "
-        "that has K/V there (what prefill kept, what was revived, what was generated), and a step revives only the "
-        "pruned tokens among its revive_top best-scored ones; attention needs no mask, revival stays small.",
-    )
-    revive_top: int = Field(
-        64,
-        ge=1,
-        description="With revive_policy='top': the best-scored prompt tokens (after pooling) at a pruning layer that a "
-        "decoding step makes sure are computed at the next layers, reviving those that were pruned.",
-    )
-    revive_hysteresis: float = Field(
-        0.0,
-        ge=0.0,
-        description="With revive_policy='select': a decoding step adds this multiple of its best score to the "
-        "prompt tokens that already have K/V at the next layer before it selects, so successive steps select nearly "
-        "the same set instead of churning (0 = none, the paper).",
+        "later layers see only those. {'name': 'top', 'top'}: the later layers see every token they hold, and a step "
+        "revives only the pruned tokens among its top best-scored ones. The old flat keys revive_policy, revive_top, "
+        "revive_per_step and revive_hysteresis are read into it.",
     )
     revive_steps: int | None = Field(
         None,
@@ -108,6 +101,21 @@ class LazyConfig(BaseModel):
         1, ge=1, description="The last keep_tail prompt tokens are always kept (the last token always is)."
     )
     seed: int = Field(0, description="Seed of the 'random' method's scores.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_revival_keys(cls, data: Any) -> Any:
+        """Configs written before ``revival`` (result files, YAML) hold the policy as flat keys: read them into it."""
+        if not isinstance(data, dict) or not any(key in data for key in FLAT_REVIVAL_KEYS):
+            return data
+        flat = {key: data[key] for key in FLAT_REVIVAL_KEYS if key in data}
+        if "revival" in data:
+            raise ValueError(
+                f"give the revival policy once: revival={data['revival']!r} and the old flat keys {sorted(flat)} "
+                "both set it; keep revival (e.g. revival={'name': 'top', 'top': 128}) and drop the flat keys"
+            )
+        rest = {key: value for key, value in data.items() if key not in FLAT_REVIVAL_KEYS}
+        return {**rest, "revival": revival_from_flat_keys(flat)}
 
     @model_validator(mode="after")
     def _check_schedule(self) -> LazyConfig:
@@ -159,40 +167,25 @@ class LazyConfig(BaseModel):
 
     @classmethod
     def default_for(cls, model_or_num_layers: Any) -> LazyConfig:
-        """The evaluated default schedule, scaled to the model's depth.
+        """The evaluated default schedule, scaled to the model's depth (:func:`~lazy_core.arch.place_schedule`).
 
-        Pruning after 8/30, 15/30 and 22/30 of the depth (0-based layers 7, 14, 21 on the 30-layer default model)
-        keeping 40 % / 20 % / 10 % of the prompt; scored by the last prompt token's query (the paper's query), max over
-        heads, max-pooled over 31 positions so a kept token keeps its neighbours; the last 32 prompt tokens always
-        kept. The schedule is the pick of ``lazy_core.calibrate(max_drop=0.01)`` on samples apart from the
-        evaluation's (faster candidates lost 0.05-0.15 F1; BENCHMARKS.md, "Default schedule").
-
-        Decoding revives with ``revive_policy="top"``, ``revive_top=128``, ``revive_steps=32`` (BENCHMARKS.md,
-        "Revival policies"): each step attends every token a layer holds and, during the first 32 steps, revives the
-        pruned among its 128 best-scored. On 30 passkey items (1K-8K, two seeds; answers within 32 steps) it lost 1
-        of the full model's 26 passkeys, where the paper's per-step re-selection (``"select"``, the previous default)
-        lost 3 while reviving ~12x more and decoding at 1.5-2.4x the full model's step; top 64 lost 2, top 32 lost 4.
-        Without revival the schedule found 1 of the 17 passkeys at 1K-8K. Steps that revive carry extra rows through
-        every later layer (on this CPU a small matrix product costs ~3x a vector product, and a batch runs the extra
-        rows whenever one item revives): at batch 4 and 4K tokens such steps cost 1.7x the full model's, so revival
-        stops after step 32 and the rest of a summary decodes on what the layers hold (0.8x the full step).
-
-        Prompts under 1000 tokens are computed in full (``min_prompt_tokens``; BENCHMARKS.md, "Short prompts"): on
-        summarization prompts of 128-512 tokens (two seeds) the pruned first token differed from the full model's on
-        56-75 % of the items (8-31 % at 2K-4K) while the prefill saved at most 0.6 s on this CPU, about a tenth of
-        such an item's time with a 100-token summary.
+        Prunes after 8/30, 15/30 and 22/30 of the depth (0-based layers 7, 14, 21 of 30; on a hybrid model the nearest
+        global layers) keeping 40 % / 20 % / 10 % of the prompt; scores with the last prompt token's query, max over
+        heads, max-pooled over 31 positions; always keeps the last 32 prompt tokens. Decoding revives with
+        ``TopRevival(top=128)`` during the first 32 steps. Prompts under 1000 tokens are computed in full. Models with
+        fewer than 4 layers get :meth:`off`. Why these values: BENCHMARKS.md, "Default schedule: how it was chosen",
+        "Revival policies: how the decoding default was chosen" and "Short prompts: where pruning stops paying".
         """
         if model_depth(model_or_num_layers) < 4:
             return cls.off()
-        layers, ratios = _default_layers(model_or_num_layers)
+        layers, ratios = place_schedule(model_or_num_layers, DEFAULT_FRACTIONS, DEFAULT_RATIOS)
         return cls(
             prune_layers=layers,
             keep_ratios=ratios,
             min_keep_tokens=64,
             min_prompt_tokens=1000,
             revive=True,
-            revive_policy="top",
-            revive_top=128,
+            revival=TopRevival(top=128),
             revive_steps=32,
             query_window=1,
             head_reduce="max",
@@ -203,10 +196,12 @@ class LazyConfig(BaseModel):
 
     @classmethod
     def paper(cls, model_or_num_layers: Any, keep_ratios: tuple[float, ...] = (0.7, 0.5, 0.3)) -> LazyConfig:
-        """The paper's scoring (§3.2): last prompt token as the only query, mean over heads, no pooling, pruning
-        at about 1/3, 2/3 and the end of the depth (the schedule of the prototype that DESIGN.md reports); on a
-        hybrid model, at the nearest global layers."""
-        layers, ratios = place_schedule(model_or_num_layers, (9 / 30, 19 / 30, 28 / 30), keep_ratios)
+        """The paper's scoring (§3.2): the last prompt token as the only query, mean over heads and no pooling, no
+        keep floor beyond the last token; pruning after about 1/3, 2/3 and the end of the depth (``PAPER_FRACTIONS``:
+        0-based layers 8, 18, 27 of 30; on a hybrid model the nearest global layers) keeping ``keep_ratios``; revival
+        by the paper's per-step selection (``SelectRevival()``). Measured as the evaluation's ``paper`` method
+        (BENCHMARKS.md, "Evaluation: accuracy vs. speed on real long-context data")."""
+        layers, ratios = place_schedule(model_or_num_layers, PAPER_FRACTIONS, keep_ratios)
         return cls(
             prune_layers=layers,
             keep_ratios=ratios,
@@ -282,72 +277,3 @@ class LazyConfig(BaseModel):
                 f"prune_layers {bad} out of range for a {num_layers}-layer model: pruning after layer l needs a layer "
                 f"l+1, so valid layers are 0..{num_layers - 2}"
             )
-
-
-def model_depth(model_or_num_layers: Any) -> int:
-    """The number of decoder layers of a Hugging Face model, its config, or a layer count given as an int."""
-    if isinstance(model_or_num_layers, int):
-        return model_or_num_layers
-    config = getattr(model_or_num_layers, "config", model_or_num_layers)
-    num = getattr(config, "num_hidden_layers", None)
-    if not isinstance(num, int):
-        raise TypeError(
-            f"expected a Hugging Face model, its config or a layer count, got {type(model_or_num_layers).__name__}"
-        )
-    return num
-
-
-def sliding_window_of(config: Any, layer: int) -> int | None:
-    """The sliding window of decoder layer ``layer`` of a Hugging Face config, None for full causal attention."""
-    window = getattr(config, "sliding_window", None)
-    if not window:
-        return None
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types is not None:
-        return int(window) if layer_types[layer] == "sliding_attention" else None
-    if getattr(config, "use_sliding_window", True) is False:
-        return None
-    return int(window)
-
-
-def hybrid_global_layers(sliding_windows: list[int | None]) -> list[int] | None:
-    """The global (full-attention) layers of a hybrid layout, where sliding-window and global layers mix; None when
-    every layer is global or every layer slides."""
-    global_layers = [j for j, w in enumerate(sliding_windows) if w is None]
-    return global_layers if 0 < len(global_layers) < len(sliding_windows) else None
-
-
-DEFAULT_FRACTIONS = (8 / 30, 15 / 30, 22 / 30)
-DEFAULT_RATIOS = (0.4, 0.2, 0.1)
-
-
-def _default_layers(model_or_num_layers: Any) -> tuple[list[int], list[float]]:
-    """default_for's pruning layers and cumulative keep ratios (see :func:`place_schedule`)."""
-    return place_schedule(model_or_num_layers, DEFAULT_FRACTIONS, DEFAULT_RATIOS)
-
-
-def place_schedule(model_or_num_layers: Any, fractions: tuple[float, ...],
-                   ratios: tuple[float, ...]) -> tuple[list[int], list[float]]:
-    """Pruning layers at these fractions of the depth (:func:`layers_at`) with these cumulative keep ratios. On a
-    hybrid model (sliding-window and global layers) each layer moves to the nearest global layer that can prune
-    (ties: the later one), and layers that meet keep the smaller ratio."""
-    num = model_depth(model_or_num_layers)
-    config = getattr(model_or_num_layers, "config", model_or_num_layers)
-    windows = [None] * num if isinstance(config, int) else [sliding_window_of(config, j) for j in range(num)]
-    usable = [j for j in hybrid_global_layers(windows) or [] if j <= num - 2]
-    if not usable or len(usable) == num - 1:  # not hybrid, or every layer that can prune is global
-        layers = layers_at(num, fractions)
-        return layers, list(ratios[: len(layers)])
-    merged: dict[int, float] = {}
-    for fraction, ratio in zip(fractions, ratios, strict=False):
-        layer = min(num - 2, max(0, round(fraction * num) - 1))
-        snapped = min(usable, key=lambda g, layer=layer: (abs(g - layer), -g))
-        merged[snapped] = min(ratio, merged.get(snapped, 1.0))
-    return sorted(merged), [merged[layer] for layer in sorted(merged)]
-
-
-def layers_at(model_or_num_layers: Any, fractions: tuple[float, ...]) -> list[int]:
-    """0-based pruning layers at these fractions of the depth: fraction f prunes after layer round(f * L) - 1, kept
-    within 0..L-2 (a pruning layer needs a layer after it); duplicates on shallow models are merged."""
-    num = model_depth(model_or_num_layers)
-    return sorted({min(num - 2, max(0, round(f * num) - 1)) for f in fractions})

@@ -4,7 +4,9 @@ It drives the model's own decoder layers, rotary embedding, final norm and lm_he
 :mod:`lazy_core.attention`, the K/V through :class:`lazy_core.cache.LazyKVCache`. Rows of a batch are laid out
 left-aligned and right-padded at every layer (each item keeps its own tokens), so prefill needs no mask at all: the
 causal kernel is exact for real rows and pads only ever follow them. Decoding steps that revive tokens, or that see pad
-slots, get a mask built from positions (key position <= query position).
+slots, get a mask built from positions (key position <= query position). What a decoding step revives after a pruning
+layer is the config's policy (:mod:`lazy_core.revival`); the helpers it uses (``select``, ``best_of``,
+``add_revived``) are here.
 
 This module knows nothing of tokenization, sampling or timing (see :mod:`lazy_core.generate`).
 """
@@ -20,6 +22,7 @@ from lazy_core.attention import AttentionStep
 from lazy_core.cache import AuxCache, LazyKVCache
 from lazy_core.config import LazyConfig
 from lazy_core.packing import RowPacking
+from lazy_core.revival import StepRows
 from lazy_core.scoring import ScoreInputs, TokenPruner, make_pruner
 
 
@@ -94,6 +97,7 @@ class LayerLoop:
         self.pruner = pruner if pruner is not None else make_pruner(config)
         self.prune_step = config.active_steps()  # layer -> index into the schedule
         self.revive = config.revive and self.pruner.revives and bool(self.prune_step)
+        self.revival = config.revival
         self.scaling = parts.layers[0].self_attn.scaling
         # reviving steps run the layers on packed rows where attention takes the engine's small-query CPU path
         attn = parts.layers[0].self_attn
@@ -142,12 +146,18 @@ class LayerLoop:
             window=self._window_active(j, span), position_bound=state.max_positions,
         )
 
-    def _select(self, state: BatchState, inputs: ScoreInputs) -> torch.Tensor:
+    def select(self, state: BatchState, inputs: ScoreInputs) -> torch.Tensor:
         """keep [B, S] over the layer's slots: the schedule's budget of the best-scored candidates (tail forced)."""
         step = self.prune_step[inputs.layer]
         forced = inputs.candidates & (inputs.key_pos >= (state.lengths - self.config.keep_tail)[:, None])
         inputs = dataclasses.replace(inputs, budget_bound=state.budget_max(self.config, step))
         return self.pruner.select(inputs, state.budget(self.config, step), forced)
+
+    def best_of(self, state: BatchState, inputs: ScoreInputs, wanted: torch.Tensor, count: int) -> torch.Tensor:
+        """[B, S]: the ``count`` best-scored slots among ``wanted`` [B, S] of each item, by the base class's top-k
+        (no forced tail, whatever the pruner's own ``select`` does)."""
+        limited = dataclasses.replace(inputs, candidates=wanted, budget_bound=count)
+        return TokenPruner.select(self.pruner, limited, torch.full_like(state.lengths, count), torch.zeros_like(wanted))
 
     # ---- prefill -------------------------------------------------------------------------------------------------
 
@@ -176,7 +186,7 @@ class LayerLoop:
                 continue
             everyone = torch.ones_like(lengths, dtype=torch.bool)
             inputs = self._score_inputs(state, j, query, pos.gather(1, query_rows), query_valid, everyone, width)
-            keep = self._select(state, inputs)
+            keep = self.select(state, inputs)
             state.score_pairs += (query_valid.sum(1) * valid.sum(1)).double().cpu()
             if self.revive:
                 state.aux.put(j, hidden, pos, valid & ~keep)
@@ -201,16 +211,14 @@ class LayerLoop:
 
         At each pruning layer the new token's query scores the prompt tokens the layer holds, and a selected token
         that the next layer lacks is read from the Aux Cache and computed from there on with the new token (§3.3).
-        What "selected" means is ``config.revive_policy``: 'select' re-selects the schedule's share of the prompt and
-        the later layers see only those (each step its own nested subsets, §3.1); 'top' revives the pruned tokens
-        among the revive_top best-scored ones and the later layers see every token they hold. Revived rows come first
-        (by position), the new token is always the last row. Without revival (or past ``revive_steps``), every step
-        sees the tokens each layer holds.
+        What "selected" means, and what the later layers see, is the policy ``config.revival``
+        (:mod:`lazy_core.revival`). Revived rows come first (by position), the new token is always the last row.
+        Without revival (or past ``revive_steps``), every step sees the tokens each layer holds.
         """
         hidden = self.parts.embed(tokens[:, None])  # [B, 1, D]
         pos, valid = positions[:, None], live[:, None]
         cos_sin = self.parts.position_embeddings(hidden, pos)
-        visible = None  # [B, P] by position: prompt tokens this step selected at the last pruning layer ('select')
+        visible = None  # [B, P] by position: prompt tokens later layers may attend (set by the policy), None = all
         span = state.longest + step  # positions this step can reach (positions are lengths + step - 1)
         limit = self.config.revive_steps
         reviving = self.revive and (limit is None or step <= limit)
@@ -223,13 +231,10 @@ class LayerLoop:
             if not scoring:
                 continue
             inputs = self._score_inputs(state, j, query, pos[:, -1:], live[:, None], live, span, visible)
-            if self.config.revive_policy == "select":
-                hidden, pos, valid, visible = self._reselect(state, inputs, hidden, pos, valid)
-            else:
-                revived = self._revive_top(state, inputs, hidden, pos, valid)
-                if revived is None:
-                    continue
-                hidden, pos, valid = revived
+            revived = self.revival.revive(self, state, inputs, StepRows(hidden, pos, valid, visible))
+            if revived is None:  # the rows stay as they are
+                continue
+            hidden, pos, valid, visible = revived.hidden, revived.pos, revived.valid, revived.visible
             packing, cos_sin = self._rows_changed(hidden, pos, valid)
         return self._logits(hidden[:, -1:])
 
@@ -246,45 +251,7 @@ class LayerLoop:
             k_valid = k_valid & (visible.gather(1, k_pos) | (k_pos >= state.lengths[:, None]))
         return position_mask(pos, valid, k_pos, k_valid, window)
 
-    def _reselect(self, state: BatchState, inputs: ScoreInputs, hidden, pos, valid):
-        """'select' policy after layer j: select the schedule's share among the prompt tokens visible at j; drop
-        active revived rows the new query no longer selects (into the Aux Cache at j) and add the selected tokens
-        that layer j+1 lacks (from the Aux Cache at j). Returns the new rows and the new visible set [B, P]."""
-        j = inputs.layer
-        if self.config.revive_hysteresis > 0:  # favour what the next layer already holds: less churn, less revival
-            best = self.pruner.scores(inputs).float().masked_fill(~inputs.candidates, 0).amax(1)
-            held = inputs.candidates & ~state.aux.held(j, inputs.key_pos)
-            inputs = dataclasses.replace(inputs, bonus=best * self.config.revive_hysteresis, bonus_slots=held)
-        keep = self._select(state, inputs)
-        key_pos = inputs.key_pos
-        # by position; pad slots may repeat a real slot's position, so they write into a spare last column
-        width = state.max_positions
-        selected = torch.zeros(keep.shape[0], width + 1, dtype=torch.bool, device=keep.device)
-        selected = selected.scatter_(1, torch.where(keep, key_pos, width), keep)[:, :width]
-        old_pos, old_valid, old_hidden = pos[:, :-1], valid[:, :-1], hidden[:, :-1]
-        still = old_valid & selected.gather(1, old_pos)
-        state.aux.put(j, old_hidden, old_pos, old_valid & ~still)
-        wanted = keep & state.aux.held(j, key_pos)  # selected, pruned at j, not active
-        cap = self.config.revive_per_step
-        if cap is not None:  # the best-scored `cap` of them; the rest stay in the Aux Cache
-            limited = dataclasses.replace(inputs, candidates=wanted, budget_bound=cap)
-            wanted = TokenPruner.select(self.pruner, limited, torch.full_like(state.lengths, cap),
-                                        torch.zeros_like(wanted))
-        return (*self._add_revived(state, j, wanted, key_pos, hidden, pos, valid, still), selected)
-
-    def _revive_top(self, state: BatchState, inputs: ScoreInputs, hidden, pos, valid):
-        """'top' policy after layer j: revive (from the Aux Cache at j) the pruned tokens among the step's revive_top
-        best-scored prompt tokens; rows revived at an earlier pruning layer go on. Returns the new rows, or None
-        when nothing is revived (then the rows stay as they are)."""
-        top = self.pruner.select(dataclasses.replace(inputs, budget_bound=self.config.revive_top),
-                                 torch.full_like(state.lengths, self.config.revive_top),
-                                 torch.zeros_like(inputs.candidates))
-        wanted = top & state.aux.held(inputs.layer, inputs.key_pos)
-        if not bool(wanted.any()):  # one host sync per pruning layer; the common case once the step's top is computed
-            return None
-        return self._add_revived(state, inputs.layer, wanted, inputs.key_pos, hidden, pos, valid, valid[:, :-1])
-
-    def _add_revived(self, state: BatchState, j: int, wanted, key_pos, hidden, pos, valid, still):
+    def add_revived(self, state: BatchState, j: int, wanted, key_pos, hidden, pos, valid, still):
         """Rows for layer j+1: the active revived rows still wanted (``still`` [B, R]) and the Aux Cache states at j of
         the slots in ``wanted`` [B, S] (positions key_pos [B, S]), by position, then the new token's row."""
         (new_pos,), new_valid = _pack(wanted, key_pos)

@@ -7,7 +7,7 @@ import functools
 from collections.abc import Callable
 
 from lazy_core import LazyConfig, load_model_config
-from lazy_core.config import model_depth
+from lazy_core.arch import model_depth
 from pipeline.config import GenerationSettings
 
 
