@@ -8,8 +8,10 @@ Hugging Face dir; ``calibrate`` picks a schedule for a new model from a user's o
 from lazy_core.arch import SUPPORTED_MODEL_TYPES
 from lazy_core.calibrate import calibrate
 from lazy_core.config import LazyConfig
+from lazy_core.decoding import DecodingOptions
 from lazy_core.generate import LazyLLM
 from lazy_core.loading import DEFAULT_MODEL, load_model, load_model_config, load_tokenizer
+from lazy_core.revival import SelectRevival, TopRevival
 from lazy_core.scoring import AttentionPruner, RandomPruner, ScoreInputs, StaticPruner, TokenPruner
 from lazy_core.stats import GenerateOutput, ItemStats
 
@@ -17,14 +19,17 @@ __all__ = [
     "DEFAULT_MODEL",
     "SUPPORTED_MODEL_TYPES",
     "AttentionPruner",
+    "DecodingOptions",
     "GenerateOutput",
     "ItemStats",
     "LazyConfig",
     "LazyLLM",
     "RandomPruner",
     "ScoreInputs",
+    "SelectRevival",
     "StaticPruner",
     "TokenPruner",
+    "TopRevival",
     "calibrate",
     "load_model",
     "load_model_config",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,6 +17,7 @@ from torch import nn
 from lazy_core.arch import model_parts
 from lazy_core.attention import attention_hook
 from lazy_core.config import LazyConfig
+from lazy_core.decoding import DecodingOptions
 from lazy_core.engine import BatchState, LayerLoop
 from lazy_core.rules import LogitRules
 from lazy_core.scoring import TokenPruner
@@ -54,46 +56,34 @@ class LazyLLM:
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        max_new_tokens: int = 32,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
+        options: DecodingOptions | None = None,
+        *,
         eos_token_id: int | Sequence[int] | None = None,
         pad_token_id: int | None = None,
-        repetition_penalty: float = 1.0,
-        no_repeat_ngram_size: int = 0,
-        min_new_tokens: int = 0,
+        **option_kwargs: Any,
     ) -> GenerateOutput:
         """input_ids: [B, T] (left or right padded, see attention_mask [B, T]). Returns sequences [B, T + new] and
-        per-item stats. Greedy unless ``do_sample``; generation of an item stops at any of ``eos_token_id``
-        (default: the model's generation config), and it is padded with ``pad_token_id`` after that.
-        ``repetition_penalty``, ``no_repeat_ngram_size`` and ``min_new_tokens`` act as in ``model.generate``."""
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-        if not repetition_penalty > 0:
-            raise ValueError(f"repetition_penalty must be > 0 (1.0 = none), got {repetition_penalty}")
-        for name, value in (("no_repeat_ngram_size", no_repeat_ngram_size), ("min_new_tokens", min_new_tokens)):
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0 (0 = off), got {value!r}")
-        if do_sample:
-            if not temperature > 0:
-                raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
-            if not 0 < top_p <= 1:
-                raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
+        per-item stats. ``options`` (:class:`DecodingOptions`) or its fields as keyword arguments (``max_new_tokens=``,
+        ``do_sample=``, ...; they override ``options``) say how tokens are chosen. Generation of an item stops at any
+        of ``eos_token_id`` (default: the model's generation config), and it is padded with ``pad_token_id`` after
+        that."""
+        options = _options(options, option_kwargs)
+        max_new_tokens = options.max_new_tokens
         input_ids, mask = self._check_batch(input_ids, attention_mask, max_new_tokens)
         eos = self._eos_ids(eos_token_id)
         pad = self._pad_id(pad_token_id, eos)
         generator = None
-        if do_sample:
+        if options.do_sample:
             generator = torch.Generator(device=self.parts.device)
-            generator.manual_seed(seed if seed is not None else torch.seed())
+            generator.manual_seed(options.seed if options.seed is not None else torch.seed())
 
         def choose(logits: torch.Tensor) -> torch.Tensor:
-            return _sample(logits, temperature, top_p, generator) if do_sample else logits.argmax(-1)
+            if options.do_sample:
+                return _sample(logits, options.temperature, options.top_p, generator)
+            return logits.argmax(-1)
 
-        rules = LogitRules(input_ids, mask, max_new_tokens, eos, repetition_penalty, no_repeat_ngram_size,
-                           min_new_tokens)
+        rules = LogitRules(input_ids, mask, max_new_tokens, eos, options.repetition_penalty,
+                           options.no_repeat_ngram_size, options.min_new_tokens)
         new, state, times = self._run(input_ids, mask, max_new_tokens, choose, eos, pad,
                                       rules=rules if rules.active else None)
         sequences = torch.cat([input_ids, new], 1)
@@ -297,6 +287,20 @@ class LazyLLM:
                 )
             )
         return stats
+
+
+def _options(options: DecodingOptions | None, overrides: dict[str, Any]) -> DecodingOptions:
+    """``options`` with the keyword arguments of ``generate`` applied (validated as DecodingOptions fields)."""
+    unknown = sorted(set(overrides) - set(DecodingOptions.model_fields))
+    if unknown:
+        raise TypeError(
+            f"generate() got unknown argument(s) {unknown}; decoding options are {sorted(DecodingOptions.model_fields)}"
+        )
+    if options is None:
+        return DecodingOptions(**overrides)
+    if not isinstance(options, DecodingOptions):
+        raise TypeError(f"options must be a DecodingOptions, got {type(options).__name__}")
+    return DecodingOptions(**{**options.model_dump(), **overrides}) if overrides else options
 
 
 def _left_align(input_ids: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor, pad: int) -> torch.Tensor:

@@ -7,22 +7,32 @@ import json
 import os
 import string
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from lazy_core import LazyConfig
+from lazy_core import DecodingOptions, LazyConfig
+from workers.schema import OUTPUT_COLUMNS
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 BUILTIN_TASKS = ("summarize", "qa")
 
 
-class GenerationSettings(BaseModel):
+class GenerationSettings(DecodingOptions):
     """What a row's generation depends on and how workers run it: the model, the prompt, the pruning schedule,
-    decoding, batching inside a worker and the workers' resources. Shared by :class:`PipelineConfig` (our driver) and
-    :class:`pipeline.ray_data.RayDataConfig` (a Ray Data stage)."""
+    decoding (the fields of :class:`lazy_core.DecodingOptions`, inherited), batching inside a worker and the workers'
+    resources. Shared by :class:`PipelineConfig` (our driver) and :class:`pipeline.ray_data.RayDataConfig` (a Ray
+    Data stage).
+
+    Every field changes what an output row contains, and so the config hash, unless the class lists it in
+    ``RUN_ONLY``: a new field is hashed unless it is declared run-only."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    # fields that change how a run goes, not what it writes: left out of the config hash
+    RUN_ONLY: ClassVar[frozenset[str]] = frozenset(
+        {"max_batch_tokens", "max_batch_size", "num_workers", "cpus_per_worker", "device"}
+    )
 
     model: str = Field(DEFAULT_MODEL, description="Model name for lazy_core.load_model: the embedded default, a local "
                        "HF directory or an HF hub id available offline.")
@@ -36,24 +46,9 @@ class GenerationSettings(BaseModel):
     )
     text_column: str = Field("text", description="Column holding the document text.")
     question_column: str = Field("question", description="Column holding the question (task 'qa' or {question}).")
-    max_new_tokens: int = Field(64, ge=1, le=8192, description="Tokens generated per item at most.")
     lazy: LazyConfig | Literal["default", "off"] = Field(
         "default",
         description="Pruning schedule: a LazyConfig (or its dict), 'default' (LazyConfig.default_for(model)) or 'off'.",
-    )
-    do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
-    temperature: float = Field(1.0, gt=0.0, description="Sampling temperature (do_sample only).")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (do_sample only).")
-    seed: int = Field(0, description="Sampling seed (each batch seeds from it, so reruns are reproducible).")
-    repetition_penalty: float = Field(
-        1.0, gt=0.0, description="As in HF generate: logits of tokens already in the prompt or the output are divided "
-        "(positive) or multiplied (negative) by it; 1.0 = off.",
-    )
-    no_repeat_ngram_size: int = Field(
-        0, ge=0, description="As in HF generate: no n-gram of this size occurs twice in prompt + output; 0 = off.",
-    )
-    min_new_tokens: int = Field(
-        0, ge=0, description="As in HF generate: end-of-sequence is not allowed before this many new tokens.",
     )
     fallback_on_empty: bool = Field(
         True,
@@ -148,12 +143,27 @@ class GenerationSettings(BaseModel):
     def needs_question(self) -> bool:
         return self.task == "qa" or "{question}" in self.task
 
+    @property
+    def decoding(self) -> DecodingOptions:
+        """The decoding options of these settings, as the engine takes them."""
+        return DecodingOptions(**self.model_dump(include=set(DecodingOptions.model_fields)))
+
+    @classmethod
+    def hashed_fields(cls) -> list[str]:
+        """The fields that change what an output row contains: every field but the ``RUN_ONLY`` ones."""
+        return [name for name in cls.model_fields if name not in cls.RUN_ONLY]
+
+    @property
+    def config_hash(self) -> str:
+        """sha256 (16 hex) of every setting that changes what an output row contains (:meth:`hashed_fields`). Paths,
+        parallelism, batching, retries and timeouts are left out: they change how a run goes, not what it writes."""
+        return self.settings_hash()
+
     def settings_hash(self, **extra: Any) -> str:
-        """sha256 (16 hex) of the settings that change what an output row contains, plus ``extra`` (name: value)."""
-        affecting = {**self.model_dump(mode="json", include=set(ROW_SETTINGS)), **extra}
+        """sha256 (16 hex) of :meth:`hashed_fields` plus ``extra`` (name: value)."""
+        affecting = {**self.model_dump(mode="json", include=set(self.hashed_fields())), **extra}
         blob = json.dumps(affecting, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
-
 
     # ---- construction --------------------------------------------------------------------------------------------
 
@@ -183,17 +193,12 @@ class GenerationSettings(BaseModel):
         return cls(**data)
 
 
-# The settings that change what a row contains (the config hash); batching, resources and paths do not.
-ROW_SETTINGS = (
-    "model", "task", "id_column", "text_column", "question_column", "max_new_tokens", "lazy", "do_sample",
-    "temperature", "top_p", "seed", "repetition_penalty", "no_repeat_ngram_size", "min_new_tokens",
-    "fallback_on_empty", "chat_template", "system_prompt", "baseline_sample_rate", "max_prompt_tokens", "truncate",
-    "max_text_chars", "dtype",
-)
-
-
 class PipelineConfig(GenerationSettings):
     """A batch run: Parquet shards in, one output shard per input shard out (see docs/pipeline.md)."""
+
+    RUN_ONLY: ClassVar[frozenset[str]] = GenerationSettings.RUN_ONLY | {
+        "input", "output", "max_in_flight", "max_retries", "max_restarts", "batch_timeout_s", "overwrite", "progress",
+    }
 
     input: str = Field(description="Directory or glob of Parquet shards; a local path or any pyarrow filesystem URI.")
     output: str = Field(description="Output directory (local path or pyarrow filesystem URI); created if missing.")
@@ -235,18 +240,3 @@ class PipelineConfig(GenerationSettings):
         if self.needs_question:
             cols.append(self.question_column)
         return cols + [c for c in self.passthrough_columns if c not in cols]
-
-    @property
-    def config_hash(self) -> str:
-        """sha256 (16 hex) of every setting that changes what an output row contains. Paths, parallelism, batching,
-        retries and timeouts are left out: they change how a run goes, not what it writes."""
-        return self.settings_hash(passthrough_columns=list(self.passthrough_columns))
-
-
-# Output columns after the id and the passthrough columns, in order (schema: docs/pipeline.md, README).
-OUTPUT_COLUMNS = (
-    "id", "generation", "status", "error", "warning", "prompt_tokens", "prompt_tokens_used", "new_tokens", "ttft_s",
-    "decode_s", "pruned", "fallback", "computed_token_fraction", "computed_token_fraction_total", "revived_tokens",
-    "est_speedup", "baseline_ttft_s", "measured_speedup", "first_token_agrees", "rouge_l_vs_baseline", "worker",
-    "model", "config_hash",
-)

@@ -102,11 +102,7 @@ def _alive_node_resources() -> list[dict[str, float]]:
 
 def worker_spec(cfg: GenerationSettings, plan: WorkerPlan) -> WorkerSpec:
     """The WorkerSpec of ``cfg``'s workers (torch CPU threads = the plan's CPUs per worker on a CPU worker)."""
-    lazy = cfg.lazy if isinstance(cfg.lazy, str) else cfg.lazy.model_dump()
     return WorkerSpec(
-        model=cfg.model, lazy=lazy, dtype=cfg.dtype, device=cfg.device,
-        num_threads=None if plan.use_gpu else plan.cpus_per_worker, max_new_tokens=cfg.max_new_tokens,
-        do_sample=cfg.do_sample, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
-        repetition_penalty=cfg.repetition_penalty, no_repeat_ngram_size=cfg.no_repeat_ngram_size,
-        min_new_tokens=cfg.min_new_tokens, fallback_on_empty=cfg.fallback_on_empty,
+        model=cfg.model, lazy=cfg.lazy, decoding=cfg.decoding, dtype=cfg.dtype, device=cfg.device,
+        num_threads=None if plan.use_gpu else plan.cpus_per_worker, fallback_on_empty=cfg.fallback_on_empty,
     )

@@ -1,9 +1,12 @@
-"""What a worker is built from and the Ray resources it asks for (no torch or engine import: the driver uses it)."""
+"""What a worker is built from and the Ray resources it asks for (the driver uses it: configs only, no model code)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from lazy_core.config import LazyConfig
+from lazy_core.decoding import DecodingOptions
 
 
 @dataclass(frozen=True)
@@ -11,18 +14,11 @@ class WorkerSpec:
     """What a worker needs to build its engine (picklable, sent to every actor)."""
 
     model: str
-    lazy: dict[str, Any] | str  # LazyConfig fields, "default" or "off"
-    dtype: str = "auto"  # "auto" | "float32" | "bfloat16" | "float16"
+    lazy: LazyConfig | Literal["default", "off"] = "default"  # resolved against the loaded model (LazyConfig.resolve)
+    decoding: DecodingOptions = field(default_factory=DecodingOptions)  # each batch draws from its own seed
+    dtype: str = "auto"  # "auto" (lazy_core.precision) | "float32" | "bfloat16" | "float16"
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     num_threads: int | None = None  # torch CPU threads; None = leave as is
-    max_new_tokens: int = 64
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int = 0
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    min_new_tokens: int = 0
     fallback_on_empty: bool = True  # rerun an item whose pruned output is empty with pruning off
 
 
