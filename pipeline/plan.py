@@ -12,33 +12,11 @@ import pyarrow.fs as pafs
 
 from pipeline.batch_cost import item_cost
 from pipeline.bucketing import bucket_by_length
-from pipeline.config import OUTPUT_COLUMNS, GenerationSettings, PipelineConfig
+from pipeline.config import GenerationSettings, PipelineConfig
 from pipeline.prompts import is_sampled, prepare_row
 from pipeline.scheduler import BatchTask
 from pipeline.shards import Shard, read_shard
-
-RESULT_TYPES: dict[str, pa.DataType] = {
-    "generation": pa.string(),
-    "status": pa.string(),
-    "error": pa.string(),
-    "warning": pa.string(),
-    "prompt_tokens": pa.int64(),
-    "prompt_tokens_used": pa.int64(),
-    "new_tokens": pa.int64(),
-    "ttft_s": pa.float64(),
-    "decode_s": pa.float64(),
-    "pruned": pa.bool_(),
-    "fallback": pa.bool_(),
-    "computed_token_fraction": pa.float64(),
-    "computed_token_fraction_total": pa.float64(),
-    "revived_tokens": pa.int64(),
-    "est_speedup": pa.float64(),
-    "baseline_ttft_s": pa.float64(),
-    "measured_speedup": pa.float64(),
-    "first_token_agrees": pa.bool_(),
-    "rouge_l_vs_baseline": pa.float64(),
-    "worker": pa.string(),
-}
+from workers.schema import RESULT_COLUMNS, check_result, error_row, result_arrays
 
 
 @dataclass
@@ -57,7 +35,7 @@ class ShardWork:
     def apply(self, positions: list[int], rows: list[dict[str, Any]]) -> None:
         for pos, row in zip(positions, rows, strict=True):
             merged = dict(self.results[pos] or {})
-            merged.update({k: v for k, v in row.items() if k in RESULT_TYPES})
+            merged.update(check_result(row))
             self.results[pos] = merged
         self.remaining -= len(positions)
 
@@ -66,7 +44,8 @@ class ShardWork:
 
 
 def error_result(reason: str, prompt_tokens: int | None = None) -> dict[str, Any]:
-    return {"status": "error", "error": reason, "prompt_tokens": prompt_tokens}
+    """The result of a row that never reached a worker (bad input) or whose worker failed."""
+    return {**error_row(reason), "prompt_tokens": prompt_tokens}
 
 
 def plan_shard(
@@ -158,15 +137,6 @@ def id_key(item_id: Any) -> tuple[str, Any]:
     return (type(item_id).__name__, item_id)
 
 
-def result_arrays(rows: list[dict[str, Any]], model: str, config_hash: str) -> dict[str, pa.Array]:
-    """The result columns (docs/pipeline.md, "Output schema") of these rows' results, typed, plus model and
-    config_hash."""
-    columns = {name: pa.array([r.get(name) for r in rows], type=typ) for name, typ in RESULT_TYPES.items()}
-    columns["model"] = pa.array([model] * len(rows), type=pa.string())
-    columns["config_hash"] = pa.array([config_hash] * len(rows), type=pa.string())
-    return columns
-
-
 def output_table(work: ShardWork, model: str, config_hash: str) -> pa.Table:
     """The output shard: id, passthrough columns, then the result columns (schema in docs/pipeline.md)."""
     rows = work.results
@@ -174,6 +144,6 @@ def output_table(work: ShardWork, model: str, config_hash: str) -> pa.Table:
         raise RuntimeError(f"shard {work.shard.name}: some rows have no result; refusing to write a partial shard")
     columns = result_arrays([r for r in rows if r is not None], model, config_hash)
     table = work.base
-    for name in OUTPUT_COLUMNS[1:]:
+    for name in RESULT_COLUMNS:
         table = table.append_column(name, columns[name])
     return table

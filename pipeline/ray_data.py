@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import os
 import zlib
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 from pydantic import Field
 
-from pipeline.config import OUTPUT_COLUMNS, GenerationSettings
-from pipeline.plan import bucket_rows, error_result, prepare_rows, result_arrays
-from pipeline.prompts import check_chat_template
+from pipeline.config import GenerationSettings
+from pipeline.plan import bucket_rows, error_result, prepare_rows
+from pipeline.prompts import check_chat_template, fit_to_context
 from pipeline.resources import (
     WorkerPlan,
     cluster_node_cpus,
@@ -32,15 +32,15 @@ from pipeline.resources import (
     plan_workers,
     worker_spec,
 )
-from pipeline.tokenizer import fit_to_context
-
-RESULT_COLUMNS = OUTPUT_COLUMNS[1:]  # what the stage appends (the input's columns stay as they are, ids included)
+from workers.schema import RESULT_COLUMNS, result_arrays
 
 
 class RayDataConfig(GenerationSettings):
     """The settings of a Ray Data stage: those of :class:`pipeline.PipelineConfig` that concern a row's generation
     and the workers (task, model, schedule, decoding, prompt limits, batching inside a worker, resources), plus the
     rows handed to a worker per call."""
+
+    RUN_ONLY: ClassVar[frozenset[str]] = GenerationSettings.RUN_ONLY | {"batch_size"}
 
     batch_size: int = Field(
         16, ge=1, description="Rows per map_batches call; a worker buckets them by length into batches of at most "

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from typing import Any
 
 import torch
 
 from lazy_core import LazyConfig, LazyLLM, load_model
 from workers.rouge import rouge_l_f
+from workers.schema import error_row, result_row
 from workers.spec import WorkerSpec
 
 
@@ -69,19 +69,13 @@ class LazyWorker:
     def _generate(self, engine: LazyLLM, input_ids: list[list[int]], seed: int) -> tuple[list[list[int]], list[Any]]:
         ids, mask = self._pad_left(input_ids)  # ids, mask: [B, T]
         with torch.inference_mode():
+            decoding = self.spec.decoding
             out = engine.generate(
                 ids,
                 attention_mask=mask,
-                max_new_tokens=self.spec.max_new_tokens,
-                do_sample=self.spec.do_sample,
-                temperature=self.spec.temperature,
-                top_p=self.spec.top_p,
-                seed=seed if self.spec.do_sample else None,
+                options=decoding.model_copy(update={"seed": seed}) if decoding.do_sample else decoding,
                 eos_token_id=None,  # the model's generation config (chat models end turns with their own id)
                 pad_token_id=self.pad_id,
-                repetition_penalty=self.spec.repetition_penalty,
-                no_repeat_ngram_size=self.spec.no_repeat_ngram_size,
-                min_new_tokens=self.spec.min_new_tokens,
             )
         prompt_len = ids.shape[1]
         new = []
@@ -90,10 +84,8 @@ class LazyWorker:
         return new, out.stats
 
     def _run(self, input_ids: list[list[int]], sampled: bool, seed: int) -> list[dict[str, Any]]:
-        started = time.perf_counter()
         new_ids, stats = self._generate(self.lazy, input_ids, seed)
-        lazy_s = time.perf_counter() - started
-        rows = [self._row(ids, st, lazy_s) for ids, st in zip(new_ids, stats, strict=True)]
+        rows = [self._row(ids, st) for ids, st in zip(new_ids, stats, strict=True)]
         full: dict[int, tuple[list[int], Any]] = {}  # item -> the full model's (new ids, stats)
         if sampled:
             full_ids, full_stats = self._generate(self.full, input_ids, seed)
@@ -112,28 +104,21 @@ class LazyWorker:
             self._mark_empty(rows[i], new_ids[i], stats[i], full.get(i), i in rerun)
         return rows
 
-    def _row(self, ids: list[int], st: Any, batch_s: float) -> dict[str, Any]:
-        return {
-            "status": "ok",
-            "error": None,
-            "warning": None,
-            "generation": self.tokenizer.decode(ids, skip_special_tokens=True),
-            "pruned": st.pruned,
-            "fallback": False,
-            "new_tokens": st.new_tokens,
-            "ttft_s": st.ttft_s,
-            "decode_s": st.decode_s,
-            "computed_token_fraction": st.computed_token_fraction,
-            "computed_token_fraction_total": st.computed_token_fraction_total,
-            "revived_tokens": st.revived_tokens,
-            "est_speedup": st.est_speedup,
-            "baseline_ttft_s": None,
-            "measured_speedup": None,
-            "first_token_agrees": None,
-            "rouge_l_vs_baseline": None,
-            "worker": self.name,
-            "batch_s": batch_s,
-        }
+    def _row(self, ids: list[int], st: Any) -> dict[str, Any]:
+        return result_row(
+            "ok",
+            generation=self.tokenizer.decode(ids, skip_special_tokens=True),
+            pruned=st.pruned,
+            fallback=False,
+            new_tokens=st.new_tokens,
+            ttft_s=st.ttft_s,
+            decode_s=st.decode_s,
+            computed_token_fraction=st.computed_token_fraction,
+            computed_token_fraction_total=st.computed_token_fraction_total,
+            revived_tokens=st.revived_tokens,
+            est_speedup=st.est_speedup,
+            worker=self.name,
+        )
 
     def _mark_empty(self, row: dict[str, Any], lazy_new: list[int], lazy_st: Any, full: Any, rerun: bool) -> None:
         """An empty lazy output: a warning, and the full model's output when it has one and the fallback is on (see
@@ -175,24 +160,4 @@ class LazyWorker:
 
 def _error_row(exc: BaseException, worker: str) -> dict[str, Any]:
     message = str(exc).splitlines()[0] if str(exc) else ""
-    return {
-        "status": "error",
-        "error": f"engine_error: {type(exc).__name__}: {message}"[:2000],
-        "warning": None,
-        "generation": None,
-        "pruned": None,
-        "fallback": None,
-        "new_tokens": None,
-        "ttft_s": None,
-        "decode_s": None,
-        "computed_token_fraction": None,
-        "computed_token_fraction_total": None,
-        "revived_tokens": None,
-        "est_speedup": None,
-        "baseline_ttft_s": None,
-        "measured_speedup": None,
-        "first_token_agrees": None,
-        "rouge_l_vs_baseline": None,
-        "worker": worker,
-        "batch_s": None,
-    }
+    return error_row(f"engine_error: {type(exc).__name__}: {message}", worker)
