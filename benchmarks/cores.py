@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import ray
 
     from benchmarks.summarize_job import choose_papers, write_shards
-    from pipeline.tokenizer import load_tokenizer
+    from lazy_core import load_tokenizer
 
     papers = choose_papers(load_tokenizer("smollm2-135m-instruct"), args.papers, args.prompt_tokens, args.seed)
     shard_dir = args.work / "input"

@@ -392,8 +392,9 @@ def _prompts(tokenizer: Any, papers: list[dict[str, str]], plan_cfg: Any) -> lis
 
 def run_length(prompt_tokens: int, args: argparse.Namespace, results: dict[str, Any], out: Path) -> None:
     from benchmarks.summarize_job import choose_papers, write_shards
+    from lazy_core import load_tokenizer
     from pipeline import PipelineConfig
-    from pipeline.tokenizer import fit_to_context, load_tokenizer
+    from pipeline.prompts import fit_to_context
 
     n = args.new_tokens
     plan_cfg = fit_to_context(PipelineConfig(input="unused", output="unused", max_prompt_tokens=prompt_tokens,

@@ -30,10 +30,10 @@ if str(REPO_ROOT) not in sys.path:
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
+from lazy_core import load_tokenizer  # noqa: E402
 from pipeline import PipelineConfig, run_pipeline  # noqa: E402
 from pipeline.plan import plan_shard  # noqa: E402
 from pipeline.shards import discover_shards  # noqa: E402
-from pipeline.tokenizer import load_tokenizer  # noqa: E402
 
 
 def build_corpus(out: Path, docs: int, min_chars: int) -> None:

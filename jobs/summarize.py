@@ -130,36 +130,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_config(args: argparse.Namespace) -> Any:
-    """PipelineConfig from defaults <- YAML (--config) <- flags, validated once. Raises UsageError."""
+    """PipelineConfig from defaults <- YAML (--config, ``PipelineConfig.from_yaml``) <- flags, validated once.
+    Raises UsageError."""
+    import yaml
     from pydantic import ValidationError
 
     from pipeline import PipelineConfig
 
-    data: dict[str, Any] = {}
-    if args.config is not None:
-        import yaml
-
-        if not args.config.is_file():
-            raise UsageError(f"--config {str(args.config)!r} not found; pass a YAML file of PipelineConfig fields")
-        try:
-            loaded = yaml.safe_load(args.config.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UsageError(f"--config {str(args.config)!r} is not valid YAML: {_one_line(exc)}") from None
-        if not isinstance(loaded, dict):
-            raise UsageError(f"--config {str(args.config)!r} must hold a mapping of PipelineConfig fields")
-        data.update(loaded)
-    for flag, field in FLAG_TO_FIELD.items():
-        value = getattr(args, flag)
-        if value is not None:
-            data[field] = value
-    missing = [f"--{f}" for f in ("input", "output") if f not in data]
-    if missing:
-        raise UsageError(f"{' and '.join(missing)} required (as flags or as fields of the --config YAML)")
+    flags = {field: getattr(args, flag) for flag, field in FLAG_TO_FIELD.items() if getattr(args, flag) is not None}
+    where = f"--config {str(args.config)!r}"
     try:
-        return PipelineConfig(**data)
+        if args.config is None:
+            return PipelineConfig(**flags)
+        return PipelineConfig.from_yaml(args.config, **flags)
+    except FileNotFoundError:
+        raise UsageError(f"{where} not found; pass a YAML file of PipelineConfig fields") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{where} is not valid YAML: {_one_line(exc)}") from None
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
+        errors = exc.errors()
+        missing = [f"--{f}" for f in ("input", "output") if any(e["type"] == "missing" and e["loc"] == (f,)
+                                                                for e in errors)]
+        if missing:
+            raise UsageError(f"{' and '.join(missing)} required (as flags or as fields of the --config YAML)") from None
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in errors)
         raise UsageError(f"invalid configuration: {problems}") from None
+    except ValueError:  # from_yaml's only other refusal: the file holds no mapping
+        raise UsageError(f"{where} must hold a mapping of PipelineConfig fields") from None
 
 
 def prepare_ray(address: str | None) -> bool:

@@ -17,10 +17,20 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from lazy_core import load_tokenizer
+from pipeline.bucketing import padding_waste
 from pipeline.config import PipelineConfig
-from pipeline.manifest import is_finished, load_manifest, open_for_run, record_shard, save_manifest, write_success
+from pipeline.manifest import (
+    check_config_hash,
+    is_finished,
+    load_manifest,
+    open_for_run,
+    record_shard,
+    save_manifest,
+    write_success,
+)
 from pipeline.plan import ShardWork, id_key, output_table, plan_shard
-from pipeline.prompts import check_chat_template
+from pipeline.prompts import check_chat_template, fit_to_context
 from pipeline.report import Aggregator, FailedShard, RunReport, save_report
 from pipeline.resources import (
     cluster_node_cpus,
@@ -31,7 +41,6 @@ from pipeline.resources import (
 )
 from pipeline.scheduler import ActorPool, BatchTask
 from pipeline.shards import Shard, discover_shards, read_schema, remove_stale_temps, resolve_fs, write_table_atomic
-from pipeline.tokenizer import fit_to_context, load_tokenizer
 
 log = logging.getLogger("pipeline")
 MAX_SHARDS_IN_MEMORY = 2  # the shard being drained and the next one being fed
@@ -50,11 +59,7 @@ def check_inputs(
     in_fs, shards = discover_shards(config.input)
     out_fs, out_dir = resolve_fs(config.output)
     manifest = load_manifest(out_fs, out_dir) if out_fs.get_file_info(out_dir).type == pafs.FileType.Directory else None
-    if manifest is not None and manifest.config_hash != config.config_hash and not config.overwrite:
-        raise ValueError(
-            f"output {config.output!r} holds shards written with config hash {manifest.config_hash}, this config "
-            f"hashes to {config.config_hash}; use a new output directory or pass overwrite=True to replace them"
-        )
+    check_config_hash(manifest, config.output, config.config_hash, config.overwrite)
     resuming = manifest is not None and manifest.config_hash == config.config_hash
     todo: list[tuple[Shard, int]] = []
     skipped: list[Shard] = []
@@ -209,7 +214,7 @@ class _Run:
         self.padded += work.padded_tokens
         self.real += work.real_tokens
         self.report.batches += len(work.tasks)
-        self.report.padding_waste = 0.0 if self.padded == 0 else 1.0 - self.real / self.padded
+        self.report.padding_waste = padding_waste(self.real, self.padded)
         self.progress.update(len(work.results) - work.remaining)  # error rows are done already
         _event("shard_planned", shard=shard.name, rows=len(work.results), batches=len(work.tasks),
                error_rows=len(work.results) - work.remaining)

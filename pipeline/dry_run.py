@@ -8,12 +8,13 @@ from typing import Any
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
+from lazy_core import load_tokenizer
+from pipeline.bucketing import padding_waste
 from pipeline.config import PipelineConfig
 from pipeline.driver import check_inputs
 from pipeline.plan import plan_shard
-from pipeline.prompts import check_chat_template
+from pipeline.prompts import check_chat_template, fit_to_context
 from pipeline.report import FailedShard
-from pipeline.tokenizer import fit_to_context, load_tokenizer
 
 
 class DryRunReport(BaseModel):
@@ -76,5 +77,5 @@ def dry_run(config: PipelineConfig | dict[str, Any] | str | os.PathLike[str]) ->
         real += work.real_tokens
     out.max_new_tokens_total = (out.rows - out.rows_invalid) * cfg.max_new_tokens
     out.max_prompt_tokens = plan_cfg.max_prompt_tokens
-    out.padding_waste = 0.0 if padded == 0 else 1.0 - real / padded
+    out.padding_waste = padding_waste(real, padded)
     return out

@@ -48,6 +48,16 @@ def save_manifest(fs: pafs.FileSystem, out_dir: str, manifest: Manifest) -> None
     write_bytes_atomic(fs, manifest.model_dump_json(indent=1).encode(), posixpath.join(out_dir, MANIFEST_NAME))
 
 
+def check_config_hash(manifest: Manifest | None, output: str, config_hash: str, overwrite: bool) -> None:
+    """Refuse an output directory whose finished shards were written with another config hash, unless ``overwrite``
+    (raises ValueError saying what to do). No manifest, or the same hash (resume), passes."""
+    if manifest is not None and manifest.config_hash != config_hash and not overwrite:
+        raise ValueError(
+            f"output {output!r} holds shards written with config hash {manifest.config_hash}, this config hashes to "
+            f"{config_hash}; use a new output directory or pass overwrite=True to replace them"
+        )
+
+
 def open_for_run(fs: pafs.FileSystem, out_dir: str, config_hash: str, overwrite: bool) -> tuple[Manifest, bool]:
     """The manifest this run appends to, and whether it must be (re)written before work starts.
 
@@ -58,11 +68,7 @@ def open_for_run(fs: pafs.FileSystem, out_dir: str, config_hash: str, overwrite:
         return Manifest(config_hash=config_hash), True
     if existing.config_hash == config_hash:
         return existing, False
-    if not overwrite:
-        raise ValueError(
-            f"output {out_dir!r} holds shards written with config hash {existing.config_hash}, this config hashes to "
-            f"{config_hash}; use a new output directory or pass overwrite=True to replace them"
-        )
+    check_config_hash(existing, out_dir, config_hash, overwrite)
     success = posixpath.join(out_dir, SUCCESS_NAME)
     if fs.get_file_info(success).type != pafs.FileType.NotFound:
         fs.delete_file(success)

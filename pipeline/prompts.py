@@ -1,12 +1,16 @@
-"""Prompts: task templates through the tokenizer's chat template, row validation, middle truncation."""
+"""Prompts: task templates through the tokenizer's chat template, row validation, middle truncation, and the prompt
+limit fitted to the model's context."""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from pipeline.config import PipelineConfig
+from lazy_core import load_model_config
+from pipeline.config import GenerationSettings, PipelineConfig
+
+SettingsT = TypeVar("SettingsT", bound=GenerationSettings)
 
 TASK_TEMPLATES = {
     "summarize": "Summarize the following text in a few sentences.\n\n{text}",
@@ -34,6 +38,34 @@ def check_chat_template(tokenizer: Any, config: PipelineConfig) -> None:
             f"the tokenizer of model {config.model!r} has no chat template; set chat_template=False to feed the raw "
             "task prompt, or use an instruct model"
         )
+
+
+def context_length(model: str) -> int | None:
+    """``max_position_embeddings`` of the model's config (``lazy_core.load_model_config``: the workers' name
+    resolution, no weights read); None when there is no config or it has none (a tokenizer-only directory: the
+    workers' model load is what fails then, with its own error)."""
+    value = getattr(load_model_config(model), "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) else None
+
+
+def effective_prompt_limit(config_max: int, max_new_tokens: int, context: int | None) -> int:
+    """Prompts must leave room for the new tokens inside the model's context window."""
+    if context is None:
+        return config_max
+    room = context - max_new_tokens
+    if room < 16:
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens} leaves {room} prompt tokens in the model's {context}-token context; "
+            "lower max_new_tokens"
+        )
+    return min(config_max, room)
+
+
+def fit_to_context(cfg: SettingsT) -> SettingsT:
+    """The config the prompts are planned with: max_prompt_tokens capped so prompt + new tokens fit the model's
+    context (a property of the model, which the config hash already covers)."""
+    limit = effective_prompt_limit(cfg.max_prompt_tokens, cfg.max_new_tokens, context_length(cfg.model))
+    return cfg.model_copy(update={"max_prompt_tokens": limit})
 
 
 def validate_text(value: Any, column: str, max_chars: int) -> str | None:
