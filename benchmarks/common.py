@@ -69,7 +69,9 @@ def write_json(path: Path, payload: dict[str, Any]) -> Path:
 
 def replace_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:
     """Replace the text between ``<!-- name:begin -->`` and ``<!-- name:end -->`` in BENCHMARKS.md (appended at the
-    end when the markers are missing), so each benchmark rewrites only its own section."""
+    end when the markers are missing), so each benchmark rewrites only its own section. ``body`` is what the
+    benchmark computes from its results; the section's heading and conclusions are written by hand outside the
+    markers, where a rewrite leaves them alone."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
     block = f"{begin}\n{body.strip()}\n{end}"

@@ -16,7 +16,10 @@ Items (completion-style prompts: the base model has no chat template), per lengt
 Methods on the same items, in rotating order: ``full`` (LazyConfig.off()), ``lazy`` (LazyConfig.default_for: pruning
 after global layers 5 and 11) and ``paper`` (LazyConfig.paper: the paper's scoring at the nearest global layers).
 Per item and method: TTFT (the engine's prefill + first token), the FLOP model's estimate, the first token, the answer.
-Every item appends a JSON line to ``--out``: a stopped run resumes; ``--report`` writes the BENCHMARKS.md section.
+Every item appends a JSON line to ``--out``: a stopped run resumes. ``--report`` (or ``--report-only``, which runs
+nothing) rewrites what lies between ``<!-- gemma:begin -->`` and ``<!-- gemma:end -->`` in BENCHMARKS.md: the
+commands that measure the records and their table. What the table shows is written by hand around the markers, so a
+rebuild leaves it alone.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import RESULTS_DIR, load, machine, md_table, replace_section
+from benchmarks.common import BENCHMARKS_MD, RESULTS_DIR, ROOT, load, machine, md_table, replace_section
 from benchmarks.data import load_essays, load_hotpotqa
 from lazy_core import LazyConfig, LazyLLM
 
@@ -39,6 +42,7 @@ METHODS = ("full", "lazy", "paper")
 NAMES = ("Maria", "Desmond", "Aiko", "Tomas", "Priya", "Olu", "Ingrid", "Rafael", "Mei", "Karim", "Sofia", "Lars")
 # passkeys per length by default: the long items cost minutes each on a 2-core CPU
 PLAN = {4096: 6, 8192: 5, 16384: 3, 32768: 1}
+DEFAULT_OUT = RESULTS_DIR / "gemma_eval.jsonl"
 
 
 def configs(model: Any) -> dict[str, LazyConfig]:
@@ -172,6 +176,45 @@ def report_text(records: list[dict[str, Any]]) -> str:
     return md_table(header, rows)
 
 
+def commands(records: list[dict[str, Any]]) -> list[str]:
+    """The commands that measure ``records``: lengths run with the same seed, methods, passkey count (``PLAN``'s or
+    an explicit one) and HotpotQA count share one command (a length past the last with HotpotQA items joins the
+    command before it through ``--hotpot-max``). Rerun, each skips what the results file holds."""
+    groups: list[dict[str, Any]] = []
+    for seed, length in sorted({(r["seed"], r["length"]) for r in records}):
+        recs = [r for r in records if r["seed"] == seed and r["length"] == length]
+        methods = tuple(m for m in METHODS if all(m in r for r in recs))
+        keys = sum(r["task"] == "passkey" for r in recs)
+        passkeys = None if keys == PLAN.get(length, 2) else keys
+        qa = sum(r["task"] == "hotpot" for r in recs)
+        last = groups[-1] if groups else None
+        if (last and (last["seed"], last["methods"], last["passkeys"]) == (seed, methods, passkeys)
+                and (qa == 0 or (qa == last["hotpot"] and last["hotpot_max"] == last["lengths"][-1]))):
+            last["lengths"].append(length)
+            last["hotpot_max"] = length if qa else last["hotpot_max"]
+        else:
+            groups.append({"seed": seed, "methods": methods, "passkeys": passkeys, "hotpot": qa,
+                           "hotpot_max": length if qa else 0, "lengths": [length]})
+    out = []
+    for g in groups:
+        cmd = f"python -m benchmarks.gemma_eval --lengths {' '.join(map(str, g['lengths']))}"
+        cmd += f" --passkeys {g['passkeys']}" if g["passkeys"] is not None else ""
+        cmd += f" --hotpot {g['hotpot']}" + (f" --hotpot-max {g['hotpot_max']}" if g["hotpot"] else "")
+        cmd += f" --methods {' '.join(g['methods'])}" if g["methods"] != METHODS else ""
+        out.append(cmd + f" --seed {g['seed']}")
+    return out
+
+
+def section(records: list[dict[str, Any]], out: Path) -> str:
+    """The generated part of BENCHMARKS.md's "gemma" section: the commands behind ``records`` and their table."""
+    out = out.resolve()
+    shown = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
+    rebuild = "" if out == DEFAULT_OUT else f" --out {shown}"
+    measured = ", then ".join(f"`{c}`" for c in commands(records))
+    return (f"Measured by {measured}, into `{shown}`; `python -m benchmarks.gemma_eval --report-only{rebuild}` "
+            "rebuilds this part.\n\n" + report_text(records))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384, 32768])
@@ -182,41 +225,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                         help="full must be among them (the others are compared with it).")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "gemma_eval.jsonl")
-    parser.add_argument("--report", action="store_true")
-    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--report", action="store_true", help="Also write the BENCHMARKS.md section.")
+    parser.add_argument("--report-only", action="store_true", help="Only rebuild the report from --out.")
+    parser.add_argument("--md", type=Path, default=BENCHMARKS_MD, help="The Markdown file whose section to rewrite.")
     args = parser.parse_args(argv)
     if not args.report_only:
         print(json.dumps(machine()), flush=True)
         measure(args)
     records = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
-    text = report_text(records)
+    text = section(records, args.out)
     print(text)
     if args.report or args.report_only:
-        replace_section("gemma", GEMMA_INTRO + "\n\n" + text + "\n\n" + GEMMA_NOTES)
-
-
-GEMMA_INTRO = """## Hybrid attention: Gemma 3 270M at 4K-32K tokens
-
-`python -m benchmarks.gemma_eval` (resumable; `--report-only` rebuilds this table). Gemma 3 270M **base**
-(`load_model("gemma3-270m")`, fp32, 2 threads), completion-style prompts over real essays (passkeys) and HotpotQA
-passages (gold-answer log-likelihood). `lazy` = `LazyConfig.default_for(model)`: pruning after global layers 5 and
-11, keeping 40 % and 10 % (the default's three layers moved to the nearest global layers that can prune; layer 17,
-the last global one, has no layer after it). `paper` = `LazyConfig.paper(model)` (last-token query, mean over heads,
-no pooling) at the same global layers, keeping 70 % / 30 %. TTFT is the engine's prefill + first token, medians of
-per-item ratios; 'lost' = found by the full model, not by the method. The 32K bucket's prompts are 32752 tokens (the
-context is 32768, the answer needs room)."""
-GEMMA_NOTES = """- **Retrieval holds**: the default lost none of the passkeys the full model found at 4K-16K (the full
-  model missed one at 16K, which both pruned methods found), and the HotpotQA gold answer's log-likelihood moves
-  by -0.04 (4K) and -0.25 nats (8K) (target >= -0.5 at 16K/32K: HotpotQA was not run past 8K, each 16K item
-  costing ~20 min here). The paper's scoring loses -3.9 nats at 8K.
-- **TTFT 2.3-2.6x, target 3x missed, and out of reach for this model**: the first global layer is layer 5, so 6 of the
-  18 layers always run on the whole prompt; even keeping nothing after it, the prefill cannot drop below 6/18 of the
-  full one (3x). The measured ratio tracks the FLOP model (measured / estimated 0.98-1.06). (The FLOP model counts
-  every layer's attention over all its keys, as the sdpa kernel computes it here: a sliding layer's mask does not
-  skip work on CPU.)
-- Sample sizes are small (14 passkeys at 4K-16K, 1 at 32K, 6 HotpotQA questions), set by the machine: a 16K item
-  takes 6-7 minutes for the three methods, the 32K one about 20 minutes for two."""
+        replace_section("gemma", text, args.md)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.short_prompts                       # seed 0: the items the threshold is chosen on
     .venv/bin/python -m benchmarks.short_prompts --seed 1 --report     # seed 1: other documents; writes BENCHMARKS.md
+    .venv/bin/python -m benchmarks.short_prompts --report-only         # only rebuild the tables from --out
 
 Documents are real text (ACLSum paper bodies and Paul Graham essays, alternating, in a seeded order), each cut at a
 sentence end so that the pipeline's summarization prompt (chat template + task template, ``pipeline.prompts``) has
@@ -10,6 +11,10 @@ at most L tokens, for L in ``--lengths``. Each item runs three ways, in rotating
 pruned) and the default schedule itself. Per length: the share of items whose output is empty (only whitespace once
 decoded) or whose first token differs from the full model's, and the TTFT saved (median of the per-item differences
 and of the per-item ratios). Every item appends a JSON line to ``--out``: a stopped run resumes.
+
+``--report`` rewrites what lies between ``<!-- short:begin -->`` and ``<!-- short:end -->`` in BENCHMARKS.md: per
+seed, the command that measures its items and their table. What the tables show is written by hand around the
+markers, so a rebuild leaves it alone.
 """
 
 from __future__ import annotations
@@ -21,28 +26,13 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS_DIR, load, machine, md_table, replace_section
+from benchmarks.common import BENCHMARKS_MD, RESULTS_DIR, ROOT, load, machine, md_table, replace_section
 from benchmarks.data import load_aclsum, load_essays
 from lazy_core import DEFAULT_MODEL, LazyConfig, LazyLLM
 
 DEFAULT_LENGTHS = (128, 256, 512, 1024, 2048, 4096)
-INTRO = """## Short prompts: where pruning stops paying (`min_prompt_tokens`)
-
-`python -m benchmarks.short_prompts` (seed 0, then `--seed 1 --items 12 --lengths 128 256 512 1024 2048 --report`).
-Real documents (ACLSum paper bodies and Paul Graham essays, alternating), each cut at a sentence end so that the
-pipeline's summarization prompt (chat template + task template) has at most the row's token count and at least 90 %
-of it. Per item: the full model, the default schedule with every prompt pruned, and the default schedule itself
-(`min_prompt_tokens=1000`: shorter prompts computed in full). SmolLM2-135M, fp32, 2 threads."""
-NOTES = """- No output came back empty on these 156 items, pruned or not: the empty summary reported from outside (a
-  216-token story cut to 64 tokens) is the rare case. Under the threshold such a prompt is now computed in full, and
-  an empty pruned output anywhere is rerun unpruned (`fallback_on_empty`, see docs/pipeline.md).
-- The pruned first token differs from the full model's on 56-75 % of the items up to 512 tokens (both seeds), on
-  38-58 % at 1K, on 8-31 % at 2K-4K. Up to 512 tokens the pruned prefill saves at most 0.6 s here, about a tenth of
-  such an item's time with a 100-token summary (~45 ms a step); from 1K on it saves 1.3 s and more (2.2-2.6x).
-  Hence 1000 (the evaluation's and the job's prompts, 1022 tokens and longer, are unaffected).
-- With the threshold the rows under it are the full model's (0 first tokens differ) and save nothing (ratio ~1.0;
-  seed 0's threshold column ran in a later pass than its other two, so its TTFT differences there are noise: -84 to
-  +44 ms); the "<= 1024" row mixes prompts under 1000 tokens (computed in full) and over it (pruned)."""
+DEFAULT_NEW_TOKENS = 16
+DEFAULT_OUT = RESULTS_DIR / "short_prompts.jsonl"
 METHODS = ("full", "no_threshold", "default")
 
 
@@ -199,34 +189,55 @@ def report_text(rows: list[dict[str, Any]], methods: tuple[str, ...], threshold:
     )
 
 
+def command(rows: list[dict[str, Any]], seed: int, new_tokens: int) -> str:
+    """The command that measures the items of ``rows`` (one seed's :func:`summarize`); rerun, it skips what the
+    results file holds."""
+    lengths = " ".join(str(r["length"]) for r in rows)
+    items = max(r["items"] for r in rows)
+    return (f"python -m benchmarks.short_prompts --seed {seed} --items {items} --lengths {lengths} "
+            f"--new-tokens {new_tokens}")
+
+
+def section(records: list[dict[str, Any]], threshold: int, new_tokens: int, out: Path) -> str:
+    """The generated part of BENCHMARKS.md's "short" section: per seed, the command behind it and its table."""
+    out = out.resolve()
+    shown = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
+    rebuild = "" if out == DEFAULT_OUT else f" --out {shown}"
+    rebuild += "" if new_tokens == DEFAULT_NEW_TOKENS else f" --new-tokens {new_tokens}"
+    parts = [f"From `{shown}`; `python -m benchmarks.short_prompts --report-only{rebuild}` rebuilds this part."]
+    for seed in sorted({r["seed"] for r in records}):
+        sub = [r for r in records if r["seed"] == seed]
+        methods = tuple(m for m in ("no_threshold", "default") if any(m in r for r in sub))
+        rows = summarize(sub, methods)
+        if rows:
+            parts.append(f"**Seed {seed}** (`{command(rows, seed, new_tokens)}`). "
+                         + report_text(rows, methods, threshold, new_tokens))
+    return "\n\n".join(parts)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--lengths", type=int, nargs="+", default=list(DEFAULT_LENGTHS))
     parser.add_argument("--items", type=int, default=16, help="Items per length.")
-    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=DEFAULT_NEW_TOKENS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "short_prompts.jsonl")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--report", action="store_true", help="Also write the BENCHMARKS.md section.")
     parser.add_argument("--report-only", action="store_true", help="Only rebuild the report from --out.")
+    parser.add_argument("--md", type=Path, default=BENCHMARKS_MD, help="The Markdown file whose section to rewrite.")
     args = parser.parse_args(argv)
     threshold = LazyConfig.default_for(30).min_prompt_tokens
     if not args.report_only:
         print(json.dumps(machine()))
         measure(args)
     records = [r for r in load_records(args.out, threshold) if r["new_tokens"] == args.new_tokens]
-    sections = []
-    for seed in sorted({r["seed"] for r in records}):
-        sub = [r for r in records if r["seed"] == seed]
-        methods = tuple(m for m in ("no_threshold", "default") if any(m in r for r in sub))
-        text = report_text(summarize(sub, methods), methods, threshold, args.new_tokens)
-        print(f"seed {seed}:\n{text}")
-        tuned = " (the threshold was chosen on these items)" if seed == 0 else " (items not tuned on)"
-        sections.append(f"**Seed {seed}**{tuned}. {text}")
+    text = section(records, threshold, args.new_tokens, args.out)
+    print(text)
     if args.report or args.report_only:
-        replace_section("short", INTRO + "\n\n" + "\n\n".join(sections) + "\n\n" + NOTES)
+        replace_section("short", text, args.md)
 
 
 if __name__ == "__main__":

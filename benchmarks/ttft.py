@@ -1,4 +1,4 @@
-"""TTFT of the LazyLLM engine vs. full prefill of the unpatched model (lazy_core issue, "Speed"; paper §4, Table 1).
+"""TTFT of the LazyLLM engine vs. full prefill of the unpatched model (paper §4, Table 1).
 
 For each prompt length (real essay text through the chat template, exactly N tokens), three ways to get the first
 token are timed, interleaved (the order rotates every repeat) so that a shared machine's load hits all alike:
