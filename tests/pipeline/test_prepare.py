@@ -1,22 +1,17 @@
-"""prepare_shards: datasets sources (saved dir, JSON/JSONL/CSV) -> id-stamped Parquet shards; the demo corpus CLI."""
+"""prepare_shards: datasets sources (saved dir, JSON/JSONL/CSV) -> id-stamped Parquet shards."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from helpers import _read_all
 
 from pipeline import prepare_shards
 
 ROWS = [{"title": f"T{i}", "text": f"text number {i}"} for i in range(7)]
-
-
-def _read_all(paths: list[str]) -> list[dict]:
-    return [row for p in paths for row in pq.read_table(p).to_pylist()]
 
 
 def test_jsonl_source_is_sharded_and_id_stamped(tmp_path):
@@ -59,19 +54,3 @@ def test_bad_sources_say_what(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no saved dataset and no JSON/JSONL/CSV"):
         prepare_shards(str(tmp_path / "empty"), tmp_path / "o")
-
-
-def test_build_demo_corpus_cli(tmp_path):
-    repo = Path(__file__).resolve().parents[1]
-    out = tmp_path / "demo"
-    proc = subprocess.run(
-        [sys.executable, str(repo / "jobs" / "build_demo_corpus.py"), "--out", str(out), "--docs", "5",
-         "--rows-per-shard", "2"],
-        capture_output=True, text=True, timeout=300, cwd=repo,
-    )
-    assert proc.returncode == 0, proc.stderr
-    paths = sorted(out.glob("part-*.parquet"))
-    rows = _read_all([str(p) for p in paths])
-    assert len(paths) == 3 and len(rows) == 5 and len({r["id"] for r in rows}) == 5
-    assert set(rows[0]) == {"id", "title", "text"} and all(len(r["text"]) > 1000 for r in rows)
-    assert str(out) in proc.stdout

@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks import peer
 
-RECORDED = Path(__file__).parent / "data" / "llama_batched_bench_4k_bf16.txt"
+RECORDED = Path(__file__).parents[1] / "data" / "llama_batched_bench_4k_bf16.txt"
 
 
 def test_parse_recorded_batched_bench_output():

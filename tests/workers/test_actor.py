@@ -1,4 +1,5 @@
-"""The worker in-process (no Ray): rows in input order, batch == singles, shadow baseline fields, error capture."""
+"""The worker in-process (no Ray): rows in input order, batch == singles, shadow baseline fields, error capture, and
+empty outputs (the fallback to the full model, the warning without it, the min_prompt_tokens guard)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import random
 
 import pytest
 
-from lazy_core import LazyConfig
-from workers import WorkerSpec, actor_options, rouge_l_f
+from lazy_core import DecodingOptions, LazyConfig
+from workers import WorkerSpec
 from workers.actor import LazyWorker
 
 LAZY = LazyConfig(prune_layers=[1], keep_ratios=[0.5], min_keep_tokens=4, keep_tail=2).model_dump()
@@ -15,7 +16,7 @@ LAZY = LazyConfig(prune_layers=[1], keep_ratios=[0.5], min_keep_tokens=4, keep_t
 
 @pytest.fixture(scope="module")
 def worker(tiny_model_dir):
-    return LazyWorker(WorkerSpec(model=str(tiny_model_dir), lazy=LAZY, max_new_tokens=5))
+    return LazyWorker(WorkerSpec(model=str(tiny_model_dir), lazy=LAZY, decoding=DecodingOptions(max_new_tokens=5)))
 
 
 def _prompts(n: int, seed: int = 0) -> list[list[int]]:
@@ -37,7 +38,7 @@ def test_shadow_baseline_fields(worker, tiny_model_dir):
     for r in rows:
         assert r["baseline_ttft_s"] > 0 and r["measured_speedup"] == pytest.approx(r["baseline_ttft_s"] / r["ttft_s"])
         assert isinstance(r["first_token_agrees"], bool) and 0.0 <= r["rouge_l_vs_baseline"] <= 1.0
-    off = LazyWorker(WorkerSpec(model=str(tiny_model_dir), lazy="off", max_new_tokens=5))
+    off = LazyWorker(WorkerSpec(model=str(tiny_model_dir), lazy="off", decoding=DecodingOptions(max_new_tokens=5)))
     exact = off.run_batch(_prompts(3, seed=2), sampled=True, seed=0)
     assert all(r["first_token_agrees"] and r["rouge_l_vs_baseline"] == 1.0 for r in exact)  # off == full model
 
@@ -55,24 +56,6 @@ def test_ready_reports_identity(worker):
     assert info["device"] == "cpu" and info["lazy"]["prune_layers"] == [1] and ":" in info["worker"]
 
 
-def test_actor_options_gpu_or_cpu():
-    assert actor_options(2.0, 4, 3) == {"max_restarts": 3, "max_task_retries": 0, "num_gpus": 1, "num_cpus": 1}
-    assert actor_options(0.0, 4, 1) == {"max_restarts": 1, "max_task_retries": 0, "num_gpus": 0, "num_cpus": 4}
-
-
-def test_rouge_l_matches_reference_implementation():
-    from rouge_score import rouge_scorer  # the bench extra, installed by `make setup`
-
-    scorer = rouge_scorer.RougeScorer(["rougeL"])
-    rng = random.Random(0)
-    for _ in range(30):
-        a = [rng.randint(0, 9) for _ in range(rng.randint(1, 15))]
-        b = [rng.randint(0, 9) for _ in range(rng.randint(1, 15))]
-        expected = scorer.score(" ".join(map(str, b)), " ".join(map(str, a)))["rougeL"].fmeasure
-        assert rouge_l_f(a, b) == pytest.approx(expected)
-    assert rouge_l_f([], []) == 1.0 and rouge_l_f([1], []) == 0.0 and rouge_l_f([1, 2, 3], [1, 2, 3]) == 1.0
-
-
 # ---- empty outputs ---------------------------------------------------------------------------------------------------
 
 
@@ -80,8 +63,9 @@ def _empty_workers(case, **spec):
     from conftest import EMPTY_LAZY
 
     path = str(case["path"])
-    lazy = LazyWorker(WorkerSpec(model=path, lazy=LazyConfig(**EMPTY_LAZY).model_dump(), max_new_tokens=6, **spec))
-    full = LazyWorker(WorkerSpec(model=path, lazy="off", max_new_tokens=6))
+    six = DecodingOptions(max_new_tokens=6)
+    lazy = LazyWorker(WorkerSpec(model=path, lazy=LazyConfig(**EMPTY_LAZY), decoding=six, **spec))
+    full = LazyWorker(WorkerSpec(model=path, lazy="off", decoding=DecodingOptions(max_new_tokens=6)))
     return lazy, full
 
 
@@ -128,8 +112,8 @@ def test_prompt_under_min_prompt_tokens_is_not_pruned(empty_case):
 
     path, ids = str(empty_case["path"]), empty_case["ids"]
     guarded = LazyConfig(**EMPTY_LAZY, min_prompt_tokens=len(ids) + 1).model_dump()
-    worker = LazyWorker(WorkerSpec(model=path, lazy=guarded, max_new_tokens=6))
-    full = LazyWorker(WorkerSpec(model=path, lazy="off", max_new_tokens=6))
+    worker = LazyWorker(WorkerSpec(model=path, lazy=guarded, decoding=DecodingOptions(max_new_tokens=6)))
+    full = LazyWorker(WorkerSpec(model=path, lazy="off", decoding=DecodingOptions(max_new_tokens=6)))
     row = worker.run_batch([ids], sampled=False, seed=0)[0]
     assert row["pruned"] is False and row["fallback"] is False and row["warning"] is None
     assert row["generation"] == full.run_batch([ids], sampled=False, seed=0)[0]["generation"]

@@ -11,10 +11,10 @@ import pytest
 
 from pipeline import RayDataConfig, lazy_map_batches, run_pipeline
 from pipeline.config import OUTPUT_COLUMNS
-from pipeline.plan import RESULT_TYPES
 from pipeline.ray_data import RESULT_COLUMNS, LazyPredictor, stage_options
 from pipeline.resources import DEFAULT_THREADS_PER_CPU_WORKER as K
 from pipeline.resources import model_weight_bytes
+from workers.schema import RESULT_SCHEMA
 
 LAZY = dict(prune_layers=[1], keep_ratios=[0.5], min_keep_tokens=4, keep_tail=2)
 
@@ -34,8 +34,8 @@ def test_predictor_keeps_rows_and_columns_and_turns_bad_rows_into_error_rows(pre
     out = predictor(table)
     assert out.num_rows == 6 and out.column_names == ["id", "text", "user_col", *RESULT_COLUMNS]
     assert out.column("id").to_pylist() == list(range(6)) and out.column("user_col").to_pylist()[3] == "u3"
-    for name, typ in RESULT_TYPES.items():
-        assert out.schema.field(name).type == typ
+    for field in RESULT_SCHEMA:
+        assert out.schema.field(field.name).type == field.type
     rows = out.to_pylist()
     assert [r["status"] for r in rows] == ["ok"] * 4 + ["error"] * 2
     assert rows[4]["error"].startswith("null_text") and rows[5]["error"].startswith("empty_text")

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from lazy_core import loading
 from lazy_core.loading import DEFAULT_MODEL, ModelNotFoundError, load_model, load_tokenizer
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _greedy_answer(model, tokenizer, question: str, max_new_tokens: int = 12) -> str:

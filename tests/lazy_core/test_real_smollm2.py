@@ -8,7 +8,7 @@ import importlib.util
 import pytest
 import torch
 
-from lazy_core import LazyConfig, LazyLLM
+from lazy_core import DecodingOptions, LazyConfig, LazyLLM
 
 pytestmark = pytest.mark.slow
 
@@ -97,7 +97,8 @@ def test_worker_falls_back_on_the_real_empty_case(real_model):
     model, tok = real_model
     ids = _plate_tectonics_prompt(tok)
     unguarded = LazyConfig.default_for(model).model_copy(update={"min_prompt_tokens": 0}).model_dump()
-    worker = LazyWorker(WorkerSpec(model="smollm2-135m-instruct", lazy=unguarded, max_new_tokens=16))
+    spec = WorkerSpec(model="smollm2-135m-instruct", lazy=unguarded, decoding=DecodingOptions(max_new_tokens=16))
+    worker = LazyWorker(spec)
     row = worker.run_batch([ids], sampled=False, seed=0)[0]
     full = worker.full.generate(torch.tensor([ids]), max_new_tokens=16)
     expected = tok.decode(full.sequences[0, len(ids): len(ids) + full.stats[0].new_tokens], skip_special_tokens=True)

@@ -1,4 +1,4 @@
-"""cluster.yaml: valid for the installed Ray's cluster launcher, GPU workers, token auth on (issue 5, item 3)."""
+"""cluster.yaml: valid for the installed Ray's cluster launcher, GPU workers, token auth on."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import ray.autoscaler
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
 
 

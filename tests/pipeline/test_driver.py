@@ -1,10 +1,10 @@
-"""run_pipeline on a local Ray (``ray.init(num_cpus=2)``, started and stopped by this module) with tiny models, the
-fault paths of the actor pool, and one end-to-end run on the real default model."""
+"""run_pipeline on a local Ray (``ray.init(num_cpus=2)``, started and stopped by this module) with tiny models: rows
+in == rows out, resume and overwrite, empty outputs, error rows and failed shards, a killed actor, an interrupted
+driver; and one end-to-end run on the real default model."""
 
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -13,32 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
+from helpers import base_config, make_corpus
 
 from lazy_core import LazyConfig
-from pipeline import PipelineConfig, dry_run, run_pipeline
+from pipeline import PipelineConfig, run_pipeline
 from pipeline.config import OUTPUT_COLUMNS
 from pipeline.prompts import is_sampled
-from pipeline.scheduler import ActorPool, BatchTask
-
-
-def make_corpus(root: Path, shards: int, rows: int, prefix: str = "doc") -> list[str]:
-    """Shards of rows with varied lengths; returns the ids in input order."""
-    root.mkdir(parents=True, exist_ok=True)
-    all_ids = []
-    for s in range(shards):
-        ids = [f"{prefix}-{s}-{i}" for i in range(rows)]
-        texts = [f"Document {s}.{i}. " + "lorem ipsum dolor " * (1 + (i * 7) % 11) for i in range(rows)]
-        pq.write_table(pa.table({"id": ids, "text": texts, "title": [f"t{i}" for i in range(rows)]}),
-                       root / f"part-{s:05d}.parquet")
-        all_ids += ids
-    return all_ids
-
-
-def base_config(tiny_model_dir, tmp_path, **extra) -> dict:
-    fields = dict(input=str(tmp_path / "in"), output=str(tmp_path / "out"), model=str(tiny_model_dir),
-                  max_new_tokens=4, baseline_sample_rate=0.5, progress=False, num_workers=1, max_batch_size=3)
-    fields.update(extra)
-    return fields
 
 
 def output_ids(out: Path) -> list:
@@ -235,78 +215,7 @@ def test_interrupted_driver_resumes_to_exactly_the_input_ids(local_ray, tiny_mod
     assert output_ids(out) == ids and report.ok and (out / "_SUCCESS").exists()
 
 
-def test_dry_run_counts_without_ray_work(tiny_model_dir, tmp_path):
-    make_corpus(tmp_path / "in", shards=2, rows=5)
-    pq.write_table(pa.table({"id": ["x", "y"], "text": ["", "ok text"], "title": ["a", "b"]}),
-                   tmp_path / "in" / "part-00009.parquet")
-    uri = f"file://{tmp_path / 'in'}"  # any pyarrow filesystem URI works like a local path
-    result = dry_run(base_config(tiny_model_dir, tmp_path, baseline_sample_rate=0.0, input=uri))
-    assert (result.shards_total, result.shards_todo, result.rows, result.rows_invalid) == (3, 3, 12, 1)
-    assert result.invalid_by_reason == {"empty_text": 1} and result.batches >= 4 and result.prompt_tokens > 0
-    assert result.max_new_tokens_total == 11 * 4 and not (tmp_path / "out").exists()
-
-
-# ---- the actor pool's fault handling, with a stand-in actor (the real one is tested above) ------------------------
-
-
-def _flaky_actor_class():
-    class Flaky:
-        """Echoes ids; [666] kills its process, [777] hangs."""
-
-        def ready(self):
-            return {"pid": os.getpid()}
-
-        def run_batch(self, input_ids, sampled, seed):
-            if [666] in input_ids:
-                os._exit(1)
-            if [777] in input_ids:
-                time.sleep(3600)
-            return [{"status": "ok", "echo": ids} for ids in input_ids]
-
-    return ray.remote(Flaky).options(max_restarts=2, max_task_retries=0, num_cpus=0)
-
-
-def _drain(pool: ActorPool, deadline_s: float = 120) -> list:
-    outcomes, end = [], time.monotonic() + deadline_s
-    while pool.busy and time.monotonic() < end:
-        outcomes += pool.step(wait_s=0.2)
-        assert pool.in_flight <= pool.max_in_flight  # backpressure holds through faults
-    assert not pool.busy, "pool never finished"
-    return outcomes
-
-
-def test_item_that_keeps_killing_its_worker_fails_alone(local_ray):
-    cls = _flaky_actor_class()
-    pool = ActorPool(cls.remote, num_workers=1, max_in_flight=2, max_retries=1, batch_timeout_s=60)
-    try:
-        pool.add(BatchTask(shard=0, positions=[0, 1, 2], input_ids=[[1], [666], [2]], sampled=False, seed=0))
-        pool.add(BatchTask(shard=0, positions=[3], input_ids=[[3]], sampled=False, seed=0))
-        outcomes = _drain(pool)
-    finally:
-        pool.shutdown()
-    done = {p: o for o in outcomes for p in o.task.positions}
-    assert sorted(done) == [0, 1, 2, 3]  # every item exactly once
-    assert [done[p].rows[done[p].task.positions.index(p)]["echo"] for p in (0, 2, 3)] == [[1], [2], [3]]
-    assert done[1].rows is None and done[1].error.startswith("worker_died") and "after 2 attempts" in done[1].error
-    assert pool.replacements >= 1  # 4 deaths > max_restarts=2: the dead actor was replaced
-
-
-def test_hung_worker_is_detected_by_timeout(local_ray):
-    cls = _flaky_actor_class()
-    pool = ActorPool(cls.remote, num_workers=1, max_in_flight=2, max_retries=1, batch_timeout_s=1.5)
-    try:
-        pool.add(BatchTask(shard=0, positions=[0], input_ids=[[777]], sampled=False, seed=0))
-        pool.add(BatchTask(shard=0, positions=[1], input_ids=[[5]], sampled=False, seed=0))
-        started = time.monotonic()
-        outcomes = _drain(pool, deadline_s=60)
-    finally:
-        pool.shutdown()
-    by_pos = {o.task.positions[0]: o for o in outcomes}
-    assert by_pos[0].error.startswith("worker_hung") and by_pos[1].rows[0]["echo"] == [5]
-    assert time.monotonic() - started < 45
-
-
-# ---- the real default model, end to end ---------------------------------------------------------------------------
+# ---- the real default model, end to end ------------------------------------------------------------------------------
 
 
 def test_end_to_end_real_default_model(local_ray, tmp_path):

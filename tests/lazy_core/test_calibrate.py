@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from conftest import GEMMA_GLOBAL, make_tiny_model
 
-from lazy_core import LazyConfig
+from lazy_core import LazyConfig, LazyLLM
 from lazy_core.calibrate import (
     _word_f1,
     calibrate,
@@ -87,6 +88,40 @@ def test_default_candidates_fit_the_depth():
             cfg.check_depth(depth)
     assert LazyConfig.default_for(30) in candidate_schedules(30)
     assert candidate_schedules(2) == []
+
+
+def test_candidates_on_the_gemma3_270m_layout_sit_at_global_layers():
+    """Gemma 3 270M's layout (global layers 5, 11, 17 of 18): every candidate prunes at the global layers that can
+    prune, as default_for and paper do; placements that snap to the same layers are one candidate."""
+    from transformers import Gemma3TextConfig
+
+    config = Gemma3TextConfig(num_hidden_layers=18, sliding_window=512)
+    windows = [None if t == "full_attention" else 512 for t in config.layer_types]
+    cands = candidate_schedules(config)
+    assert len(cands) > 1 and len(set(map(str, cands))) == len(cands)
+    assert cands[0] == LazyConfig.default_for(config) and cands[-1] == LazyConfig.paper(config)
+    for cfg in cands:
+        assert cfg.prune_layers == [5, 11]
+        cfg.check_layers(windows)
+
+
+def test_calibrate_runs_on_a_hybrid_model(tiny_tokenizer):
+    """Tiny Gemma 3 (sliding window 8, global layers 2 and 4): LazyLLM accepts every default candidate, and calibrate
+    on samples past the default's min_prompt_tokens (so the candidates prune) returns the fastest when any drop is
+    allowed."""
+    gemma = make_tiny_model("gemma3", num_layers=6)
+    cands = candidate_schedules(gemma)
+    assert len(cands) > 1 and len(set(map(str, cands))) == len(cands)
+    for cfg in cands:
+        assert set(cfg.prune_layers) <= set(GEMMA_GLOBAL)
+        LazyLLM(gemma, cfg)  # refuses a pruning layer with a sliding window
+    samples = [TEXT * 4 + f" Question {i}: what jumps?" for i in range(2)]
+    lengths = [len(tiny_tokenizer(s, add_special_tokens=False)["input_ids"]) for s in samples]
+    assert min(lengths) >= LazyConfig.default_for(gemma).min_prompt_tokens
+    chosen = calibrate(gemma, tiny_tokenizer, samples, max_drop=1.0, max_new_tokens=4)
+    flops = FlopModel.from_config(gemma.config)
+    speeds = [predicted_speedup(c, flops, gemma.config.num_hidden_layers, lengths) for c in cands]
+    assert chosen == cands[speeds.index(max(speeds))] and all(chosen.prunes(n) for n in lengths)
 
 
 def test_bad_input_errors(tiny_llama, tiny_tokenizer):

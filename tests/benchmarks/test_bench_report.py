@@ -1,4 +1,5 @@
-"""The evaluation runner and report (benchmarks/eval.py, benchmarks/report.py): records, scoring, sections, plots."""
+"""The evaluation report (benchmarks/report.py): records paired with the full run, scores, the summary and its
+one-point rule, the choice of method, records of the current config only, markdown and plots."""
 
 from __future__ import annotations
 
@@ -6,13 +7,8 @@ import json
 import math
 
 import pytest
-import torch
 
-from benchmarks.common import replace_section
-from benchmarks.data import EvalItem
-from benchmarks.eval import interleave, run_item
 from benchmarks.report import build_report, choose, current_only, load_records, score_records, summarise
-from lazy_core import LazyConfig, LazyLLM
 
 
 def _config(method):
@@ -156,89 +152,3 @@ def test_missing_full_records_is_an_error(tmp_path):
         load_records([path])
     with pytest.raises(FileNotFoundError, match="benchmarks.eval"):
         load_records([tmp_path / "nope.jsonl"])
-
-
-def test_replace_section_rewrites_only_its_block(tmp_path):
-    md = tmp_path / "B.md"
-    md.write_text("# B\n\n<!-- a:begin -->\nold\n<!-- a:end -->\n\ntail text\n", encoding="utf-8")
-    replace_section("a", "new body", md)
-    replace_section("b", "b body", md)
-    replace_section("a", "newer", md)
-    text = md.read_text(encoding="utf-8")
-    assert text.count("<!-- a:begin -->") == 1 and "newer" in text and "old" not in text and "new body" not in text
-    assert "tail text" in text and text.rstrip().endswith("<!-- b:end -->")
-
-
-def test_interleave_orders_by_length_then_task_turns():
-    def item(task, n, k):
-        return EvalItem(
-            task=task, item_id=f"{task}-{n}-{k}", target_tokens=n, prompt_ids=[1], answers=[], max_new_tokens=1
-        )
-
-    items = [item("needle", 2048, 0), item("needle", 1024, 0), item("needle", 1024, 1), item("single_qa", 1024, 0)]
-    assert [i.item_id for i in interleave(items)] == [
-        "needle-1024-0",
-        "single_qa-1024-0",
-        "needle-1024-1",
-        "needle-2048-0",
-    ]
-
-
-def test_run_item_record_on_a_tiny_model(tiny_llama, tiny_tokenizer):
-    ids = tiny_tokenizer("The passkey is 123456. What is it?", add_special_tokens=False)["input_ids"]
-    item = EvalItem(
-        task="single_qa", item_id="t", target_tokens=64, prompt_ids=ids, answers=["123456"], max_new_tokens=5
-    )
-    lazy = LazyLLM(tiny_llama, LazyConfig.off())
-    rec = run_item(lazy, tiny_tokenizer, item, loglik=True)
-    assert 1 <= len(rec["new_ids"]) <= 5 and rec["computed_token_fraction"] == 1.0
-    assert rec["prompt_tokens"] == len(ids) and rec["text"] == tiny_tokenizer.decode(
-        rec["new_ids"], skip_special_tokens=True
-    )
-    gold = tiny_tokenizer("123456", add_special_tokens=False)["input_ids"]
-    expected = lazy.loglikelihood(torch.tensor([ids]), None, [gold])[0]
-    assert rec["gold_loglik"] == pytest.approx(expected) and rec["gold_loglik"] < 0
-    assert run_item(lazy, tiny_tokenizer, item, loglik=False)["gold_loglik"] is None
-
-
-def test_ttft_runner_on_a_tiny_model(tiny_llama, tiny_tokenizer, tmp_path):
-    from benchmarks.ttft import markdown, parse_config, run
-
-    cfg = LazyConfig(prune_layers=[1], keep_ratios=[0.25], min_keep_tokens=8)
-    seen = []
-    result = run(
-        tiny_llama, tiny_tokenizer, cfg, [300], repeats=2, warmup=0, on_row=lambda r: seen.append(len(r["rows"]))
-    )
-    (row,) = result["rows"]
-    assert seen == [1] and row["prompt_tokens"] == 300 and row["repeats"] == 2
-    assert len(row["times"]["full"]) == len(row["times"]["lazy"]) == len(row["times"]["off"]) == 2
-    assert row["off_matches_full"] is True  # the engine with pruning off gives the unpatched model's first token
-    assert row["computed_token_fraction"] == pytest.approx((2 * 300 + 2 * 75) / (4 * 300))
-    assert row["speedup"] == pytest.approx(row["full_s"] / row["lazy_s"])
-    result["machine"] = {"date_utc": "d", "git_commit": "c", "torch_threads": 1, "cpu_count": 2, "load_average_1m": 0}
-    assert "| 300 |" in markdown(result, "python -m benchmarks.ttft")
-    assert parse_config("off", tiny_llama) == LazyConfig.off()
-    assert parse_config('{"prune_layers": [1], "keep_ratios": [0.5]}', tiny_llama).keep_ratios == [0.5]
-    with pytest.raises(ValueError, match="JSON"):
-        parse_config("nonsense", tiny_llama)
-
-
-def test_eval_resumes_only_pairs_run_with_the_current_config(tiny_model_dir, tmp_path):
-    """A stopped run resumes where it was; a record made with another config (e.g. before a change of the default)
-    does not count as done, so the method reruns on that item and the report takes the newer line."""
-    from benchmarks.eval import main as run_eval
-
-    out = tmp_path / "eval.jsonl"
-    args = ["--model", str(tiny_model_dir), "--tasks", "needle", "--needle-lengths", "600", "--depths", "0.5"]
-    args += ["--methods", "lazy", "--threads", "1", "--no-loglik", "--out", str(out)]
-    run_eval(args)
-    first = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["method"] for r in first] == ["full", "lazy"]
-    run_eval(args)
-    assert out.read_text().splitlines() == [json.dumps(r) for r in first]  # nothing rerun
-    stale = dict(first[1], config=dict(first[1]["config"], keep_ratios=[0.9, 0.8, 0.7]), text="stale")
-    out.write_text("".join(json.dumps(r) + "\n" for r in (first[0], stale)))
-    run_eval(args)
-    lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["method"] for r in lines] == ["full", "lazy", "lazy"] and lines[2]["config"] == first[1]["config"]
-    assert load_records([out])["lazy"][first[1]["item_id"]]["text"] == first[1]["text"]

@@ -29,15 +29,3 @@ def test_compare_refuses_items_that_differ():
     fp32 = {("full", "a"): _rec("full", "a", "1", prompt_tokens=100)}
     with pytest.raises(ValueError, match="differ between the fp32 and bf16"):
         compare(fp32, {("full", "a"): _rec("full", "a", "1", prompt_tokens=99)}, ["full"])
-
-
-def test_cpu_kernels_times_every_shape_dtype_and_batch(tmp_path):
-    from benchmarks import cpu_kernels
-
-    out = tmp_path / "k.json"
-    results = cpu_kernels.main(["--threads", "1", "--rows", "1", "4", "--batches", "1", "2", "--keys", "64",
-                                "--repeats", "1", "--out", str(out)])
-    assert len(results["linear"]) == len(cpu_kernels.SHAPES) * 2 * 2  # shapes x rows x dtypes
-    assert {(r["dtype"], r["batch"]) for r in results["attention"]} == {
-        (d, b) for d in ("float32", "bfloat16") for b in (1, 2)}
-    assert all(r["ms"] > 0 for r in results["linear"]) and out.with_suffix(".md").read_text().count("\n|---") == 2

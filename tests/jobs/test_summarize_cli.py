@@ -1,6 +1,6 @@
 """jobs/summarize.py as a command line: flags over YAML, validation, dry run, exit status (no Ray needed here).
 
-The runs through Ray (`ray job submit`, a second node) are in test_jobs_submit.py.
+The runs through Ray (`ray job submit`, a second node) are in test_submit.py.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from jobs import summarize
 from pipeline import PipelineConfig, RunReport
 from pipeline.report import FailedShard
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "jobs" / "summarize.py"
 
 
@@ -74,6 +74,8 @@ def test_flags_override_the_yaml_which_overrides_the_defaults(tmp_path: Path) ->
         ("max_new_tokens: 0\n", ["--input", "x", "--output", "y"], "max_new_tokens: Input should be greater than"),
         ("max_new_token: 8\n", ["--input", "x", "--output", "y"], "max_new_token: Extra inputs are not permitted"),
         ("- a list\n", ["--input", "x", "--output", "y"], "must hold a mapping"),
+        ("input: [x\n", ["--output", "y"], "is not valid YAML"),
+        ("max_new_tokens: 0\n", [], "--input and --output required"),
     ],
 )
 def test_bad_configs_exit_2_with_one_line_naming_the_problem(
@@ -84,6 +86,13 @@ def test_bad_configs_exit_2_with_one_line_naming_the_problem(
     assert summarize.main(["--config", str(yaml_file), *args]) == summarize.EXIT_USAGE
     err = capsys.readouterr().err.strip()
     assert err.startswith("summarize: error:") and message in err and "\n" not in err
+
+
+def test_a_missing_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nope.yaml"
+    assert summarize.main(["--config", str(missing), "--input", "x", "--output", "y"]) == summarize.EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert err == f"summarize: error: --config {str(missing)!r} not found; pass a YAML file of PipelineConfig fields"
 
 
 def test_bad_flag_values_are_refused_by_the_parser(tmp_path: Path) -> None:

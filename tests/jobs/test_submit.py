@@ -1,4 +1,4 @@
-"""`ray job submit` of jobs/summarize.py against a real local Ray cluster with token authentication on (issue 5).
+"""`ray job submit` of jobs/summarize.py against a real local Ray cluster with token authentication on.
 
 The head is started the way a deployment starts it: `ray start --head` with ``RAY_AUTH_MODE=token`` and a generated
 token, the client (`ray job submit`) given the same token. Every node gets its own temp dir and ports, and is stopped
@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 RAY = str(VENV_BIN / "ray")
 

@@ -1,5 +1,6 @@
 """Hybrid attention (Gemma 3: sliding-window and global layers): the engine's invariants on a tiny random Gemma 3
-whose window is shorter than the prompts, and the real Gemma 3 270M base model at 1-2K tokens."""
+whose window is shorter than the prompts, and the default schedule on the 270M model's layout.
+The real Gemma 3 270M: test_real_gemma.py."""
 
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ import torch
 from conftest import GEMMA_GLOBAL, make_tiny_model
 
 from lazy_core import LazyConfig, LazyLLM
+from lazy_core.revival import TopRevival
 
 PROMPTS = [
     "The quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat by the door.",
     "Short prompt here.",
     "A medium length prompt that talks about pruning tokens in long contexts.",
 ]
-PRUNE = dict(prune_layers=[2, 4], keep_ratios=[0.5, 0.25], min_keep_tokens=2, keep_tail=2, revive_policy="top",
-             revive_top=6)
+
+
+PRUNE = dict(prune_layers=[2, 4], keep_ratios=[0.5, 0.25], min_keep_tokens=2, keep_tail=2,
+             revival=TopRevival(top=6))
 
 
 @pytest.fixture(scope="module")
@@ -115,52 +119,3 @@ def test_model_unchanged_after_use(gemma, tiny_tokenizer):
     LazyLLM(gemma, LazyConfig(**PRUNE)).generate(_encode(tiny_tokenizer).input_ids, max_new_tokens=4)
     assert gemma.config._attn_implementation == impl
     assert all(torch.equal(before[k], v) for k, v in gemma.state_dict().items())
-
-
-# ---- the real model -------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def real_gemma():
-    from lazy_core import load_model
-
-    return load_model("gemma3-270m", dtype="float32", device="cpu")
-
-
-def test_real_gemma_loads_as_hybrid_and_matches_generate_when_off(real_gemma):
-    from benchmarks.data import load_essays
-    from lazy_core.arch import model_parts
-
-    model, tok = real_gemma
-    parts = model_parts(model)
-    assert model.config.model_type == "gemma3_text" and parts.global_layers == [5, 11, 17]
-    assert parts.sliding_windows[0] == 512 and model.config.max_position_embeddings == 32768
-    assert not tok.chat_template  # the base model: completion prompts
-    text = load_essays()[0][:6000]
-    ids = tok(text, return_tensors="pt").input_ids[:, :1200]
-    out = LazyLLM(model, LazyConfig.off()).generate(ids, max_new_tokens=8)
-    ref = model.generate(ids, max_new_tokens=8, do_sample=False)
-    assert torch.equal(out.sequences, ref)
-
-
-def test_real_gemma_finds_a_passkey_at_2k_pruned(real_gemma):
-    """Completion-style passkey in real essays, ~2K tokens: the default schedule (pruning at global layers 5 and 11)
-    answers as the full model does."""
-    from benchmarks.data import load_essays
-
-    model, tok = real_gemma
-    essays = load_essays()
-    body = tok(essays[1] + "\n\n" + essays[2], add_special_tokens=False).input_ids[:1900]
-    half = len(body) // 2
-    needle = tok(" The vault code chosen by Maria is 48213. ", add_special_tokens=False).input_ids
-    tail = tok("\n\nQuestion: what is the vault code chosen by Maria?\nAnswer: The vault code chosen by Maria is",
-               add_special_tokens=False).input_ids
-    ids = torch.tensor([[tok.bos_token_id, *body[:half], *needle, *body[half:], *tail]])
-    lazy = LazyLLM(model, LazyConfig.default_for(model))
-    out = lazy.generate(ids, max_new_tokens=6)
-    full = LazyLLM(model, LazyConfig.off()).generate(ids, max_new_tokens=6)
-    answer = tok.decode(out.sequences[0, ids.shape[1]:], skip_special_tokens=True)
-    assert "48213" in tok.decode(full.sequences[0, ids.shape[1]:], skip_special_tokens=True)
-    assert "48213" in answer, answer
-    stats = out.stats[0]
-    assert stats.pruned and stats.kept_per_layer[6] < ids.shape[1] and stats.est_speedup > 1.3

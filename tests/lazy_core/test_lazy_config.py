@@ -1,0 +1,69 @@
+"""LazyConfig (lazy_core.config): the presets (default_for, paper, off), their schedule arithmetic at a depth, and
+what the pipeline reads a `lazy` setting as."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import PRUNE
+from pydantic import ValidationError
+
+from lazy_core import LazyConfig, LazyLLM
+from lazy_core.revival import SelectRevival, TopRevival
+
+# ---- presets ---------------------------------------------------------------------------------------------------------
+
+
+def test_default_for_scales_with_depth(tiny_llama):
+    assert LazyConfig.default_for(30).prune_layers == [7, 14, 21]
+    for depth in (4, 12, 24, 32, 80):
+        cfg = LazyConfig.default_for(depth)
+        cfg.check_depth(depth)
+        assert cfg.enabled
+    assert not LazyConfig.default_for(2).enabled
+    LazyLLM(tiny_llama, LazyConfig.default_for(tiny_llama))
+
+
+def test_presets_choose_their_revival_policy():
+    default = LazyConfig.default_for(30)
+    assert default.revival == TopRevival(top=128) and default.revive and default.revive_steps == 32
+    assert LazyConfig.paper(30).revival == SelectRevival() == LazyConfig.off().revival == LazyConfig().revival
+    assert LazyConfig.paper(30).revive_steps is None
+
+
+def test_min_prompt_tokens_presets_and_validation():
+    assert LazyConfig.paper(30).min_prompt_tokens == 0 and LazyConfig().min_prompt_tokens == 0
+    default = LazyConfig.default_for(30)
+    assert default.min_prompt_tokens > 0
+    assert not default.prunes(default.min_prompt_tokens - 1) and default.prunes(default.min_prompt_tokens)
+    assert default.kept_per_layer(30, default.min_prompt_tokens - 1) == [default.min_prompt_tokens - 1] * 30
+    with pytest.raises(ValidationError, match="min_prompt_tokens"):
+        LazyConfig(min_prompt_tokens=-1)
+
+
+def test_resolve_names_the_pipelines_schedules(tiny_llama):
+    """LazyConfig.resolve: what the worker and the driver's batch budget both read a `lazy` setting as."""
+    assert LazyConfig.resolve("default", tiny_llama) == LazyConfig.default_for(tiny_llama)
+    assert LazyConfig.resolve("default", tiny_llama.config) == LazyConfig.default_for(tiny_llama)
+    assert LazyConfig.resolve("off", tiny_llama) == LazyConfig.off()
+    assert LazyConfig.resolve(PRUNE, tiny_llama) == LazyConfig(**PRUNE)
+    with pytest.raises(ValueError, match="lazy must be 'default', 'off'"):
+        LazyConfig.resolve("fast", tiny_llama)
+
+
+# ---- schedule arithmetic ---------------------------------------------------------------------------------------------
+
+
+def test_held_tokens_is_what_the_caches_hold(tiny_llama):
+    """LazyConfig.held_tokens (what the pipeline's batch budget counts) == the K/V rows each layer of the engine's
+    cache holds, averaged over the layers, after prefill and the decoding steps that fed tokens back."""
+    config = LazyConfig(prune_layers=[0, 2], keep_ratios=[0.5, 0.25], min_keep_tokens=2, revive=False)
+    engine = LazyLLM(tiny_llama, config, keep_state=True)
+    ids = torch.randint(3, 100, (1, 40))
+    engine.generate(ids, max_new_tokens=6, eos_token_id=[])
+    cache = engine.last_state.cache
+    per_layer = [int(kv.valid[0, : kv.length].sum()) for kv in cache.layers]  # 40 / 20 / 20 / 10 prompt rows + 5
+    held = config.held_tokens(len(per_layer), 40, 5)  # the 6th new token is never fed back
+    assert held == -(-sum(per_layer) // len(per_layer)) == 23 + 5
+    assert LazyConfig.off().held_tokens(4, 40, 5) == 45
+    assert config.model_copy(update={"min_prompt_tokens": 41}).held_tokens(4, 40, 5) == 45  # computed in full

@@ -1,0 +1,103 @@
+"""The pruning contract (lazy_core.scoring): LazyLLM's attention scores against an eager-attention reference, the
+kept set is the top-scored within each budget, and the static and random baselines behind the same contract."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_tiny_model
+from helpers import PROMPTS, PRUNE, RecordingPruner, encode
+
+from lazy_core import LazyConfig, LazyLLM, RandomPruner, StaticPruner
+from lazy_core.scoring import make_pruner
+
+# ---- LazyLLM's attention scores and the kept set ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "scoring",
+    [
+        dict(query_window=1, head_reduce="mean", query_reduce="mean", pool_kernel=1),  # the paper
+        dict(query_window=4, head_reduce="max", query_reduce="max", pool_kernel=3),
+        dict(query_window=3, head_reduce="mean", query_reduce="mean", pool_kernel=1),
+    ],
+)
+def test_scores_equal_eager_attention_reference(tiny_tokenizer, scoring):
+    model = make_tiny_model("llama", attn="eager")
+    enc = encode(tiny_tokenizer, PROMPTS[:1])
+    layer = 1
+    config = LazyConfig(prune_layers=[layer], keep_ratios=[0.4], min_keep_tokens=1, keep_tail=1, **scoring)
+    pruner = RecordingPruner(config)
+    LazyLLM(model, config, pruner=pruner).generate(enc.input_ids, max_new_tokens=1)
+    with torch.inference_mode():
+        attn = model(enc.input_ids, output_attentions=True).attentions[layer].float()  # [1, H, T, T]
+    window = attn[:, :, -scoring["query_window"]:, :]
+    heads = window.mean(1) if scoring["head_reduce"] == "mean" else window.amax(1)
+    ref = heads.mean(1) if scoring["query_reduce"] == "mean" else heads.amax(1)
+    if scoring["pool_kernel"] > 1:
+        k = scoring["pool_kernel"]
+        ref = F.max_pool1d(ref[:, None], k, stride=1, padding=k // 2)[:, 0]
+    got = pruner.calls[0]["scores"]
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_kept_tokens_are_top_scored_nested_and_keep_positions(tiny_tokenizer):
+    model = make_tiny_model("qwen2")
+    enc = encode(tiny_tokenizer)
+    config = LazyConfig(**PRUNE, query_window=2, pool_kernel=1)
+    pruner = RecordingPruner(config)
+    lengths = enc.attention_mask.sum(1)
+    LazyLLM(model, config, pruner=pruner).generate(enc.input_ids, attention_mask=enc.attention_mask,
+                                                   max_new_tokens=1)
+    first, second = pruner.calls
+    for call in (first, second):
+        inputs, keep, scores = call["inputs"], call["keep"], call["scores"]
+        for b in range(len(PROMPTS)):
+            n = int(lengths[b])
+            cand = inputs.candidates[b]
+            kept = keep[b] & cand
+            assert not bool((keep[b] & ~cand).any()), "pads or non-candidates kept"
+            assert int(kept.sum()) == int(call["budget"][b].clamp(max=int(cand.sum())))
+            pos = inputs.key_pos[b]
+            assert bool(kept[pos == n - 1].all()), "the last token must be kept"
+            forced = call["forced"][b]
+            free_kept = kept & ~forced
+            free_dropped = cand & ~kept
+            if free_kept.any() and free_dropped.any():
+                assert float(scores[b][free_kept].min()) >= float(scores[b][free_dropped].max())
+    # nested: the second pruning layer sees exactly the tokens the first kept, at their original positions
+    for b in range(len(PROMPTS)):
+        kept_first = first["inputs"].key_pos[b][first["keep"][b]].tolist()
+        seen_second = second["inputs"].key_pos[b][second["inputs"].key_valid[b]].tolist()
+        assert seen_second == sorted(kept_first)
+
+
+# ---- baselines behind the same contract ------------------------------------------------------------------------------
+
+
+def test_static_prunes_once_and_random_is_seeded(tiny_llama, tiny_tokenizer):
+    enc = encode(tiny_tokenizer, PROMPTS[:1])
+    n = enc.input_ids.shape[1]
+    static = LazyLLM(tiny_llama, LazyConfig(**PRUNE, method="static")).generate(enc.input_ids, max_new_tokens=4)
+    budget = max(2, -(-n // 4))
+    assert static.stats[0].kept_per_layer == [n, budget, budget, budget]
+    assert LazyConfig(**PRUNE, method="static").kept_per_layer(4, n) == [n, budget, budget, budget]
+    assert static.stats[0].revived_tokens == 0
+    assert isinstance(make_pruner(LazyConfig(**PRUNE, method="static")), StaticPruner)
+    config = LazyConfig(**PRUNE, method="random", seed=3)
+    pruner_a, pruner_b = RecordingRandom(config), RecordingRandom(config)
+    LazyLLM(tiny_llama, config, pruner=pruner_a).generate(enc.input_ids, max_new_tokens=1)
+    LazyLLM(tiny_llama, config, pruner=pruner_b).generate(enc.input_ids, max_new_tokens=1)
+    assert torch.equal(pruner_a.keeps[0], pruner_b.keeps[0])
+
+
+class RecordingRandom(RandomPruner):
+    def __init__(self, config):
+        super().__init__(config)
+        self.keeps = []
+
+    def select(self, inputs, budget, forced):
+        keep = super().select(inputs, budget, forced)
+        self.keeps.append(keep)
+        return keep
