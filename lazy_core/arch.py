@@ -165,7 +165,7 @@ def place_schedule(model_or_num_layers: Any, fractions: tuple[float, ...],
         return layers, list(ratios[: len(layers)])
     merged: dict[int, float] = {}
     for fraction, ratio in zip(fractions, ratios, strict=False):
-        layer = min(num - 2, max(0, round(fraction * num) - 1))
+        layer = _layer_at(fraction, num)
         snapped = min(usable, key=lambda g, layer=layer: (abs(g - layer), -g))
         merged[snapped] = min(ratio, merged.get(snapped, 1.0))
     return sorted(merged), [merged[layer] for layer in sorted(merged)]
@@ -176,4 +176,10 @@ def layers_at(model_or_num_layers: Any, fractions: tuple[float, ...]) -> list[in
     :func:`place_schedule` to place a schedule): fraction f prunes after layer round(f * L) - 1, kept within 0..L-2
     (a pruning layer needs a layer after it); duplicates on shallow models are merged."""
     num = model_depth(model_or_num_layers)
-    return sorted({min(num - 2, max(0, round(f * num) - 1)) for f in fractions})
+    return sorted({_layer_at(f, num) for f in fractions})
+
+
+def _layer_at(fraction: float, num_layers: int) -> int:
+    """The 0-based layer after which fraction ``fraction`` of a ``num_layers``-deep model prunes: round(f * L) - 1,
+    kept within 0..L-2."""
+    return min(num_layers - 2, max(0, round(fraction * num_layers) - 1))

@@ -97,7 +97,6 @@ class LayerLoop:
         self.pruner = pruner if pruner is not None else make_pruner(config)
         self.prune_step = config.active_steps()  # layer -> index into the schedule
         self.revive = config.revive and self.pruner.revives and bool(self.prune_step)
-        self.revival = config.revival
         self.scaling = parts.layers[0].self_attn.scaling
         # reviving steps run the layers on packed rows where attention takes the engine's small-query CPU path
         attn = parts.layers[0].self_attn
@@ -231,7 +230,7 @@ class LayerLoop:
             if not scoring:
                 continue
             inputs = self._score_inputs(state, j, query, pos[:, -1:], live[:, None], live, span, visible)
-            revived = self.revival.revive(self, state, inputs, StepRows(hidden, pos, valid, visible))
+            revived = self.config.revival.revive(self, state, inputs, StepRows(hidden, pos, valid, visible))
             if revived is None:  # the rows stay as they are
                 continue
             hidden, pos, valid, visible = revived.hidden, revived.pos, revived.valid, revived.visible

@@ -40,7 +40,7 @@ class ShardWork:
         self.remaining -= len(positions)
 
     def fail(self, positions: list[int], reason: str) -> None:
-        self.apply(positions, [{"status": "error", "error": reason} for _ in positions])
+        self.apply(positions, [error_row(reason) for _ in positions])
 
 
 def error_result(reason: str, prompt_tokens: int | None = None) -> dict[str, Any]:
