@@ -8,6 +8,7 @@ Hugging Face dir; ``calibrate`` picks a schedule for a new model from a user's o
 from lazy_core.arch import SUPPORTED_MODEL_TYPES
 from lazy_core.calibrate import calibrate
 from lazy_core.config import LazyConfig
+from lazy_core.continuous import ContinuousResult, SlotCounters
 from lazy_core.decoding import DecodingOptions
 from lazy_core.generate import LazyLLM
 from lazy_core.loading import DEFAULT_MODEL, load_model, load_model_config, load_tokenizer
@@ -19,6 +20,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "SUPPORTED_MODEL_TYPES",
     "AttentionPruner",
+    "ContinuousResult",
     "DecodingOptions",
     "GenerateOutput",
     "ItemStats",
@@ -26,6 +28,7 @@ __all__ = [
     "LazyLLM",
     "RandomPruner",
     "ScoreInputs",
+    "SlotCounters",
     "SelectRevival",
     "StaticPruner",
     "TokenPruner",

@@ -71,6 +71,32 @@ class BatchState:
         self._budget_max: dict[int, int] = {}
         self.host_lengths: list[int] = lengths.tolist()  # one sync per batch: what the loops size things by
         self.longest = max(self.host_lengths)
+        # per item: its schedule prunes it (False: computed in full; its steps never score, and it is counted as
+        # unscored, as when it runs alone)
+        self.prunes: list[bool] = [True] * batch
+
+    @classmethod
+    def regroup(cls, sources: list[tuple[BatchState, list[int]]], headroom: int) -> BatchState:
+        """A state holding the items ``rows`` of each source, in that order, with everything each item had: its K/V
+        (pads cut, :meth:`LayerKV.regroup`), its Aux Cache entries, its counters. How a continuous batch drops
+        finished items and takes in newly prefilled ones (:mod:`lazy_core.continuous`). ``headroom``: free K/V slots
+        per layer for the decoding steps to come."""
+        device = sources[0][0].lengths.device
+        picked = [(st, torch.tensor(rows, dtype=torch.long, device=device)) for st, rows in sources if rows]
+        out = cls.__new__(cls)
+        out.lengths = torch.cat([st.lengths[rows] for st, rows in picked])
+        out.cache = LazyKVCache.regroup([(st.cache, rows) for st, rows in picked], headroom)
+        out.aux = AuxCache.regroup([(st.aux, rows) for st, rows in picked])
+        out.revived = torch.cat([st.revived[rows] for st, rows in picked])
+        out.kept_per_layer = torch.cat([st.kept_per_layer[:, rows] for st, rows in picked], 1)
+        out.score_pairs = torch.cat([st.score_pairs[rows.cpu()] for st, rows in picked])
+        out.max_positions = max(st.max_positions for st, _ in picked)
+        out._budgets, out._budget_max = {}, {}
+        out.host_lengths = [st.host_lengths[r] for st, rows in sources for r in rows]
+        out.prunes = [st.prunes[r] for st, rows in sources for r in rows]
+        out.longest = max(out.host_lengths)
+        out.dense = len(out.host_lengths) == 1  # a lone item's slots are all its own (the pads were cut)
+        return out
 
     def budget(self, config: LazyConfig, step: int) -> torch.Tensor:
         """[B] tokens kept after pruning step ``step`` (index into the schedule), computed once per batch."""
@@ -186,7 +212,8 @@ class LayerLoop:
             everyone = torch.ones_like(lengths, dtype=torch.bool)
             inputs = self._score_inputs(state, j, query, pos.gather(1, query_rows), query_valid, everyone, width)
             keep = self.select(state, inputs)
-            state.score_pairs += (query_valid.sum(1) * valid.sum(1)).double().cpu()
+            scored = (query_valid.sum(1) * valid.sum(1)).double().cpu()
+            state.score_pairs += scored * torch.tensor(state.prunes, dtype=torch.float64)
             if self.revive:
                 state.aux.put(j, hidden, pos, valid & ~keep)
             (hidden, pos), valid = _pack(keep, hidden, pos)
@@ -204,9 +231,10 @@ class LayerLoop:
     # ---- decode --------------------------------------------------------------------------------------------------
 
     def decode(self, state: BatchState, tokens: torch.Tensor, positions: torch.Tensor, live: torch.Tensor,
-               step: int = 1) -> torch.Tensor:
-        """Decoding step ``step`` (1 = the step after the first token). tokens/positions/live: [B] (finished items
-        are fed a pad and not counted). Returns [B, V].
+               step: int | list[int] = 1) -> torch.Tensor:
+        """Decoding step ``step`` (1 = the step after the first token), or one step number per row (host ints: the
+        rows of a continuous batch joined at different steps). tokens/positions/live: [B] (finished items are fed a
+        pad and not counted). Returns [B, V].
 
         At each pruning layer the new token's query scores the prompt tokens the layer holds, and a selected token
         that the next layer lacks is read from the Aux Cache and computed from there on with the new token (§3.3).
@@ -218,9 +246,15 @@ class LayerLoop:
         pos, valid = positions[:, None], live[:, None]
         cos_sin = self.parts.position_embeddings(hidden, pos)
         visible = None  # [B, P] by position: prompt tokens later layers may attend (set by the policy), None = all
-        span = state.longest + step  # positions this step can reach (positions are lengths + step - 1)
+        steps = [step] * len(state.host_lengths) if isinstance(step, int) else step
+        span = max(n + s for n, s in zip(state.host_lengths, steps, strict=True))  # positions are lengths + step - 1
         limit = self.config.revive_steps
-        reviving = self.revive and (limit is None or step <= limit)
+        rows_reviving = [self.revive and (limit is None or s <= limit) and state.prunes[b]
+                         for b, s in enumerate(steps)]
+        reviving = any(rows_reviving)
+        scored = live  # [B] rows whose new token scores and revives at the pruning layers
+        if reviving and not all(rows_reviving):
+            scored = live & torch.tensor(rows_reviving, device=live.device)
         packing = None  # set once revived rows widen the step (lazy_core.packing)
         for j in range(self.parts.num_layers):
             mask = self._decode_mask(state, j, pos, valid, visible, self._window_active(j, span))
@@ -229,11 +263,13 @@ class LayerLoop:
             hidden, query = self._run_layer(state, j, hidden, pos, valid, mask, cos_sin, rows, packing)
             if not scoring:
                 continue
-            inputs = self._score_inputs(state, j, query, pos[:, -1:], live[:, None], live, span, visible)
+            inputs = self._score_inputs(state, j, query, pos[:, -1:], scored[:, None], scored, span, visible)
             revived = self.config.revival.revive(self, state, inputs, StepRows(hidden, pos, valid, visible))
             if revived is None:  # the rows stay as they are
                 continue
             hidden, pos, valid, visible = revived.hidden, revived.pos, revived.valid, revived.visible
+            if visible is not None and scored is not live:  # a row that does not revive sees all it holds
+                visible = visible | ~scored[:, None]
             packing, cos_sin = self._rows_changed(hidden, pos, valid)
         return self._logits(hidden[:, -1:])
 

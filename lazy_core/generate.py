@@ -8,7 +8,7 @@ The model object is left as it was: its attention implementation is switched onl
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -17,6 +17,7 @@ from torch import nn
 from lazy_core.arch import model_parts
 from lazy_core.attention import attention_hook
 from lazy_core.config import LazyConfig
+from lazy_core.continuous import ContinuousResult, SlotCounters, SlotLoop
 from lazy_core.decoding import DecodingOptions
 from lazy_core.engine import BatchState, LayerLoop
 from lazy_core.rules import LogitRules
@@ -89,6 +90,52 @@ class LazyLLM:
         sequences = torch.cat([input_ids, new], 1)
         return GenerateOutput(sequences=sequences, stats=self._stats(state, new, eos, pad, times))
 
+    def generate_continuous(
+        self,
+        prompts: Sequence[torch.Tensor | Sequence[int]],
+        options: DecodingOptions | None = None,
+        *,
+        slots: int = 4,
+        max_held_tokens: int | None = None,
+        eos_token_id: int | Sequence[int] | None = None,
+        pad_token_id: int | None = None,
+        **option_kwargs: Any,
+    ) -> ContinuousResult:
+        """Generate for a stream of prompts with continuous batching (:mod:`lazy_core.continuous`): ``slots`` items
+        decode at once, and an item that ends gives its slot to the next prompt. ``prompts``: 1-D token ids each, no
+        padding. Returns each prompt's output in input order, laid out as :meth:`generate` lays out that prompt alone
+        (greedy: the same tokens), and how full the slots were."""
+        return ContinuousResult(*self._continuous(prompts, options, slots, max_held_tokens, eos_token_id,
+                                                  pad_token_id, option_kwargs))
+
+    def stream_continuous(
+        self,
+        prompts: Sequence[torch.Tensor | Sequence[int]],
+        options: DecodingOptions | None = None,
+        *,
+        slots: int = 4,
+        max_held_tokens: int | None = None,
+        eos_token_id: int | Sequence[int] | None = None,
+        pad_token_id: int | None = None,
+        counters: SlotCounters | None = None,
+        **option_kwargs: Any,
+    ) -> Iterator[tuple[int, GenerateOutput]]:
+        """:meth:`generate_continuous` as an iterator: (prompt index, output) as each item ends. ``counters``, if
+        given, is filled in as the stream runs."""
+        options = _options(options, option_kwargs)
+        eos = self._eos_ids(eos_token_id)
+        loop = SlotLoop(self, slots, max_held_tokens)
+        return loop.run(prompts, options, eos, self._pad_id(pad_token_id, eos), counters)
+
+    def _continuous(self, prompts, options, slots, max_held_tokens, eos_token_id, pad_token_id, option_kwargs):
+        counters = SlotCounters(slots)
+        outputs: list[GenerateOutput | None] = [None] * len(prompts)
+        for index, out in self.stream_continuous(prompts, options, slots=slots, max_held_tokens=max_held_tokens,
+                                                 eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                                                 counters=counters, **option_kwargs):
+            outputs[index] = out
+        return outputs, counters
+
     def prefill_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Next-token logits [B, V] (float32) after the pruned prefill: what the first new token is chosen from."""
         captured: list[torch.Tensor] = []
@@ -152,6 +199,7 @@ class LazyLLM:
             # a batch whose prompts are all too short to prune (config.min_prompt_tokens) runs the plain loop
             pruning = any(self.config.prunes(n) for n in state.host_lengths)
             loop = LayerLoop(self.parts, self.config if pruning else _OFF, inner, self.pruner)
+            state.prunes = [self.config.prunes(n) for n in state.host_lengths]
             start = time.perf_counter()
             token = choose(loop.prefill(state, left))
             finished = torch.isin(token, eos_t)
@@ -254,39 +302,43 @@ class LazyLLM:
 
     def _stats(self, state: BatchState, new: torch.Tensor, eos: list[int], pad: int, times) -> list[ItemStats]:
         ttft, decode = times
-        num_layers = self.parts.num_layers
-        kept = state.kept_per_layer.T.tolist()  # [B][L]
-        computed = state.cache.computed.sum(0).tolist()  # [B] token-layers over the whole generation
         kv_bytes = state.cache.nbytes_per_item().tolist()
         aux_bytes = state.aux.nbytes_per_item().tolist()
-        stats = []
-        for b, n in enumerate(state.lengths.tolist()):
-            row = new[b].tolist()
-            count = len(row)
-            for i, t in enumerate(row):
-                if t in eos:
-                    count = i + 1
-                    break
-            fed = n + count - 1  # the last new token is never fed back
-            full = self.flops.prefill([n] * num_layers)
-            lazy = self.flops.prefill(kept[b]) + self.flops.score_pairs(float(state.score_pairs[b]))
-            stats.append(
-                ItemStats(
-                    prompt_tokens=n,
-                    new_tokens=count,
-                    ttft_s=ttft,
-                    decode_s=decode,
-                    pruned=any(k < n for k in kept[b]),
-                    kept_per_layer=kept[b],
-                    computed_token_fraction=sum(kept[b]) / (num_layers * n),
-                    computed_token_fraction_total=computed[b] / (num_layers * fed),
-                    revived_tokens=int(state.revived[b]),
-                    est_speedup=full / lazy,
-                    kv_cache_bytes=int(kv_bytes[b]),
-                    aux_cache_bytes=int(aux_bytes[b]),
-                )
-            )
-        return stats
+        return [self.item_stats(state, b, _until_eos(row, eos), ttft, decode, kv_bytes[b], aux_bytes[b])
+                for b, row in enumerate(new.tolist())]
+
+    def item_stats(self, state: BatchState, b: int, count: int, ttft_s: float, decode_s: float, kv_bytes: int,
+                   aux_bytes: int) -> ItemStats:
+        """The stats of item ``b`` of ``state`` once it generated ``count`` tokens (its end-of-sequence included)."""
+        num_layers = self.parts.num_layers
+        n = state.host_lengths[b]
+        kept = state.kept_per_layer[:, b].tolist()
+        computed = int(state.cache.computed[:, b].sum())  # token-layers over the whole generation
+        fed = n + count - 1  # the last new token is never fed back
+        full = self.flops.prefill([n] * num_layers)
+        lazy = self.flops.prefill(kept) + self.flops.score_pairs(float(state.score_pairs[b]))
+        return ItemStats(
+            prompt_tokens=n,
+            new_tokens=count,
+            ttft_s=ttft_s,
+            decode_s=decode_s,
+            pruned=any(k < n for k in kept),
+            kept_per_layer=kept,
+            computed_token_fraction=sum(kept) / (num_layers * n),
+            computed_token_fraction_total=computed / (num_layers * fed),
+            revived_tokens=int(state.revived[b]),
+            est_speedup=full / lazy,
+            kv_cache_bytes=int(kv_bytes),
+            aux_cache_bytes=int(aux_bytes),
+        )
+
+
+def _until_eos(row: list[int], eos: list[int]) -> int:
+    """Tokens of ``row`` up to and including its first end-of-sequence (all of them when it has none)."""
+    for i, t in enumerate(row):
+        if t in eos:
+            return i + 1
+    return len(row)
 
 
 def _options(options: DecodingOptions | None, overrides: dict[str, Any]) -> DecodingOptions:

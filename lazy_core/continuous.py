@@ -1,0 +1,251 @@
+"""Continuous batching with LazyLLM pruning: a fixed number of slots, and a finished item's slot takes the next prompt.
+
+A static batch decodes until its longest item ends, its finished rows fed a pad. Here the batch is a set of slots:
+
+1. **Admit.** While a slot is free and prompts wait, the next prompts (in the caller's order, as many as slots are
+   free and the held-token budget allows) are prefilled together, each pruned by its own schedule (a prompt under
+   ``min_prompt_tokens`` is computed in full). Their first tokens come from that prefill.
+2. **Join.** Their caches join the running items' (:meth:`lazy_core.engine.BatchState.regroup`): each item keeps its
+   own per-layer K/V (pads cut, so the cache holds what the items keep, not ``slots x longest prompt``), its Aux Cache
+   entries, its position and its counters.
+3. **Decode.** One step for every running item, each at its own position and its own step number (revival stops
+   after ``revive_steps`` of *its* steps).
+4. **Leave.** An item that ends (end-of-sequence or ``max_new_tokens``) is emitted with its stats and leaves; its
+   slot is free for step 1.
+
+When to prefill: as soon as a slot is free (prefill first). A decoding step costs about the same with one row as with
+four (bf16 on CPU, any GPU), so an empty slot is a step's throughput lost, and prefill costs the same per token in a
+group as alone, so waiting to gather newcomers gains nothing. Every prompt is admitted in the caller's order; callers
+sort by length (the pipeline's buckets do) so that the items of a step are alike.
+
+Each item's tokens equal its run alone through :meth:`LazyLLM.generate` (greedy; the logit rules of each item look
+at its own prompt and output). Sampling draws from one generator for the whole stream, so a sampled item differs from
+its run alone. This module knows nothing of Ray or of the pipeline.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from lazy_core.attention import attention_hook
+from lazy_core.config import LazyConfig
+from lazy_core.decoding import DecodingOptions
+from lazy_core.engine import BatchState, LayerLoop
+from lazy_core.rules import LogitRules
+from lazy_core.stats import GenerateOutput
+
+_OFF = LazyConfig.off()
+
+
+@dataclass
+class SlotCounters:
+    """How full the slots were over a stream's decoding steps."""
+
+    slots: int
+    steps: int = 0  # decoding steps run (each advances every running item by one token)
+    busy_slot_steps: int = 0  # slot-steps that decoded an item
+    prefills: int = 0  # prefill calls (groups of newcomers)
+    regroups: int = 0  # times the running set changed (items left or joined)
+
+    @property
+    def slot_steps(self) -> int:
+        return self.slots * self.steps
+
+    @property
+    def idle_fraction(self) -> float:
+        """Share of slot-steps with no item in them (0 when no step ran)."""
+        return 0.0 if self.steps == 0 else 1.0 - self.busy_slot_steps / self.slot_steps
+
+
+@dataclass
+class ContinuousResult:
+    """``outputs[i]`` is prompt i's output, laid out as ``generate`` lays out a batch of that prompt alone:
+    ``sequences`` [1, n_i + new_i] and one :class:`ItemStats`."""
+
+    outputs: list[GenerateOutput]
+    counters: SlotCounters
+
+
+@dataclass
+class _Item:
+    index: int
+    ids: torch.Tensor  # [1, n]
+    rules: LogitRules | None
+    tokens: list[int] = field(default_factory=list)
+    ttft_s: float = 0.0
+    joined_at: float = 0.0  # perf_counter when its first token was chosen
+
+    @property
+    def length(self) -> int:
+        return self.ids.shape[1]
+
+
+class SlotLoop:
+    """The continuous decode loop of one :class:`~lazy_core.generate.LazyLLM` (its model, schedule and pruner)."""
+
+    def __init__(self, lazy, slots: int, max_held_tokens: int | None = None) -> None:
+        """``slots``: items decoded at once at most. ``max_held_tokens``: a newcomer waits while the running items'
+        held tokens (:meth:`LazyConfig.held_tokens`: K/V rows per layer once ``max_new_tokens`` are decoded) plus its
+        own would pass this; None = only ``slots`` bounds the batch. A lone item always runs."""
+        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+            raise ValueError(f"slots must be an int >= 1, got {slots!r}")
+        if max_held_tokens is not None and max_held_tokens < 1:
+            raise ValueError(f"max_held_tokens must be >= 1 or None, got {max_held_tokens!r}")
+        self.lazy = lazy
+        self.slots = slots
+        self.max_held_tokens = max_held_tokens
+
+    def run(self, prompts: Sequence[torch.Tensor | Sequence[int]], options: DecodingOptions, eos: list[int],
+            pad: int, counters: SlotCounters | None = None) -> Iterator[tuple[int, GenerateOutput]]:
+        """Yields (prompt index, its output) as items end. ``prompts``: 1-D token ids each (no padding)."""
+        lazy, parts = self.lazy, self.lazy.parts
+        counters = counters if counters is not None else SlotCounters(self.slots)
+        max_new = options.max_new_tokens
+        waiting = [self._item(i, p, options, eos) for i, p in enumerate(prompts)]
+        waiting.reverse()  # pop() takes the next prompt
+        eos_set = set(eos)
+        choose = _chooser(options, parts.device)
+        held = self._held_cost(max_new)
+        running: list[_Item] = []  # the items of ``state``'s rows ``kept``, in that order
+        state: BatchState | None = None
+        kept: list[int] = []
+        with torch.inference_mode(), attention_hook(lazy.model) as inner:
+            decoder = LayerLoop(parts, lazy.config, inner, lazy.pruner)
+            while waiting or running:
+                # 1. admit and prefill newcomers; those that end at their first token never join
+                newcomers = self._admit(waiting, running, held)
+                joining: list[int] = []
+                group = None
+                if newcomers:
+                    group = self._prefill(newcomers, inner, choose, max_new, pad)
+                    counters.prefills += 1
+                    done = [b for b, it in enumerate(newcomers) if _ended(it, eos_set, max_new)]
+                    yield from self._emit(group, [(b, newcomers[b]) for b in done], eos)
+                    joining = [b for b in range(len(newcomers)) if b not in done]
+                # 2. one regroup drops the items that ended and takes in the newcomers
+                if joining or (state is not None and len(kept) < len(state.host_lengths)):
+                    running = running + [newcomers[b] for b in joining]
+                    sources = [(state, kept)] if state is not None and kept else []
+                    if joining:
+                        sources.append((group, joining))
+                    state = (BatchState.regroup(sources, headroom=_headroom(running, max_new)) if sources
+                             else None)
+                    kept = list(range(len(running)))
+                    counters.regroups += 1
+                if not running:
+                    continue
+                # 3. one decoding step for every running item, each at its own position and step
+                steps = [len(it.tokens) for it in running]
+                device = parts.device
+                feed = torch.tensor([it.tokens[-1] for it in running], dtype=torch.long, device=device)
+                positions = torch.tensor([it.length + s - 1 for it, s in zip(running, steps, strict=True)],
+                                         dtype=torch.long, device=device)
+                live = torch.ones(len(running), dtype=torch.bool, device=device)
+                logits = decoder.decode(state, feed, positions, live, step=steps)
+                chosen = self._choose(logits, running, choose)
+                counters.steps += 1
+                counters.busy_slot_steps += len(running)
+                for it, t in zip(running, chosen, strict=True):
+                    it.tokens.append(t)
+                # 4. the items that ended leave (their rows are dropped at the next regroup)
+                done = [b for b, it in enumerate(running) if _ended(it, eos_set, max_new)]
+                if done:
+                    yield from self._emit(state, [(b, running[b]) for b in done], eos)
+                    kept = [b for b in range(len(running)) if b not in done]
+                    running = [running[b] for b in kept]
+
+    # ---- the steps -----------------------------------------------------------------------------------------------
+
+    def _item(self, index: int, prompt, options: DecodingOptions, eos: list[int]) -> _Item:
+        ids = prompt if isinstance(prompt, torch.Tensor) else torch.as_tensor(list(prompt), dtype=torch.long)
+        if ids.dim() != 1:
+            raise ValueError(f"prompt {index} must be 1-D token ids (no batch dimension, no padding), got shape "
+                             f"{tuple(ids.shape)}")
+        ids, mask = self.lazy._check_batch(ids[None], None, options.max_new_tokens)  # [1, n], validated
+        rules = LogitRules(ids, mask, options.max_new_tokens, eos, options.repetition_penalty,
+                           options.no_repeat_ngram_size, options.min_new_tokens)
+        return _Item(index=index, ids=ids, rules=rules if rules.active else None)
+
+    def _held_cost(self, max_new: int):
+        config, layers = self.lazy.config, self.lazy.parts.num_layers
+        return lambda it: config.held_tokens(layers, it.length, max_new)
+
+    def _admit(self, waiting: list[_Item], running: list[_Item], held) -> list[_Item]:
+        """The next waiting items that fit the free slots and the held-token budget (in the caller's order)."""
+        taken: list[_Item] = []
+        total = sum(held(it) for it in running)
+        while waiting and len(running) + len(taken) < self.slots:
+            cost = held(waiting[-1])
+            alone = not running and not taken
+            if not alone and self.max_held_tokens is not None and total + cost > self.max_held_tokens:
+                break
+            taken.append(waiting.pop())
+            total += cost
+        return taken
+
+    def _prefill(self, items: list[_Item], inner: str, choose, max_new: int, pad: int) -> BatchState:
+        """Prefill ``items`` as one group (each pruned by its own schedule); their first tokens go into ``tokens``."""
+        lazy, parts = self.lazy, self.lazy.parts
+        lengths = [it.length for it in items]
+        left = torch.full((len(items), max(lengths)), pad, dtype=torch.long, device=parts.device)
+        for b, it in enumerate(items):
+            left[b, : it.length] = it.ids[0]
+        state = BatchState(parts, torch.tensor(lengths, device=parts.device), capacity=max(lengths) + max_new)
+        pruning = any(lazy.config.prunes(n) for n in lengths)
+        state.prunes = [lazy.config.prunes(n) for n in lengths]
+        loop = LayerLoop(parts, lazy.config if pruning else _OFF, inner, lazy.pruner)
+        start = time.perf_counter()
+        first = self._choose(loop.prefill(state, left), items, choose)
+        now = time.perf_counter()
+        for it, t in zip(items, first, strict=True):
+            it.tokens.append(t)
+            it.ttft_s, it.joined_at = now - start, now
+        return state
+
+    def _choose(self, logits: torch.Tensor, items: list[_Item], choose) -> list[int]:
+        """logits: [B, V] -> one token per item (each item's logit rules applied to its row). One host sync."""
+        if any(it.rules is not None for it in items):
+            logits = torch.cat([it.rules.apply(logits[b : b + 1]) if it.rules is not None else logits[b : b + 1]
+                                for b, it in enumerate(items)])
+        tokens = choose(logits)
+        for b, it in enumerate(items):
+            if it.rules is not None:
+                it.rules.record(tokens[b : b + 1])
+        return tokens.tolist()
+
+    def _emit(self, state: BatchState, rows: list[tuple[int, _Item]], eos: list[int]):
+        """Outputs of the items at ``rows`` of ``state`` (they ended)."""
+        if not rows:
+            return
+        kv_bytes = state.cache.nbytes_per_item().tolist()
+        aux_bytes = state.aux.nbytes_per_item().tolist()
+        now = time.perf_counter()
+        for b, it in rows:
+            new = torch.tensor([it.tokens], dtype=torch.long, device=it.ids.device)
+            stats = self.lazy.item_stats(state, b, len(it.tokens), it.ttft_s, now - it.joined_at, kv_bytes[b],
+                                         aux_bytes[b])
+            yield it.index, GenerateOutput(sequences=torch.cat([it.ids, new], 1), stats=[stats])
+
+def _headroom(items: list[_Item], max_new: int) -> int:
+    """Free K/V slots per layer after a regroup: the most tokens any item still decodes (revival beyond it grows the
+    layer, as in a static batch)."""
+    return max((max_new - len(it.tokens) for it in items), default=0)
+
+
+def _ended(item: _Item, eos: set[int], max_new: int) -> bool:
+    return item.tokens[-1] in eos or len(item.tokens) >= max_new
+
+
+def _chooser(options: DecodingOptions, device: torch.device):
+    """logits [B, V] -> tokens [B]: greedy, or sampled from one generator seeded by ``options.seed``."""
+    if not options.do_sample:
+        return lambda logits: logits.argmax(-1)
+    from lazy_core.generate import _sample
+
+    generator = torch.Generator(device=device)
+    generator.manual_seed(options.seed if options.seed is not None else torch.seed())
+    return lambda logits: _sample(logits, options.temperature, options.top_p, generator)

@@ -1,0 +1,198 @@
+"""Continuous batching (lazy_core.continuous) on tiny random models of every supported architecture, fp32: each item's
+tokens and stats equal its run alone whatever slot and step it joined at, each token is computed at most once per
+layer, the model is unchanged, and the slot counters and input checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import ARCHS, make_tiny_model
+from helpers import POLICIES, PRUNE
+
+from lazy_core import LazyConfig, LazyLLM
+from lazy_core.engine import BatchState
+
+PROMPTS = [
+    "The quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat by the door.",
+    "Short prompt.",
+    "A medium length prompt that talks about pruning tokens in long contexts.",
+    "Another prompt of some length that goes on for a while about nothing in particular at all, really.",
+    "Tiny",
+    "Pruning tokens in long contexts makes the first token come sooner, the paper says; we check it here.",
+    "One more document, of middling length, to keep the slots busy.",
+]
+NEW = 14
+GEMMA_PRUNE = dict(prune_layers=[2, 4], keep_ratios=[0.5, 0.25], min_keep_tokens=2, keep_tail=2)
+
+
+def _ids(tok, prompts=PROMPTS):
+    return [torch.tensor(tok(p)["input_ids"]) for p in prompts]
+
+
+def _model(arch):
+    return make_tiny_model(arch, num_layers=6) if arch == "gemma3" else make_tiny_model(arch)
+
+
+@pytest.fixture(scope="module", params=[*ARCHS, "gemma3"])
+def arch_model(request):
+    return request.param, _model(request.param)
+
+
+def _ends_mid_way(lazy, ids, **options):
+    """End-of-sequence ids that end the items alone at different steps: tokens some items generate mid-way (so the
+    items of the stream end, and newcomers join, at different steps)."""
+    eos = set()
+    for k, x in enumerate(ids[:4]):
+        row = lazy.generate(x[None], max_new_tokens=NEW, eos_token_id=[], **options).sequences[0, x.shape[0]:]
+        eos.add(int(row[2 + 3 * k]))
+    return sorted(eos)
+
+
+def _check_equal_alone(lazy, ids, slots, **options):
+    eos = _ends_mid_way(lazy, ids, **options)
+    result = lazy.generate_continuous(ids, slots=slots, max_new_tokens=NEW, eos_token_id=eos, **options)
+    lengths = []
+    for i, x in enumerate(ids):
+        alone = lazy.generate(x[None], max_new_tokens=NEW, eos_token_id=eos, **options)
+        out = result.outputs[i]
+        assert out.sequences.tolist() == alone.sequences.tolist(), f"item {i}"
+        mine, ref = out.stats[0], alone.stats[0]
+        assert mine.new_tokens == ref.new_tokens and mine.kept_per_layer == ref.kept_per_layer
+        assert mine.revived_tokens == ref.revived_tokens, f"item {i}"
+        assert mine.computed_token_fraction_total == pytest.approx(ref.computed_token_fraction_total, abs=0)
+        assert mine.pruned == ref.pruned and mine.est_speedup == pytest.approx(ref.est_speedup)
+        lengths.append(ref.new_tokens)
+    assert len(set(lengths)) > 2, f"the items should end at different steps: {lengths}"
+    return result
+
+
+CASES = {"off": None, **POLICIES}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_item_equals_its_run_alone(arch_model, tiny_tokenizer, case):
+    """Pruning on (every revival policy, revive_steps counted per item) and off; prompts under min_prompt_tokens
+    computed in full beside pruned ones; on Gemma 3 the window (8) is shorter than the prompts."""
+    arch, model = arch_model
+    if CASES[case] is None:
+        config = LazyConfig.off()
+    else:
+        config = LazyConfig(**(GEMMA_PRUNE if arch == "gemma3" else PRUNE), **CASES[case], query_window=3,
+                            pool_kernel=3, min_prompt_tokens=20)
+    lazy = LazyLLM(model, config)
+    result = _check_equal_alone(lazy, _ids(tiny_tokenizer), slots=3)
+    if CASES[case] is not None:
+        pruned = [o.stats[0].pruned for o in result.outputs]
+        assert any(pruned) and not all(pruned)  # "Short prompt." and "Tiny" are under the threshold
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_repetition_rules_apply_per_item(tiny_tokenizer, arch):
+    """repetition_penalty, no_repeat_ngram_size and min_new_tokens look at each item's own prompt and output."""
+    model = _model(arch)
+    prune = GEMMA_PRUNE if arch == "gemma3" else PRUNE
+    lazy = LazyLLM(model, LazyConfig(**prune, **POLICIES["top"], min_prompt_tokens=20))
+    _check_equal_alone(lazy, _ids(tiny_tokenizer), slots=2, repetition_penalty=1.3, no_repeat_ngram_size=3,
+                       min_new_tokens=2)
+
+
+@pytest.mark.parametrize("slots", [1, 2, 5, 16])
+def test_any_slot_count(tiny_llama, tiny_tokenizer, slots):
+    lazy = LazyLLM(tiny_llama, LazyConfig(**PRUNE, **POLICIES["select"], min_prompt_tokens=20))
+    result = _check_equal_alone(lazy, _ids(tiny_tokenizer), slots=slots)
+    counters = result.counters
+    assert counters.slots == slots and counters.slot_steps == slots * counters.steps
+    assert counters.busy_slot_steps == sum(o.stats[0].new_tokens - 1 for o in result.outputs)
+    if slots == 1:
+        assert counters.idle_fraction == 0.0 and counters.prefills == len(PROMPTS)
+
+
+def test_each_token_is_computed_at_most_once_per_layer(tiny_llama, tiny_tokenizer, monkeypatch):
+    """Every state the loop regroups holds each item's tokens at most once per layer (checked on each regroup's
+    sources and result), and the model is unchanged after the stream."""
+    regroup = BatchState.regroup
+    seen = []
+
+    def checked(sources, headroom):
+        out = regroup(sources, headroom)
+        for state in [st for st, _ in sources] + [out]:
+            for j, kv in enumerate(state.cache.layers):
+                for b in range(len(state.host_lengths)):
+                    positions = kv.positions[b, : kv.length][kv.valid[b, : kv.length]].tolist()
+                    assert len(positions) == len(set(positions)), f"a token computed twice at layer {j}"
+        seen.append(len(out.host_lengths))
+        return out
+
+    monkeypatch.setattr(BatchState, "regroup", staticmethod(checked))
+    before = {k: v.clone() for k, v in tiny_llama.state_dict().items()}
+    attn = tiny_llama.config._attn_implementation
+    lazy = LazyLLM(tiny_llama, LazyConfig(**PRUNE, **POLICIES["select"]))
+    lazy.generate_continuous(_ids(tiny_tokenizer), slots=3, max_new_tokens=NEW, eos_token_id=[])
+    assert seen and max(seen) == 3
+    assert tiny_llama.config._attn_implementation == attn
+    after = tiny_llama.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_the_cache_holds_what_items_keep(tiny_llama, tiny_tokenizer):
+    """After a regroup, each layer's K/V slots are the most any item holds there plus the steps still to decode,
+    not slots x the longest prompt."""
+    lazy = LazyLLM(tiny_llama, LazyConfig(**PRUNE, **POLICIES["top"]))
+    shapes = []
+    regroup = BatchState.regroup
+
+    def spy(sources, headroom):
+        out = regroup(sources, headroom)
+        for kv in out.cache.layers:
+            most = int(kv.valid[:, : kv.length].sum(1).max())
+            assert kv.length == most and kv.keys.shape[2] == most + headroom
+        shapes.append([kv.length for kv in out.cache.layers])
+        return out
+
+    BatchState.regroup = staticmethod(spy)
+    try:
+        lazy.generate_continuous(_ids(tiny_tokenizer), slots=3, max_new_tokens=NEW, eos_token_id=[])
+    finally:
+        BatchState.regroup = staticmethod(regroup)
+    assert shapes and all(s[-1] < s[0] for s in shapes)  # the pruned layers hold fewer tokens
+
+
+def test_held_token_budget_limits_the_slots(tiny_llama, tiny_tokenizer):
+    """A newcomer waits while the running items' held tokens plus its own pass max_held_tokens (a lone item runs)."""
+    lazy = LazyLLM(tiny_llama, LazyConfig.off())
+    ids = _ids(tiny_tokenizer)
+    result = lazy.generate_continuous(ids, slots=4, max_held_tokens=1, max_new_tokens=4, eos_token_id=[])
+    assert result.counters.prefills == len(ids) and result.counters.idle_fraction == pytest.approx(0.75)
+    free = lazy.generate_continuous(ids, slots=4, max_new_tokens=4, eos_token_id=[])
+    assert [o.sequences.tolist() for o in free.outputs] == [o.sequences.tolist() for o in result.outputs]
+
+
+def test_sampling_runs_and_is_reproducible(tiny_llama, tiny_tokenizer):
+    lazy = LazyLLM(tiny_llama, LazyConfig(**PRUNE))
+    ids = _ids(tiny_tokenizer)
+    runs = [lazy.generate_continuous(ids, slots=3, max_new_tokens=6, do_sample=True, seed=7) for _ in range(2)]
+    assert [o.sequences.tolist() for o in runs[0].outputs] == [o.sequences.tolist() for o in runs[1].outputs]
+
+
+def test_stream_yields_items_as_they_end(tiny_llama, tiny_tokenizer):
+    lazy = LazyLLM(tiny_llama, LazyConfig.off())
+    ids = _ids(tiny_tokenizer)
+    eos = _ends_mid_way(lazy, ids)
+    order = [i for i, _ in lazy.stream_continuous(ids, slots=2, max_new_tokens=NEW, eos_token_id=eos)]
+    assert sorted(order) == list(range(len(ids))) and order != sorted(order)
+
+
+def test_bad_inputs_are_refused(tiny_llama, tiny_tokenizer):
+    lazy = LazyLLM(tiny_llama, LazyConfig.off())
+    ids = _ids(tiny_tokenizer)
+    with pytest.raises(ValueError, match="slots must be an int >= 1"):
+        lazy.generate_continuous(ids, slots=0)
+    with pytest.raises(ValueError, match=r"prompt 1 must be 1-D token ids"):
+        lazy.generate_continuous([ids[0], ids[1][None]])
+    with pytest.raises(ValueError, match="empty prompt"):
+        lazy.generate_continuous([ids[0], torch.tensor([], dtype=torch.long)])
+    with pytest.raises(ValueError, match="outside the model's vocabulary"):
+        lazy.generate_continuous([[1, 2, 100000]])
+    with pytest.raises(TypeError, match="unknown argument"):
+        lazy.generate_continuous(ids, max_new=3)
+    assert lazy.generate_continuous([]).outputs == []
