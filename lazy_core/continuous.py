@@ -75,6 +75,7 @@ class _Item:
     index: int
     ids: torch.Tensor  # [1, n]
     rules: LogitRules | None
+    limit: int  # new tokens at most
     tokens: list[int] = field(default_factory=list)
     ttft_s: float = 0.0
     joined_at: float = 0.0  # perf_counter when its first token was chosen
@@ -100,12 +101,15 @@ class SlotLoop:
         self.max_held_tokens = max_held_tokens
 
     def run(self, prompts: Sequence[torch.Tensor | Sequence[int]], options: DecodingOptions, eos: list[int],
-            pad: int, counters: SlotCounters | None = None) -> Iterator[tuple[int, GenerateOutput]]:
-        """Yields (prompt index, its output) as items end. ``prompts``: 1-D token ids each (no padding)."""
+            pad: int, counters: SlotCounters | None = None,
+            stop_after: Sequence[int] | None = None) -> Iterator[tuple[int, GenerateOutput]]:
+        """Yields (prompt index, its output) as items end. ``prompts``: 1-D token ids each (no padding);
+        ``stop_after``: per prompt, new tokens at most (each within 1..``options.max_new_tokens``)."""
         lazy, parts = self.lazy, self.lazy.parts
         counters = counters if counters is not None else SlotCounters(self.slots)
         max_new = options.max_new_tokens
-        waiting = [self._item(i, p, options, eos) for i, p in enumerate(prompts)]
+        limits = _limits(stop_after, len(prompts), max_new)
+        waiting = [self._item(i, p, options, eos, limits[i]) for i, p in enumerate(prompts)]
         waiting.reverse()  # pop() takes the next prompt
         eos_set = set(eos)
         choose = _chooser(options, parts.device)
@@ -123,7 +127,7 @@ class SlotLoop:
                 if newcomers:
                     group = self._prefill(newcomers, inner, choose, max_new, pad)
                     counters.prefills += 1
-                    done = [b for b, it in enumerate(newcomers) if _ended(it, eos_set, max_new)]
+                    done = [b for b, it in enumerate(newcomers) if _ended(it, eos_set)]
                     yield from self._emit(group, [(b, newcomers[b]) for b in done], eos)
                     joining = [b for b in range(len(newcomers)) if b not in done]
                 # 2. one regroup drops the items that ended and takes in the newcomers
@@ -132,8 +136,7 @@ class SlotLoop:
                     sources = [(state, kept)] if state is not None and kept else []
                     if joining:
                         sources.append((group, joining))
-                    state = (BatchState.regroup(sources, headroom=_headroom(running, max_new)) if sources
-                             else None)
+                    state = BatchState.regroup(sources, headroom=_headroom(running)) if sources else None
                     kept = list(range(len(running)))
                     counters.regroups += 1
                 if not running:
@@ -152,7 +155,7 @@ class SlotLoop:
                 for it, t in zip(running, chosen, strict=True):
                     it.tokens.append(t)
                 # 4. the items that ended leave (their rows are dropped at the next regroup)
-                done = [b for b, it in enumerate(running) if _ended(it, eos_set, max_new)]
+                done = [b for b, it in enumerate(running) if _ended(it, eos_set)]
                 if done:
                     yield from self._emit(state, [(b, running[b]) for b in done], eos)
                     kept = [b for b in range(len(running)) if b not in done]
@@ -160,7 +163,7 @@ class SlotLoop:
 
     # ---- the steps -----------------------------------------------------------------------------------------------
 
-    def _item(self, index: int, prompt, options: DecodingOptions, eos: list[int]) -> _Item:
+    def _item(self, index: int, prompt, options: DecodingOptions, eos: list[int], limit: int) -> _Item:
         ids = prompt if isinstance(prompt, torch.Tensor) else torch.as_tensor(list(prompt), dtype=torch.long)
         if ids.dim() != 1:
             raise ValueError(f"prompt {index} must be 1-D token ids (no batch dimension, no padding), got shape "
@@ -168,7 +171,7 @@ class SlotLoop:
         ids, mask = self.lazy._check_batch(ids[None], None, options.max_new_tokens)  # [1, n], validated
         rules = LogitRules(ids, mask, options.max_new_tokens, eos, options.repetition_penalty,
                            options.no_repeat_ngram_size, options.min_new_tokens)
-        return _Item(index=index, ids=ids, rules=rules if rules.active else None)
+        return _Item(index=index, ids=ids, rules=rules if rules.active else None, limit=limit)
 
     def _held_cost(self, max_new: int):
         config, layers = self.lazy.config, self.lazy.parts.num_layers
@@ -230,14 +233,28 @@ class SlotLoop:
                                          aux_bytes[b])
             yield it.index, GenerateOutput(sequences=torch.cat([it.ids, new], 1), stats=[stats])
 
-def _headroom(items: list[_Item], max_new: int) -> int:
+def _headroom(items: list[_Item]) -> int:
     """Free K/V slots per layer after a regroup: the most tokens any item still decodes (revival beyond it grows the
     layer, as in a static batch)."""
-    return max((max_new - len(it.tokens) for it in items), default=0)
+    return max((it.limit - len(it.tokens) for it in items), default=0)
 
 
-def _ended(item: _Item, eos: set[int], max_new: int) -> bool:
-    return item.tokens[-1] in eos or len(item.tokens) >= max_new
+def _ended(item: _Item, eos: set[int]) -> bool:
+    return item.tokens[-1] in eos or len(item.tokens) >= item.limit
+
+
+def _limits(stop_after: Sequence[int] | None, count: int, max_new: int) -> list[int]:
+    if stop_after is None:
+        return [max_new] * count
+    limits = list(stop_after)
+    if len(limits) != count:
+        raise ValueError(f"stop_after has {len(limits)} entries for {count} prompts")
+    bad = [(i, n) for i, n in enumerate(limits)
+           if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= max_new]
+    if bad:
+        raise ValueError(f"stop_after entries must be ints in 1..max_new_tokens ({max_new}); got {bad[:3]} (index, "
+                         "value)")
+    return limits
 
 
 def _chooser(options: DecodingOptions, device: torch.device):

@@ -97,16 +97,23 @@ class LazyLLM:
         *,
         slots: int = 4,
         max_held_tokens: int | None = None,
+        stop_after: Sequence[int] | None = None,
         eos_token_id: int | Sequence[int] | None = None,
         pad_token_id: int | None = None,
         **option_kwargs: Any,
     ) -> ContinuousResult:
         """Generate for a stream of prompts with continuous batching (:mod:`lazy_core.continuous`): ``slots`` items
         decode at once, and an item that ends gives its slot to the next prompt. ``prompts``: 1-D token ids each, no
-        padding. Returns each prompt's output in input order, laid out as :meth:`generate` lays out that prompt alone
-        (greedy: the same tokens), and how full the slots were."""
-        return ContinuousResult(*self._continuous(prompts, options, slots, max_held_tokens, eos_token_id,
-                                                  pad_token_id, option_kwargs))
+        padding; ``stop_after``: per prompt, its own limit of new tokens (within ``max_new_tokens``). Returns each
+        prompt's output in input order, laid out as :meth:`generate` lays out that prompt alone (greedy: the same
+        tokens), and how full the slots were."""
+        counters = SlotCounters(slots)
+        outputs: list[GenerateOutput | None] = [None] * len(prompts)
+        for index, out in self.stream_continuous(prompts, options, slots=slots, max_held_tokens=max_held_tokens,
+                                                 stop_after=stop_after, eos_token_id=eos_token_id,
+                                                 pad_token_id=pad_token_id, counters=counters, **option_kwargs):
+            outputs[index] = out
+        return ContinuousResult(outputs, counters)
 
     def stream_continuous(
         self,
@@ -115,6 +122,7 @@ class LazyLLM:
         *,
         slots: int = 4,
         max_held_tokens: int | None = None,
+        stop_after: Sequence[int] | None = None,
         eos_token_id: int | Sequence[int] | None = None,
         pad_token_id: int | None = None,
         counters: SlotCounters | None = None,
@@ -125,16 +133,7 @@ class LazyLLM:
         options = _options(options, option_kwargs)
         eos = self._eos_ids(eos_token_id)
         loop = SlotLoop(self, slots, max_held_tokens)
-        return loop.run(prompts, options, eos, self._pad_id(pad_token_id, eos), counters)
-
-    def _continuous(self, prompts, options, slots, max_held_tokens, eos_token_id, pad_token_id, option_kwargs):
-        counters = SlotCounters(slots)
-        outputs: list[GenerateOutput | None] = [None] * len(prompts)
-        for index, out in self.stream_continuous(prompts, options, slots=slots, max_held_tokens=max_held_tokens,
-                                                 eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-                                                 counters=counters, **option_kwargs):
-            outputs[index] = out
-        return outputs, counters
+        return loop.run(prompts, options, eos, self._pad_id(pad_token_id, eos), counters, stop_after)
 
     def prefill_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Next-token logits [B, V] (float32) after the pruned prefill: what the first new token is chosen from."""
