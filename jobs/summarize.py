@@ -40,6 +40,7 @@ FLAG_TO_FIELD = {
     "workers": "num_workers",
     "cpus_per_worker": "cpus_per_worker",
     "max_new_tokens": "max_new_tokens",
+    "batching": "batching",
     "baseline_sample_rate": "baseline_sample_rate",
     "overwrite": "overwrite",
 }
@@ -88,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: one single-thread worker per CPU; fewer, wider ones if the memory holds fewer "
                         "model copies).")
     parser.add_argument("--max-new-tokens", type=_positive_int, help="Summary length limit in tokens.")
+    parser.add_argument("--batching", choices=["continuous", "static"], help="'continuous' (default): a finished "
+                        "item's slot takes the next prompt; 'static': a batch decodes until its longest item ends.")
     parser.add_argument(
         "--baseline-sample-rate", type=_fraction, help="Share of items also run on the full model (for agreement)."
     )
@@ -225,7 +228,8 @@ def format_summary(report: Any) -> str:
         f"{len(report.shards_failed)} failed",
         f"  rows:   {report.rows_in} read, {report.rows_ok} ok, {report.rows_failed} error rows",
         f"  speed:  {report.rows_per_s:.2f} rows/s, {report.tokens_per_s:.0f} tokens/s, {report.wall_s:.1f} s wall, "
-        f"padding waste {report.padding_waste:.1%}",
+        f"padding waste {report.padding_waste:.1%}, {report.batching or 'n/a'} batching, decode slots idle "
+        f"{num(report.decode_slot_idle, '.1%')}",
         f"  ran on: {report.workers} worker(s) x {num(report.threads_per_worker, 'd')} thread(s), "
         f"{report.device or 'n/a'}, {report.dtype or 'n/a'}",
         f"  lazy:   computed-token fraction {num(report.mean_computed_token_fraction, '.3f')}, est. speedup "

@@ -48,6 +48,13 @@ def _make(indices: list[int], lengths: list[int]) -> Bucket:
     return Bucket(tuple(indices), max(lengths[i] for i in indices), sum(lengths[i] for i in indices))
 
 
+def padded_in_groups(lengths: list[int], group: int) -> int:
+    """Padded prompt tokens when consecutive ``group``-sized runs of ``lengths`` (sorted, as a bucket's) are
+    prefilled together: how a continuous stream admits its prompts when every slot frees at once (an upper bound;
+    newcomers that join one by one carry no padding)."""
+    return sum(max(lengths[i : i + group]) * len(lengths[i : i + group]) for i in range(0, len(lengths), group))
+
+
 def padding_waste(real_tokens: int, padded_tokens: int) -> float:
     """Fraction of the padded batch tokens that are padding (0 = none), from the sums of ``Bucket.real_tokens`` and
     ``Bucket.padded_tokens`` over the batches: the one definition behind the run report's and the dry run's

@@ -31,7 +31,8 @@ class GenerationSettings(DecodingOptions):
 
     # fields that change how a run goes, not what it writes: left out of the config hash
     RUN_ONLY: ClassVar[frozenset[str]] = frozenset(
-        {"max_batch_tokens", "max_batch_size", "num_workers", "cpus_per_worker", "device"}
+        {"max_batch_tokens", "max_batch_size", "batching", "stream_batches", "num_workers", "cpus_per_worker",
+         "device"}
     )
 
     model: str = Field(DEFAULT_MODEL, description="Model name for lazy_core.load_model: the embedded default, a local "
@@ -82,6 +83,17 @@ class GenerationSettings(DecodingOptions):
     max_batch_size: int = Field(
         4, ge=1, description="Items per batch at most. 4 is the measured best of a single-thread CPU worker (a step "
         "per item costs the same at 8, and prefill per item more); on a GPU, batches of 16-64 pay (raise it).",
+    )
+    batching: Literal["continuous", "static"] = Field(
+        "continuous",
+        description="'continuous': a worker decodes max_batch_size items at once and gives a finished item's slot to "
+        "the next prompt of its task (lazy_core.continuous); 'static': a batch decodes until its longest item ends. "
+        "Greedy outputs are the same either way (each item equals its run alone).",
+    )
+    stream_batches: int = Field(
+        4, ge=1, description="Continuous batching: a worker's task carries up to max_batch_size x stream_batches "
+        "prompts of similar length from one shard (and max_batch_tokens x stream_batches held tokens), so its slots "
+        "stay full; max_batch_tokens still bounds what its running items hold at once.",
     )
     num_workers: int | None = Field(
         None, ge=1, description="Ray actors, each holding one model. Default: one per GPU in the cluster; without GPUs "
@@ -213,12 +225,19 @@ class PipelineConfig(GenerationSettings):
     )
     max_restarts: int = Field(3, ge=0, le=100, description="Ray restarts of a dead actor before it is replaced.")
     batch_timeout_s: float = Field(
-        900.0, gt=0.0, description="A batch running longer than this is treated as hung: its worker is restarted."
+        900.0, gt=0.0, description="A batch running longer than this is treated as hung: its worker is restarted "
+        "(continuous batching: a task carries stream_batches batches' worth of items and gets stream_batches times "
+        "as long)."
     )
     overwrite: bool = Field(
         False, description="Allow writing into an output directory finished with a different config hash."
     )
     progress: bool = Field(True, description="Show a progress bar on the driver (stderr).")
+
+    @property
+    def task_timeout_s(self) -> float:
+        """How long one worker task may run before it counts as hung (batch_timeout_s per batch's worth of items)."""
+        return self.batch_timeout_s * (self.stream_batches if self.batching == "continuous" else 1)
 
     @model_validator(mode="after")
     def _check_columns(self) -> PipelineConfig:

@@ -92,7 +92,7 @@ def run_pipeline(config: PipelineConfig | dict[str, Any] | str | os.PathLike[str
     out_fs, out_dir = resolve_fs(cfg.output)
     report = RunReport(
         output=cfg.output, config_hash=cfg.config_hash, shards_total=len(shards), shards_skipped=len(skipped),
-        shards_failed=list(unreadable),
+        shards_failed=list(unreadable), batching=cfg.batching,
     )
     _event("run_start", config_hash=cfg.config_hash, shards=len(shards), todo=len(todo), skipped=len(skipped),
            unreadable=len(unreadable), rows=sum(r for _, r in todo))
@@ -256,7 +256,7 @@ def _make_pool(cfg: PipelineConfig) -> ActorPool:
     _event("pool_start", workers=plan.workers, options=options)
     return ActorPool(
         make_actor, num_workers=plan.workers, max_in_flight=cfg.max_in_flight or 2 * plan.workers,
-        max_retries=cfg.max_retries, batch_timeout_s=cfg.batch_timeout_s,
+        max_retries=cfg.max_retries, batch_timeout_s=cfg.task_timeout_s,
     )
 
 

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from pipeline.batch_cost import item_cost
-from pipeline.bucketing import bucket_by_length
+from pipeline.bucketing import bucket_by_length, padded_in_groups
 from pipeline.config import GenerationSettings, PipelineConfig
 from pipeline.prompts import is_sampled, prepare_row
 from pipeline.scheduler import BatchTask
@@ -83,7 +83,8 @@ def plan_shard(
         seed = config.seed + zlib.crc32(shard.name.encode()) + len(work.tasks)  # stable across resumed runs
         work.tasks.append(BatchTask(shard=index, positions=positions, input_ids=input_ids, sampled=flag, seed=seed))
         work.real_tokens += bucket.real_tokens
-        work.padded_tokens += bucket.padded_tokens
+        group = config.max_batch_size if config.batching == "continuous" else len(input_ids)
+        work.padded_tokens += padded_in_groups([len(x) for x in input_ids], group)
     return work
 
 
@@ -110,11 +111,13 @@ def bucket_rows(good: list[tuple[int, list[int]]], keys: list[Any], config: Gene
     lazy run saw. With several ``workers`` a group too small to fill one batch per worker is split into as many."""
     flags = [is_sampled(key, config.baseline_sample_rate) for key in keys]
     cost = item_cost(config)
+    # continuous batching: a task is a stream of several batches' worth of prompts (the worker keeps its slots full)
+    per_task = config.stream_batches if config.batching == "continuous" else 1
     for flag in (False, True):
         group = [g for g, f in zip(good, flags, strict=True) if f == flag]
         lengths = [len(g[1]) for g in group]
-        size = max(1, min(config.max_batch_size, -(-len(group) // max(1, workers))))
-        for bucket in bucket_by_length(lengths, config.max_batch_tokens, size, cost):
+        size = max(1, min(config.max_batch_size * per_task, -(-len(group) // max(1, workers))))
+        for bucket in bucket_by_length(lengths, config.max_batch_tokens * per_task, size, cost):
             yield [group[i][0] for i in bucket.indices], [group[i][1] for i in bucket.indices], flag, bucket
 
 

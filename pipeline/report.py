@@ -63,8 +63,13 @@ class RunReport(BaseModel):
     startup_s: float = Field(0.0, description="Part of wall_s spent before the workers had loaded the model.")
     rows_per_s: float = Field(0.0, description="Rows written per second of wall time.")
     tokens_per_s: float = Field(0.0, description="(prompt tokens used + new tokens) per second of wall time.")
-    padding_waste: float = Field(0.0, description="Share of padded batch tokens that were padding.")
-    batches: int = Field(0, description="Batches run (retries not counted).")
+    padding_waste: float = Field(0.0, description="Share of padded prompt tokens that were padding (continuous "
+                                 "batching: estimated as consecutive groups of max_batch_size).")
+    batching: str | None = Field(None, description="'continuous' or 'static' (PipelineConfig.batching).")
+    decode_slot_idle: float | None = Field(
+        None, description="Share of the pruned runs' decode slot-steps in which no item decoded: finished rows fed a "
+        "pad in static batches, empty slots in continuous streams (ok rows that are not fallbacks).")
+    batches: int = Field(0, description="Batches run (continuous batching: streams; retries not counted).")
     batch_retries: int = Field(0, description="Batches resubmitted after a worker died or hung.")
     worker_restarts: int = Field(0, description="Actor deaths or hang kills seen by the driver.")
 
@@ -91,6 +96,8 @@ class Aggregator:
         self.fallbacks = 0
         self.losses = 0
         self.unpruned = 0
+        self.slot_steps = 0.0  # decode slot-steps of the pruned runs
+        self.busy_slot_steps = 0  # of which decoded an item
 
     def add_rows(self, rows: list[dict[str, Any]]) -> None:
         for row in rows:
@@ -106,6 +113,9 @@ class Aggregator:
             self.fallbacks += bool(row.get("fallback"))
             self.losses += row.get("warning") == "pruning_lost_output"
             self.unpruned += row.get("pruned") is False
+            if row.get("decode_slot_steps") is not None and not row.get("fallback"):
+                self.slot_steps += row["decode_slot_steps"]
+                self.busy_slot_steps += max(0, (row["new_tokens"] or 1) - 1)
             if row["first_token_agrees"] is not None:
                 self.agrees.append(bool(row["first_token_agrees"]))
             if row["measured_speedup"] is not None:
@@ -130,6 +140,8 @@ class Aggregator:
         report.first_token_agreement = sum(self.agrees) / len(self.agrees) if self.agrees else None
         report.mean_rouge_l_vs_baseline = sum(self.rouges) / len(self.rouges) if self.rouges else None
         report.mean_computed_token_fraction = sum(self.fractions) / len(self.fractions) if self.fractions else None
+        if self.slot_steps > 0:
+            report.decode_slot_idle = max(0.0, 1.0 - self.busy_slot_steps / self.slot_steps)
         if report.wall_s > 0:
             report.rows_per_s = self.rows / report.wall_s
             report.tokens_per_s = self.tokens / report.wall_s

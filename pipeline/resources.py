@@ -105,4 +105,5 @@ def worker_spec(cfg: GenerationSettings, plan: WorkerPlan) -> WorkerSpec:
     return WorkerSpec(
         model=cfg.model, lazy=cfg.lazy, decoding=cfg.decoding, dtype=cfg.dtype, device=cfg.device,
         num_threads=None if plan.use_gpu else plan.cpus_per_worker, fallback_on_empty=cfg.fallback_on_empty,
+        batching=cfg.batching, slots=cfg.max_batch_size, max_held_tokens=cfg.max_batch_tokens,
     )

@@ -1,4 +1,5 @@
-"""LazyWorker: one model per actor, one batch per call, shadow full-model runs on sampled batches.
+"""LazyWorker: one model per actor, one batch (or continuous stream) per call, shadow full-model runs on sampled
+batches.
 
 Ray's batch-inference pattern: load once in ``__init__``, infer per call under ``torch.inference_mode()``, return
 plain columns. The class is plain Python (usable in-process, e.g. by the benchmark); ``pipeline`` wraps it in
@@ -38,6 +39,7 @@ class LazyWorker:
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id
         self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.slot_steps = 0  # decode slot-steps of the last _generate call
 
     def ready(self) -> dict[str, Any]:
         """Liveness probe and identity: returned once the model is loaded."""
@@ -67,13 +69,24 @@ class LazyWorker:
     # ---- internals -----------------------------------------------------------------------------------------------
 
     def _generate(self, engine: LazyLLM, input_ids: list[list[int]], seed: int) -> tuple[list[list[int]], list[Any]]:
+        """New token ids and ItemStats per item; ``self.slot_steps``: the decode slot-steps the call ran."""
+        decoding = self.spec.decoding
+        options = decoding.model_copy(update={"seed": seed}) if decoding.do_sample else decoding
+        if self.spec.batching == "continuous":  # the task is a stream through the slots
+            result = engine.generate_continuous(
+                [torch.tensor(ids, dtype=torch.long, device=self.device) for ids in input_ids], options,
+                slots=self.spec.slots, max_held_tokens=self.spec.max_held_tokens,
+                eos_token_id=None, pad_token_id=self.pad_id,
+            )
+            self.slot_steps = result.counters.slot_steps
+            new = [o.sequences[0, len(ids) :].tolist() for o, ids in zip(result.outputs, input_ids, strict=True)]
+            return new, [o.stats[0] for o in result.outputs]
         ids, mask = self._pad_left(input_ids)  # ids, mask: [B, T]
         with torch.inference_mode():
-            decoding = self.spec.decoding
             out = engine.generate(
                 ids,
                 attention_mask=mask,
-                options=decoding.model_copy(update={"seed": seed}) if decoding.do_sample else decoding,
+                options=options,
                 eos_token_id=None,  # the model's generation config (chat models end turns with their own id)
                 pad_token_id=self.pad_id,
             )
@@ -81,11 +94,15 @@ class LazyWorker:
         new = []
         for row, stats in zip(out.sequences.tolist(), out.stats, strict=True):
             new.append(row[prompt_len : prompt_len + stats.new_tokens])
+        # a batch smaller than the slots leaves the rest idle; a batch larger (a caller's choice) has its rows
+        self.slot_steps = max(self.spec.slots, len(input_ids)) * (max(st.new_tokens for st in out.stats) - 1)
         return new, out.stats
 
     def _run(self, input_ids: list[list[int]], sampled: bool, seed: int) -> list[dict[str, Any]]:
         new_ids, stats = self._generate(self.lazy, input_ids, seed)
         rows = [self._row(ids, st) for ids, st in zip(new_ids, stats, strict=True)]
+        for row in rows:  # the pruned run's slots, shared by its items (shadow and fallback runs not counted)
+            row["decode_slot_steps"] = self.slot_steps / len(rows)
         full: dict[int, tuple[list[int], Any]] = {}  # item -> the full model's (new ids, stats)
         if sampled:
             full_ids, full_stats = self._generate(self.full, input_ids, seed)

@@ -27,8 +27,13 @@ _COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
     ("prompt_tokens", pa.int64(), "prompt length in tokens (chat template included), before truncation"),
     ("prompt_tokens_used", pa.int64(), "after truncation (what the model saw)"),
     ("new_tokens", pa.int64(), "tokens generated"),
-    ("ttft_s", pa.float64(), "prefill + first token of the item's batch (items of a batch share one prefill)"),
-    ("decode_s", pa.float64(), "the remaining decode steps of the batch"),
+    ("ttft_s", pa.float64(), "prefill + first token of the item's batch (items of a batch share one prefill; "
+     "continuous batching: the items prefilled together)"),
+    ("decode_s", pa.float64(), "the remaining decode steps of the batch (continuous batching: from the item's first "
+     "token to its last, steps shared with the other running items and newcomers' prefills included)"),
+    ("decode_slot_steps", pa.float64(), "decode slot-steps of the item's batch (max_batch_size x its steps) or stream "
+     "(continuous batching: its slots x its steps), shared equally by its items; `new_tokens - 1` of them decoded "
+     "the item, the rest idled (the run report's `decode_slot_idle`)"),
     ("pruned", pa.bool_(), "the pruned run dropped any token of this prompt in prefill (false: under the schedule's "
      "`min_prompt_tokens`, too short for its budgets, or pruning off)"),
     ("fallback", pa.bool_(), "the pruned output was empty and this row carries the full model's output instead "

@@ -20,6 +20,9 @@ class WorkerSpec:
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     num_threads: int | None = None  # torch CPU threads; None = leave as is
     fallback_on_empty: bool = True  # rerun an item whose pruned output is empty with pruning off
+    batching: Literal["continuous", "static"] = "static"  # a call's items as one stream through the slots, or a batch
+    slots: int = 4  # items decoded at once (continuous), the batch size a static batch is counted against (idle slots)
+    max_held_tokens: int | None = None  # continuous: the running items' held tokens at most (LazyConfig.held_tokens)
 
 
 def actor_options(cluster_gpus: float, cpus_per_worker: int, max_restarts: int) -> dict[str, Any]:

@@ -75,7 +75,8 @@ OTHER: dict[str, Any] = {
     "text_column": "body", "question_column": "q", "lazy": LazyConfig(prune_layers=[1], keep_ratios=[0.5]),
     "fallback_on_empty": False, "chat_template": False, "system_prompt": "be brief", "baseline_sample_rate": 0.5,
     "max_prompt_tokens": 1024, "truncate": "error", "max_text_chars": 99, "dtype": "float32",
-    "max_batch_tokens": 99, "max_batch_size": 9, "num_workers": 3, "cpus_per_worker": 2, "device": "cpu",
+    "max_batch_tokens": 99, "max_batch_size": 9, "batching": "static", "stream_batches": 2, "num_workers": 3,
+    "cpus_per_worker": 2, "device": "cpu",
     "input": "in2", "output": "out2", "passthrough_columns": ["title"], "max_in_flight": 4, "max_retries": 5,
     "max_restarts": 7, "batch_timeout_s": 5.0, "overwrite": True, "progress": False, "batch_size": 3,
 }

@@ -79,6 +79,29 @@ def test_rows_in_rows_out_order_names_report_rerun_and_overwrite(local_ray, tiny
     assert all(1 <= r["new_tokens"] <= 2 for r in rows)
 
 
+def test_continuous_and_static_batching_write_the_same_rows(local_ray, tiny_model_dir, tmp_path):
+    """batching='continuous' (the default) and 'static' write the same generations (fp32: each item equals its run
+    alone either way) under the same config hash; the report counts the idle decode slots of each."""
+    ids = make_corpus(tmp_path / "in", shards=2, rows=9)
+    cfg = base_config(tiny_model_dir, tmp_path, max_new_tokens=12, dtype="float32", max_batch_size=2)
+    reports, rows = {}, {}
+    for batching in ("continuous", "static"):
+        out = tmp_path / batching
+        reports[batching] = run_pipeline({**cfg, "output": str(out), "batching": batching})
+        assert output_ids(out) == ids
+        rows[batching] = [r for f in sorted(out.glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    cont, static = reports["continuous"], reports["static"]
+    for key in ("generation", "new_tokens", "revived_tokens", "config_hash"):
+        assert [r[key] for r in rows["continuous"]] == [r[key] for r in rows["static"]], key
+    assert PipelineConfig(**cfg).batching == "continuous" and (cont.batching, static.batching) == ("continuous",
+                                                                                                 "static")
+    assert cont.batches < static.batches  # a continuous task is a stream of several batches' worth of items
+    for report, name in ((cont, "continuous"), (static, "static")):
+        steps = sum(r["decode_slot_steps"] for r in rows[name] if not r["fallback"])
+        busy = sum(r["new_tokens"] - 1 for r in rows[name] if not r["fallback"])
+        assert report.decode_slot_idle == pytest.approx(1 - busy / steps) and 0 <= report.decode_slot_idle < 1
+
+
 def test_empty_outputs_are_reported_and_fall_back(local_ray, empty_case, tmp_path):
     """The pruned run returns an empty summary for one row: with the fallback (default) the row carries the full
     model's summary, marked, and the report counts it; without, the row is empty with a warning, still counted."""

@@ -118,3 +118,37 @@ def test_prompt_under_min_prompt_tokens_is_not_pruned(empty_case):
     assert row["pruned"] is False and row["fallback"] is False and row["warning"] is None
     assert row["generation"] == full.run_batch([ids], sampled=False, seed=0)[0]["generation"]
     assert row["computed_token_fraction"] == 1.0
+
+
+# ---- continuous batching -------------------------------------------------------------------------------------------
+
+
+def test_continuous_stream_equals_static_batches_and_counts_its_slots(tiny_model_dir, worker):
+    """A worker with slots runs its task as a continuous stream: the same rows as static batches (each item equals
+    its run alone), in input order, and its decode slot-steps (slots x steps) shared by the items."""
+    spec = WorkerSpec(model=str(tiny_model_dir), lazy=LAZY, decoding=DecodingOptions(max_new_tokens=12),
+                      batching="continuous", slots=2)
+    stream = LazyWorker(spec)
+    static = LazyWorker(WorkerSpec(model=str(tiny_model_dir), lazy=LAZY, decoding=DecodingOptions(max_new_tokens=12)))
+    prompts = _prompts(7, seed=3)
+    rows = stream.run_batch(prompts, sampled=True, seed=0)
+    singles = [static.run_batch([p], sampled=True, seed=0)[0] for p in prompts]
+    for key in ("generation", "new_tokens", "computed_token_fraction_total", "revived_tokens", "first_token_agrees",
+                "rouge_l_vs_baseline"):
+        assert [r[key] for r in rows] == [r[key] for r in singles], key
+    rows = stream.run_batch(prompts, sampled=False, seed=0)
+    total = sum(r["decode_slot_steps"] for r in rows)
+    assert total == pytest.approx(stream.slot_steps) and stream.slot_steps % 2 == 0  # 2 slots x the stream's steps
+    assert total >= sum(r["new_tokens"] - 1 for r in rows) and len({r["decode_slot_steps"] for r in rows}) == 1
+    batch = static.run_batch(prompts[:3], sampled=False, seed=0)  # static: 4 slots (the default) x the batch's steps
+    assert sum(r["decode_slot_steps"] for r in batch) == pytest.approx(4 * (max(r["new_tokens"] for r in batch) - 1))
+
+
+def test_continuous_bad_item_becomes_error_row_others_complete(tiny_model_dir):
+    spec = WorkerSpec(model=str(tiny_model_dir), lazy=LAZY, decoding=DecodingOptions(max_new_tokens=5),
+                      batching="continuous", slots=2)
+    stream = LazyWorker(spec)
+    prompts = _prompts(3)
+    rows = stream.run_batch([prompts[0], [], prompts[2]], sampled=False, seed=0)
+    assert [r["status"] for r in rows] == ["ok", "error", "ok"]
+    assert rows[1]["error"].startswith("engine_error: ") and "empty" in rows[1]["error"]
