@@ -97,6 +97,36 @@ def run_generate_batch(model: Any, tokenizer: Any, prompts: list[list[int]], max
     return {"wall_s": wall, "tokens": tokens, "slot_steps": 0, "busy_slot_steps": 0}
 
 
+def run_job(papers: list[dict[str, str]], batching: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The user's job: ``run_pipeline`` over the papers as one shard, every setting at its default but ``batching``
+    (and the prompt and output lengths): 2 single-thread workers here, bf16, batches (slots) of 4."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from benchmarks.summarize_job import write_shards
+    from pipeline import PipelineConfig, run_pipeline
+
+    shard_dir, out = work / "input", work / f"out-{batching}"
+    if not shard_dir.exists():
+        write_shards(papers, shard_dir, len(papers))
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = PipelineConfig(input=str(shard_dir), output=str(out), model=args.model, lazy=args.lazy,
+                         max_prompt_tokens=args.prompt_tokens, max_new_tokens=args.max_new_tokens,
+                         baseline_sample_rate=0.0, batching=batching, max_batch_size=args.slots, progress=False,
+                         repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size)
+    report = run_pipeline(cfg)
+    if report.rows_ok != report.rows_in:
+        raise RuntimeError(f"{batching}: failures {report.failures_by_reason}")
+    rows = [r for f in sorted(out.glob("part-*.parquet")) for r in pq.read_table(f).to_pylist()]
+    steady = report.wall_s - report.startup_s
+    lengths = [r["new_tokens"] for r in rows]
+    return {"docs": len(rows), "wall_s": steady, "docs_per_s": len(rows) / steady, "idle": report.decode_slot_idle,
+            "new_tokens": [min(lengths), statistics.median(lengths), max(lengths)], "workers": report.workers,
+            "threads": report.threads_per_worker, "dtype": report.dtype, "batches": report.batches,
+            "tokens": [r["generation"] for r in rows]}
+
+
 def summary(record: dict[str, Any]) -> dict[str, Any]:
     lengths = [len(t) for t in record["tokens"]]
     docs = len(lengths)
@@ -111,6 +141,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--prompt-tokens", type=int, default=4096)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--slots", type=int, default=4, help="static batch size = continuous slots")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument("--no-repeat-ngram-size", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (a pipeline CPU worker has 1)")
@@ -120,6 +152,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--mix-short", action="store_true", help="every other paper asks a one-word question")
     parser.add_argument("--generate-batch", action="store_true",
                         help="also run transformers' generate_batch once on the same prompts (after the rounds)")
+    parser.add_argument("--check-alone", action="store_true",
+                        help="also run each prompt alone once and count the items each method reproduces exactly")
+    parser.add_argument("--job", action="store_true", help="time the whole job (run_pipeline, default workers) "
+                        "instead of the engine in this process")
+    parser.add_argument("--work", type=Path, default=Path("bench_out/continuous"))
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
@@ -142,34 +179,56 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         short = _prompts(tokenizer, papers, plan.model_copy(update={"task": SHORT_TASK}))
         prompts = [short[i] if i % 2 else p for i, p in enumerate(prompts)]
     prompts = sorted(prompts, key=len, reverse=True)  # as a bucket sorts them (ties keep the papers' order)
-    options = DecodingOptions(max_new_tokens=args.max_new_tokens)
+    options = DecodingOptions(max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty,
+                              no_repeat_ngram_size=args.no_repeat_ngram_size)
     budget = plan.max_batch_tokens
     dtype = str(model.dtype).removeprefix("torch.")
-    mix = "-mix" if args.mix_short else ""
+    mix = ("-mix" if args.mix_short else "") + ("-rules" if options.repetition_penalty != 1.0
+                                                or options.no_repeat_ngram_size else "")
     name = f"continuous-{args.prompt_tokens}-{args.max_new_tokens}-{args.lazy}{mix}-{dtype}"
     out = args.out or RESULTS_DIR / f"{name}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = {"prompt_tokens": args.prompt_tokens, "papers": len(prompts), "max_new_tokens": args.max_new_tokens,
                 "slots": args.slots, "threads": args.threads, "dtype": dtype, "lazy": args.lazy,
-                "model": args.model, "seed": args.seed, "max_held_tokens": budget, "mix_short": args.mix_short}
-    lazy.generate(torch.tensor([prompts[-1][:64]]), max_new_tokens=2)  # warm-up
+                "model": args.model, "seed": args.seed, "max_held_tokens": budget, "mix_short": args.mix_short,
+                "repetition_penalty": args.repetition_penalty, "no_repeat_ngram_size": args.no_repeat_ngram_size}
+    if args.job:
+        if args.mix_short:
+            raise SystemExit("--job runs one task over every paper; --mix-short is for the engine runs")
+        settings["job"] = True
+        name += "-job"
+        out = args.out or RESULTS_DIR / f"{name}.jsonl"
+    else:
+        lazy.generate(torch.tensor([prompts[-1][:64]]), max_new_tokens=2)  # warm-up
     rounds = []
     for r in range(args.rounds):
         order = ["static", "continuous"] if r % 2 == 0 else ["continuous", "static"]
         runs = {}
         for method in order:
-            if method == "static":
+            if args.job:
+                runs[method] = run_job(papers, method, args, args.work)
+            elif method == "static":
                 runs[method] = run_static(lazy, prompts, args.slots, options)
             else:
                 runs[method] = run_continuous(lazy, prompts, args.slots, options, budget)
-            print(f"round {r} {method}: {summary(runs[method])}", flush=True)
+            print(f"round {r} {method}: { {k: v for k, v in runs[method].items() if k != 'tokens'} }", flush=True)
         same = sum(a == b for a, b in zip(runs["static"]["tokens"], runs["continuous"]["tokens"], strict=True))
         record = {"settings": settings, "machine": machine(), "round": r, "order": order, "same_tokens": same,
-                  **{m: {**summary(v), **{k: v[k] for k in ("prefills", "regroups") if k in v}}
+                  **{m: (_job_record(v) if args.job else
+                         {**summary(v), **{k: v[k] for k in ("prefills", "regroups") if k in v}})
                      for m, v in runs.items()}}
         with out.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         rounds.append(record)
+    if args.check_alone and not args.job:
+        alone = [lazy.generate(torch.tensor([p]), options=options).sequences[0, len(p):].tolist() for p in prompts]
+        last = rounds[-1]
+        last["same_as_alone"] = {m: sum(a == b for a, b in zip(runs[m]["tokens"], alone, strict=True))
+                                 for m in runs}
+        print(f"items equal to their run alone: {last['same_as_alone']}", flush=True)
+        with out.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"settings": settings, "machine": machine(), "same_as_alone": last["same_as_alone"]})
+                    + "\n")
     peer = None
     if args.generate_batch:
         peer = summary(run_generate_batch(model, tokenizer, prompts, args.max_new_tokens))
@@ -180,6 +239,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     Path(str(out) + ".md").write_text(report, encoding="utf-8")
     print(report)
     return {"rounds": rounds}
+
+
+def _job_record(run: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in run.items() if k != "tokens"}
 
 
 def _report(rounds: list[dict[str, Any]], settings: dict[str, Any], peer: dict[str, Any] | None = None) -> str:
@@ -196,12 +259,24 @@ def _report(rounds: list[dict[str, Any]], settings: dict[str, Any], peer: dict[s
         rows.append(["transformers generate_batch (no pruning, one run)", f"{peer['docs_per_s']:.4f}", "n/a",
                      f"{lengths[0]} / {lengths[1]:g} / {lengths[2]}"])
     same = statistics.median(r["same_tokens"] for r in rounds)
+    alone = rounds[-1].get("same_as_alone")
+    if alone:
+        rows = [row + [f"{alone[row[0]]} of {settings['papers']}"] if row[0] in alone else row + [""]
+                for row in rows]
     mix = ", every other asked for one word" if settings.get("mix_short") else ""
-    head = (f"{settings['papers']} papers at {settings['prompt_tokens']} tokens, {settings['max_new_tokens']} new at "
-            f"most{mix}, {settings['slots']} slots, {settings['dtype']}, {settings['threads']} thread(s), lazy="
+    if settings.get("repetition_penalty", 1.0) != 1.0 or settings.get("no_repeat_ngram_size"):
+        mix += (f" (repetition_penalty {settings['repetition_penalty']}, no_repeat_ngram_size "
+                f"{settings['no_repeat_ngram_size']})")
+    where = ("the whole job (`run_pipeline`, default workers, one shard)" if settings.get("job")
+             else "the engine in one process")
+    head = (f"{where}: {settings['papers']} papers at {settings['prompt_tokens']} tokens, "
+            f"{settings['max_new_tokens']} new at "
+            f"most{mix}, {settings['slots']} slots, {settings['dtype']}, "
+            f"{'default workers' if settings.get('job') else str(settings['threads']) + ' thread(s)'}, lazy="
             f"{settings['lazy']}; {len(rounds)} rounds. Continuous / static docs/s: **{ratio:.2f}x** (median of the "
             f"rounds' ratios). Items with the same tokens both ways: {same:g} of {settings['papers']}.\n\n")
-    return head + md_table(["method", "docs/s", "decode slot-steps idle", "new tokens min / median / max"], rows)
+    header = ["method", "docs/s", "decode slot-steps idle", "new tokens min / median / max"]
+    return head + md_table(header + (["items equal to their run alone"] if alone else []), rows)
 
 
 if __name__ == "__main__":
