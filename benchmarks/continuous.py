@@ -31,6 +31,7 @@ from typing import Any
 
 from benchmarks.common import RESULTS_DIR, machine, md_table
 
+TIMES = ("prefills", "regroups", "prefill_s", "regroup_s")  # what a run records beside its summary
 SHORT_TASK = "{text}\n\nIn one word, what field of research is this paper in?"
 
 
@@ -46,7 +47,7 @@ def run_static(lazy: Any, prompts: list[list[int]], slots: int, options: Any) ->
     import torch
 
     start = time.perf_counter()
-    tokens, slot_steps, busy = [], 0, 0
+    tokens, slot_steps, busy, prefill_s = [], 0, 0, 0.0
     for i in range(0, len(prompts), slots):
         group = prompts[i : i + slots]
         width = max(map(len, group))
@@ -57,11 +58,13 @@ def run_static(lazy: Any, prompts: list[list[int]], slots: int, options: Any) ->
             mask[b, width - len(p) :] = 1
         out = lazy.generate(ids, attention_mask=mask, options=options)
         counts = [s.new_tokens for s in out.stats]
+        prefill_s += out.stats[0].ttft_s
         tokens += [out.sequences[b, width : width + c].tolist() for b, c in enumerate(counts)]
         total, used = static_idle(counts, slots)
         slot_steps, busy = slot_steps + total, busy + used
     wall = time.perf_counter() - start
-    return {"wall_s": wall, "tokens": tokens, "slot_steps": slot_steps, "busy_slot_steps": busy}
+    return {"wall_s": wall, "tokens": tokens, "slot_steps": slot_steps, "busy_slot_steps": busy,
+            "prefills": -(-len(prompts) // slots), "prefill_s": prefill_s}
 
 
 def run_continuous(lazy: Any, prompts: list[list[int]], slots: int, options: Any,
@@ -72,7 +75,7 @@ def run_continuous(lazy: Any, prompts: list[list[int]], slots: int, options: Any
     tokens = [o.sequences[0, len(p) :].tolist() for o, p in zip(result.outputs, prompts, strict=True)]
     c = result.counters
     return {"wall_s": wall, "tokens": tokens, "slot_steps": c.slot_steps, "busy_slot_steps": c.busy_slot_steps,
-            "prefills": c.prefills, "regroups": c.regroups}
+            "prefills": c.prefills, "regroups": c.regroups, "prefill_s": c.prefill_s, "regroup_s": c.regroup_s}
 
 
 def run_generate_batch(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int) -> dict[str, Any]:
@@ -215,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         same = sum(a == b for a, b in zip(runs["static"]["tokens"], runs["continuous"]["tokens"], strict=True))
         record = {"settings": settings, "machine": machine(), "round": r, "order": order, "same_tokens": same,
                   **{m: (_job_record(v) if args.job else
-                         {**summary(v), **{k: v[k] for k in ("prefills", "regroups") if k in v}})
+                         {**summary(v), **{k: v[k] for k in TIMES if k in v}})
                      for m, v in runs.items()}}
         with out.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
