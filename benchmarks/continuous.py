@@ -130,6 +130,43 @@ def run_job(papers: list[dict[str, str]], batching: str, args: argparse.Namespac
             "tokens": [r["generation"] for r in rows]}
 
 
+def step_profile(lazy: Any, prompts: list[list[int]], reps: int = 8) -> dict[str, float]:
+    """Median ms of a decoding step of one state holding ``prompts`` (one prefill) when no row, one row or every row is
+    within its reviving steps (the steps interleaved), and ms of one regroup of that state: what a stream pays for
+    items joining at different steps, and for each join or leave."""
+    import torch
+
+    from lazy_core.attention import attention_hook
+    from lazy_core.engine import BatchState, LayerLoop
+
+    batch, lengths = len(prompts), [len(p) for p in prompts]
+    left = torch.zeros(batch, max(lengths), dtype=torch.long)
+    for b, p in enumerate(prompts):
+        left[b, : len(p)] = torch.tensor(p)
+    late = (lazy.config.revive_steps or 10**6) + 1
+    variants = {"no row revives": [late] * batch, "one row revives": [1] + [late] * (batch - 1),
+                "every row revives": [1] * batch}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    with torch.inference_mode(), attention_hook(lazy.model) as inner:
+        state = BatchState(lazy.parts, torch.tensor(lengths), capacity=max(lengths) + len(variants) * reps + 1)
+        state.prunes = [lazy.config.prunes(n) for n in lengths]
+        loop = LayerLoop(lazy.parts, lazy.config, inner, lazy.pruner)
+        tokens = loop.prefill(state, left).argmax(-1)
+        step = 0
+        for _ in range(reps):
+            for name, steps in variants.items():
+                start = time.perf_counter()
+                tokens = loop.decode(state, tokens, torch.tensor(lengths) + step, torch.ones(batch, dtype=torch.bool),
+                                     step=steps).argmax(-1)
+                times[name].append(1000 * (time.perf_counter() - start))
+                step += 1
+        start = time.perf_counter()
+        for _ in range(3):
+            BatchState.regroup([(state, list(range(batch)))], headroom=128)
+        regroup_ms = 1000 * (time.perf_counter() - start) / 3
+    return {**{f"{k} ms": statistics.median(v) for k, v in times.items()}, "regroup ms": regroup_ms}
+
+
 def summary(record: dict[str, Any]) -> dict[str, Any]:
     lengths = [len(t) for t in record["tokens"]]
     docs = len(lengths)
@@ -157,6 +194,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="also run transformers' generate_batch once on the same prompts (after the rounds)")
     parser.add_argument("--check-alone", action="store_true",
                         help="also run each prompt alone once and count the items each method reproduces exactly")
+    parser.add_argument("--profile", action="store_true", help="only time a decoding step of --slots papers by how "
+                        "many rows revive, and a regroup (benchmarks.continuous.step_profile)")
     parser.add_argument("--job", action="store_true", help="time the whole job (run_pipeline, default workers) "
                         "instead of the engine in this process")
     parser.add_argument("--work", type=Path, default=Path("bench_out/continuous"))
@@ -195,6 +234,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "slots": args.slots, "threads": args.threads, "dtype": dtype, "lazy": args.lazy,
                 "model": args.model, "seed": args.seed, "max_held_tokens": budget, "mix_short": args.mix_short,
                 "repetition_penalty": args.repetition_penalty, "no_repeat_ngram_size": args.no_repeat_ngram_size}
+    if args.profile:
+        profile = step_profile(lazy, prompts[: args.slots])
+        print(json.dumps(profile), flush=True)
+        with (RESULTS_DIR / f"{name}-profile.json").open("w", encoding="utf-8") as f:
+            json.dump({"settings": settings, "machine": machine(), "profile": profile}, f, indent=1)
+        return {"profile": profile}
     if args.job:
         if args.mix_short:
             raise SystemExit("--job runs one task over every paper; --mix-short is for the engine runs")

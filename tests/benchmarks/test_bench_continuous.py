@@ -44,3 +44,14 @@ def test_generate_batch_peer_gives_each_prompt_its_greedy_tokens():
     peer = run_generate_batch(model, make_tiny_tokenizer(), prompts, 6)
     ours = LazyLLM(model, LazyConfig.off()).generate_continuous(prompts, max_new_tokens=6)
     assert peer["tokens"] == [o.sequences[0, len(p):].tolist() for o, p in zip(ours.outputs, prompts, strict=True)]
+
+
+def test_step_profile_times_each_variant():
+    from benchmarks.continuous import step_profile
+
+    lazy = LazyLLM(make_tiny_model("llama"), LazyConfig(prune_layers=[1], keep_ratios=[0.5], min_keep_tokens=2,
+                                                        revival={"name": "top", "top": 4}, revive_steps=3))
+    g = torch.Generator().manual_seed(2)
+    profile = step_profile(lazy, [torch.randint(3, 250, (n,), generator=g).tolist() for n in (30, 24)], reps=2)
+    assert set(profile) == {"no row revives ms", "one row revives ms", "every row revives ms", "regroup ms"}
+    assert all(v > 0 for v in profile.values())
