@@ -227,7 +227,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dtype = str(model.dtype).removeprefix("torch.")
     mix = ("-mix" if args.mix_short else "") + ("-rules" if options.repetition_penalty != 1.0
                                                 or options.no_repeat_ngram_size else "")
-    name = f"continuous-{args.prompt_tokens}-{args.max_new_tokens}-{args.lazy}{mix}-{dtype}"
+    name = (f"continuous-{args.prompt_tokens}-{args.max_new_tokens}-{args.lazy}{mix}-{dtype}-p{len(prompts)}"
+            f"-s{args.seed}")
     out = args.out or RESULTS_DIR / f"{name}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = {"prompt_tokens": args.prompt_tokens, "papers": len(prompts), "max_new_tokens": args.max_new_tokens,
