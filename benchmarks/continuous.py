@@ -137,7 +137,7 @@ def step_profile(lazy: Any, prompts: list[list[int]], reps: int = 8) -> dict[str
     import torch
 
     from lazy_core.attention import attention_hook
-    from lazy_core.engine import BatchState, LayerLoop
+    from lazy_core.engine import BatchState
 
     batch, lengths = len(prompts), [len(p) for p in prompts]
     left = torch.zeros(batch, max(lengths), dtype=torch.long)
@@ -149,8 +149,7 @@ def step_profile(lazy: Any, prompts: list[list[int]], reps: int = 8) -> dict[str
     times: dict[str, list[float]] = {name: [] for name in variants}
     with torch.inference_mode(), attention_hook(lazy.model) as inner:
         state = BatchState(lazy.parts, torch.tensor(lengths), capacity=max(lengths) + len(variants) * reps + 1)
-        state.prunes = [lazy.config.prunes(n) for n in lengths]
-        loop = LayerLoop(lazy.parts, lazy.config, inner, lazy.pruner)
+        loop = lazy.prefill_loop(state, inner)
         tokens = loop.prefill(state, left).argmax(-1)
         step = 0
         for _ in range(reps):

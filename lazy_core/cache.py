@@ -59,27 +59,33 @@ class LayerKV:
         first = sources[0][0]
         packed, counts = [], []
         for kv, rows in sources:
-            valid = kv.valid[rows, : kv.length]  # [b, S]
+            valid = kv.valid[:, : kv.length][rows]  # [b, S]
             count = valid.sum(1)
             width = int(count.max()) if count.numel() else 0
-            order = torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices[:, :width]  # valid slots first
-            packed.append((kv, rows, order, count))
+            # valid slots first, in their order; None when every slot is valid (the slots are copied as they are)
+            full = width == kv.length and bool((count == width).all())
+            order = None if full else torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices[:, :width]
+            packed.append((kv, rows, order, count, width))
             counts.append(width)
         width = max(counts)
         batch = sum(rows.numel() for _, rows in sources)
         out = cls(batch, first.keys.shape[1], first.keys.shape[3], width + headroom, first.keys.dtype,
                   first.keys.device)
         start = 0
-        for kv, rows, order, count in packed:
-            end, w = start + rows.numel(), order.shape[1]
-            index = order[:, None, :, None].expand(-1, kv.keys.shape[1], -1, kv.keys.shape[3])
-            out.keys[start:end, :, :w] = kv.keys[rows].gather(2, index)
-            out.values[start:end, :, :w] = kv.values[rows].gather(2, index)
+        for kv, rows, order, count, w in packed:
+            end = start + rows.numel()
+            # only the used slots are read ([:length] is a view; indexing the rows copies just those)
+            keys, values = kv.keys[:, :, : kv.length][rows], kv.values[:, :, : kv.length][rows]
+            positions = kv.positions[:, : kv.length][rows]
+            if order is not None:
+                index = order[:, None, :, None].expand(-1, kv.keys.shape[1], -1, kv.keys.shape[3])
+                keys, values, positions = keys.gather(2, index), values.gather(2, index), positions.gather(1, order)
+            out.keys[start:end, :, :w], out.values[start:end, :, :w] = keys, values
             # pad slots: finite (masked scores weigh them 0, and 0 x NaN would still be NaN)
             out.keys[start:end, :, w:width] = 0
             out.values[start:end, :, w:width] = 0
-            out.positions[start:end, :w] = kv.positions[rows].gather(1, order)
-            out.valid[start:end, :w] = torch.arange(w, device=order.device)[None, :] < count[:, None]
+            out.positions[start:end, :w] = positions
+            out.valid[start:end, :w] = torch.arange(w, device=count.device)[None, :] < count[:, None]
             start = end
         out.length = width
         return out

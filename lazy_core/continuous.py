@@ -34,13 +34,10 @@ from dataclasses import dataclass, field
 import torch
 
 from lazy_core.attention import attention_hook
-from lazy_core.config import LazyConfig
-from lazy_core.decoding import DecodingOptions
+from lazy_core.decoding import DecodingOptions, token_chooser
 from lazy_core.engine import BatchState, LayerLoop
 from lazy_core.rules import LogitRules
 from lazy_core.stats import GenerateOutput
-
-_OFF = LazyConfig.off()
 
 
 @dataclass
@@ -116,7 +113,7 @@ class SlotLoop:
         waiting = [self._item(i, p, options, eos, limits[i]) for i, p in enumerate(prompts)]
         waiting.reverse()  # pop() takes the next prompt
         eos_set = set(eos)
-        choose = _chooser(options, parts.device)
+        choose = token_chooser(options, parts.device)
         held = self._held_cost(max_new)
         running: list[_Item] = []  # the items of ``state``'s rows ``kept``, in that order
         state: BatchState | None = None
@@ -205,9 +202,7 @@ class SlotLoop:
         for b, it in enumerate(items):
             left[b, : it.length] = it.ids[0]
         state = BatchState(parts, torch.tensor(lengths, device=parts.device), capacity=max(lengths) + max_new)
-        pruning = any(lazy.config.prunes(n) for n in lengths)
-        state.prunes = [lazy.config.prunes(n) for n in lengths]
-        loop = LayerLoop(parts, lazy.config if pruning else _OFF, inner, lazy.pruner)
+        loop = lazy.prefill_loop(state, inner)
         start = time.perf_counter()
         first = self._choose(loop.prefill(state, left), items, choose)
         now = time.perf_counter()
@@ -262,14 +257,3 @@ def _limits(stop_after: Sequence[int] | None, count: int, max_new: int) -> list[
         raise ValueError(f"stop_after entries must be ints in 1..max_new_tokens ({max_new}); got {bad[:3]} (index, "
                          "value)")
     return limits
-
-
-def _chooser(options: DecodingOptions, device: torch.device):
-    """logits [B, V] -> tokens [B]: greedy, or sampled from one generator seeded by ``options.seed``."""
-    if not options.do_sample:
-        return lambda logits: logits.argmax(-1)
-    from lazy_core.generate import _sample
-
-    generator = torch.Generator(device=device)
-    generator.manual_seed(options.seed if options.seed is not None else torch.seed())
-    return lambda logits: _sample(logits, options.temperature, options.top_p, generator)

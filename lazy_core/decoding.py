@@ -7,6 +7,9 @@ option is one field here plus its use in the engine (docs/lazy_core.md, "Decodin
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
@@ -44,3 +47,24 @@ class DecodingOptions(BaseModel):
                 if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                     raise ValueError(f"{name} must be an int, got {value!r}")
         return data
+
+
+def token_chooser(options: DecodingOptions, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """logits [B, V] -> tokens [B]: greedy, or sampled (temperature, then nucleus ``top_p``) from one generator seeded
+    by ``options.seed`` (None: a fresh seed)."""
+    if not options.do_sample:
+        return lambda logits: logits.argmax(-1)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(options.seed if options.seed is not None else torch.seed())
+    return lambda logits: _sample(logits, options.temperature, options.top_p, generator)
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> torch.Tensor:
+    """logits: [B, V] -> [B] sampled ids (temperature, then nucleus top_p)."""
+    probs = torch.softmax(logits / temperature, -1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the smallest prefix reaching top_p
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]

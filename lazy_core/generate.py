@@ -18,7 +18,7 @@ from lazy_core.arch import model_parts
 from lazy_core.attention import attention_hook
 from lazy_core.config import LazyConfig
 from lazy_core.continuous import ContinuousResult, SlotCounters, SlotLoop
-from lazy_core.decoding import DecodingOptions
+from lazy_core.decoding import DecodingOptions, token_chooser
 from lazy_core.engine import BatchState, LayerLoop
 from lazy_core.rules import LogitRules
 from lazy_core.scoring import TokenPruner
@@ -73,16 +73,7 @@ class LazyLLM:
         input_ids, mask = self._check_batch(input_ids, attention_mask, max_new_tokens)
         eos = self._eos_ids(eos_token_id)
         pad = self._pad_id(pad_token_id, eos)
-        generator = None
-        if options.do_sample:
-            generator = torch.Generator(device=self.parts.device)
-            generator.manual_seed(options.seed if options.seed is not None else torch.seed())
-
-        def choose(logits: torch.Tensor) -> torch.Tensor:
-            if options.do_sample:
-                return _sample(logits, options.temperature, options.top_p, generator)
-            return logits.argmax(-1)
-
+        choose = token_chooser(options, self.parts.device)
         rules = LogitRules(input_ids, mask, max_new_tokens, eos, options.repetition_penalty,
                            options.no_repeat_ngram_size, options.min_new_tokens)
         new, state, times = self._run(input_ids, mask, max_new_tokens, choose, eos, pad,
@@ -195,10 +186,7 @@ class LazyLLM:
         state = BatchState(self.parts, lengths, capacity=int(lengths.max()) + max_new_tokens)
         eos_t = torch.tensor(list(eos), dtype=torch.long, device=device)
         with torch.inference_mode(), attention_hook(self.model) as inner:
-            # a batch whose prompts are all too short to prune (config.min_prompt_tokens) runs the plain loop
-            pruning = any(self.config.prunes(n) for n in state.host_lengths)
-            loop = LayerLoop(self.parts, self.config if pruning else _OFF, inner, self.pruner)
-            state.prunes = [self.config.prunes(n) for n in state.host_lengths]
+            loop = self.prefill_loop(state, inner)
             start = time.perf_counter()
             token = choose(loop.prefill(state, left))
             finished = torch.isin(token, eos_t)
@@ -224,6 +212,12 @@ class LazyLLM:
         if self.keep_state:
             self.last_state = state
         return torch.stack(generated, 1), state, (ttft, decode)
+
+    def prefill_loop(self, state: BatchState, inner: str) -> LayerLoop:
+        """The loop that prefills ``state``'s items, each under its own schedule: ``state.prunes`` marks the items the
+        schedule prunes, and a batch of prompts all too short to prune (``min_prompt_tokens``) runs the plain loop."""
+        state.prunes = [self.config.prunes(n) for n in state.host_lengths]
+        return LayerLoop(self.parts, self.config if any(state.prunes) else _OFF, inner, self.pruner)
 
     # ---- inputs --------------------------------------------------------------------------------------------------
 
@@ -360,17 +354,6 @@ def _left_align(input_ids: torch.Tensor, mask: torch.Tensor, lengths: torch.Tens
     left = input_ids.gather(1, order)
     span = torch.arange(left.shape[1], device=left.device)[None, :]
     return torch.where(span < lengths[:, None], left, torch.full_like(left, pad))
-
-
-def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
-    """logits: [B, V] -> [B] sampled ids (temperature, then nucleus top_p)."""
-    probs = torch.softmax(logits / temperature, -1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(-1, descending=True)
-        outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the smallest prefix reaching top_p
-        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
 def _sync(device: torch.device) -> None:
