@@ -1,0 +1,241 @@
+"""RULER accuracy of LazyLLM against the full model, per task and length, with the speed it buys.
+
+    .venv/bin/python -m benchmarks.ruler --model gemma3-270m --lengths 4096 --count 2
+    .venv/bin/python -m benchmarks.ruler --model smollm2-135m-instruct --lengths 4096 --count 2
+    .venv/bin/python -m benchmarks.ruler --model gemma3-270m --tasks entity_3 --lengths 4096 8192 --count 6 \\
+        --methods full lazy
+    .venv/bin/python -m benchmarks.ruler --report-only          # rebuild the BENCHMARKS.md section from the records
+
+Items: :mod:`benchmarks.ruler_tasks` (RULER's 13 tasks to their published definitions, plus our entity-bound needles
+``entity_<k>``). SmolLM2-135M-Instruct gets its chat template; Gemma 3 270M (a base model) gets completion-style
+prompts, as RULER prompts base models. Methods run on the same items, one at a time, greedy, in an order that rotates
+per item: ``full`` (LazyConfig.off()), ``lazy`` (LazyConfig.default_for), ``paper`` (LazyConfig.paper) and the
+candidate defaults of ``CANDIDATES``. Per item and method: RULER's score, TTFT (the engine's prefill + first token),
+the computed-token fraction, the output.
+
+Generation: RULER's budget per task, capped at ``--max-new`` (default 64: every expected answer fits) on this CPU;
+niah, qa and entity outputs end at their first line break (their answers are one line), vt, cwe and fwe run to their
+budget. Each (model, item, method) appends a JSON line to ``--out`` as soon as it is done, so a stopped run resumes.
+``--report`` / ``--report-only`` rewrites the part of BENCHMARKS.md between ``<!-- ruler:begin -->`` and
+``<!-- ruler:end -->``; what the numbers mean is written by hand around it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import BENCHMARKS_MD, RESULTS_DIR, load, machine, md_table, replace_section
+from benchmarks.ruler_tasks import TASK_NAMES, RulerItem, build_items, score
+from lazy_core import LazyConfig, LazyLLM
+from lazy_core.arch import place_schedule
+from lazy_core.config import DEFAULT_FRACTIONS
+
+DEFAULT_OUT = RESULTS_DIR / "ruler.jsonl"
+CHAT_MODELS = ("smollm2-135m-instruct",)
+ONE_LINE = ("niah", "qa", "entity")  # vt outputs often open with a line break: it runs to its budget
+MIN_FULL = 0.2  # retention counts over the tasks where the full model scores at least this
+
+
+DEFAULT_RATIOS_WIDE = (0.5, 0.3, 0.15)
+
+
+def _default(model: Any, **update: Any) -> LazyConfig:
+    return LazyConfig(**{**LazyConfig.default_for(model).model_dump(), **update})
+
+
+def _placed(model: Any, ratios: tuple[float, ...]) -> dict[str, Any]:
+    """The default's pruning layers with other keep ratios."""
+    layers, kept = place_schedule(model, DEFAULT_FRACTIONS, ratios)
+    return {"prune_layers": layers, "keep_ratios": kept}
+
+
+# name -> (what it is, config factory)
+CANDIDATES: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
+    "full": ("full prefill (LazyConfig.off())", lambda m: LazyConfig.off()),
+    "lazy": ("the default (LazyConfig.default_for)", lambda m: LazyConfig.default_for(m)),
+    "paper": ("the paper's scoring (LazyConfig.paper)", lambda m: LazyConfig.paper(m)),
+    # candidate defaults (BENCHMARKS.md, "RULER"): the scoring query, the pooling, the keep ratios
+    "win32": ("default, the last 32 prompt tokens (the question) as queries, mean over them (SnapKV's window)",
+              lambda m: _default(m, query_window=32, query_reduce="mean")),
+    "win32max": ("default, the last 32 prompt tokens as queries, max over them",
+                 lambda m: _default(m, query_window=32, query_reduce="max")),
+    "win8": ("default, the last 8 prompt tokens as queries, mean over them",
+             lambda m: _default(m, query_window=8, query_reduce="mean")),
+    "pool15": ("default, max-pool over 15 positions (not 31)", lambda m: _default(m, pool_kernel=15)),
+    "wide": ("default placement, keeping 50/30/15 % (not 40/20/10)",
+             lambda m: _default(m, **_placed(m, DEFAULT_RATIOS_WIDE))),
+}
+
+
+def method_config(name: str, model: Any) -> LazyConfig:
+    if name not in CANDIDATES:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(CANDIDATES)}")
+    return CANDIDATES[name][1](model)
+
+
+def stop_ids(tok: Any) -> list[int]:
+    """Every token whose text holds a line break (the one-line tasks end there)."""
+    texts = tok.batch_decode([[i] for i in range(len(tok))])
+    return [i for i, text in enumerate(texts) if "\n" in text]
+
+
+def run_item(lazy: LazyLLM, tok: Any, item: RulerItem, max_new: int, eos: list[int], lines: list[int]) -> dict:
+    ids = torch.tensor([item.prompt_ids])
+    one_line = item.task.split("_")[0] in ONE_LINE
+    gen = lazy.generate(ids, max_new_tokens=min(item.max_new_tokens, max_new),
+                        eos_token_id=eos + (lines if one_line else []))
+    st = gen.stats[0]
+    new = gen.sequences[0, ids.shape[1]: ids.shape[1] + st.new_tokens].tolist()
+    text = tok.decode(new, skip_special_tokens=True)
+    return {"score": score(item.metric, text, item.answers), "text": text, "ttft_s": st.ttft_s,
+            "computed_token_fraction": st.computed_token_fraction, "est_speedup": st.est_speedup,
+            "new_tokens": st.new_tokens}
+
+
+def _done(path: Path) -> set[tuple[str, str, str]]:
+    if not path.exists():
+        return set()
+    return {(r["model"], r["id"], r["method"]) for r in map(json.loads, path.read_text().splitlines()) if r}
+
+
+def measure(args: argparse.Namespace) -> None:
+    model, tok = load(args.model, args.threads, args.dtype)
+    chat = args.model in CHAT_MODELS if args.chat is None else args.chat
+    limit = int(getattr(model.config, "max_position_embeddings", 1 << 30))
+    lengths = [min(length, limit) for length in args.lengths]
+    items = build_items(tok, args.tasks, lengths, args.count, args.seed, chat)
+    done = _done(args.out)
+    engines = {name: LazyLLM(model, method_config(name, model)) for name in args.methods}
+    eos = list(LazyLLM(model, LazyConfig.off())._eos_ids(None))
+    lines = stop_ids(tok)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    header = {"model": args.model, "dtype": args.dtype, "chat": chat, "machine": machine()}
+    for n, item in enumerate(items):
+        order = args.methods[n % len(args.methods):] + args.methods[: n % len(args.methods)]
+        for method in order:
+            if (args.model, item.id, method) in done:
+                continue
+            started = time.perf_counter()
+            result = run_item(engines[method], tok, item, args.max_new, eos, lines)
+            record = {**header, "id": item.id, "task": item.task, "length": item.length, "seed": item.seed,
+                      "prompt_tokens": len(item.prompt_ids), "answers": item.answers, "method": method,
+                      "config": engines[method].config.model_dump(), "wall_s": time.perf_counter() - started,
+                      **result}
+            with args.out.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            print(f"{item.id} {method}: {result['score']:.2f} ttft {result['ttft_s']:.1f}s {result['text'][:40]!r}",
+                  flush=True)
+
+
+# ---- report ------------------------------------------------------------------------------------------------------
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def summarize(records: list[dict[str, Any]], model: str, length: int, methods: list[str]) -> dict[str, Any]:
+    """Per task: items, each method's mean score, retention (method / full), median TTFT speedup (full / method per
+    item) and computed fraction; and the retention averaged over the tasks where full scores >= MIN_FULL."""
+    rows = [r for r in records if r["model"] == model and r["length"] == length]
+    by = {(r["id"], r["method"]): r for r in rows}
+    tasks: dict[str, dict[str, Any]] = {}
+    for task in sorted({r["task"] for r in rows}, key=lambda t: (t not in TASK_NAMES, TASK_NAMES.index(t)
+                                                               if t in TASK_NAMES else 0, t)):
+        ids = sorted({r["id"] for r in rows if r["task"] == task and all((r["id"], m) in by for m in methods)})
+        if not ids:
+            continue
+        entry: dict[str, Any] = {"items": len(ids)}
+        for m in methods:
+            entry[m] = _mean([by[(i, m)]["score"] for i in ids])
+            if m != "full":
+                entry[f"{m}_speedup"] = statistics.median(by[(i, "full")]["ttft_s"] / by[(i, m)]["ttft_s"] for i in ids)
+                entry[f"{m}_computed"] = statistics.median(by[(i, m)]["computed_token_fraction"] for i in ids)
+                entry[f"{m}_lost"] = sum(by[(i, "full")]["score"] > by[(i, m)]["score"] for i in ids)
+                entry[f"{m}_gained"] = sum(by[(i, "full")]["score"] < by[(i, m)]["score"] for i in ids)
+        tasks[task] = entry
+    summary: dict[str, Any] = {"tasks": tasks}
+    counted = {t: e for t, e in tasks.items() if e.get("full", 0) >= MIN_FULL}
+    for m in methods:
+        if m == "full":
+            continue
+        ratios = {t: e[m] / e["full"] for t, e in counted.items()}
+        summary[m] = {"retention": _mean(list(ratios.values())), "worst": min(ratios.items(), key=lambda kv: kv[1])
+                      if ratios else None, "counted": len(ratios)}
+    return summary
+
+
+def report_text(records: list[dict[str, Any]], methods: list[str]) -> str:
+    parts = []
+    for model in sorted({r["model"] for r in records}):
+        for length in sorted({r["length"] for r in records if r["model"] == model}):
+            present = {r["method"] for r in records if r["model"] == model and r["length"] == length}
+            shown = [m for m in methods if m in present]
+            if "full" not in shown or len(shown) < 2:
+                continue
+            s = summarize(records, model, length, shown)
+            header = ["task", "items", "full"]
+            for m in shown[1:]:
+                header += [m, f"{m} ret.", f"{m} lost", f"{m} TTFT x", f"{m} computed"]
+            rows = []
+            for task, e in s["tasks"].items():
+                row = [task, e["items"], f"{100 * e['full']:.0f}"]
+                for m in shown[1:]:
+                    ret = f"{100 * e[m] / e['full']:.0f} %" if e["full"] >= MIN_FULL else "n/c"
+                    row += [f"{100 * e[m]:.0f}", ret, e[f"{m}_lost"], f"{e[f'{m}_speedup']:.2f}",
+                            f"{e[f'{m}_computed']:.2f}"]
+                rows.append(row)
+            lines = [f"**{model}, {length} tokens**", "", md_table(header, rows), ""]
+            for m in shown[1:]:
+                worst = s[m]["worst"]
+                lines.append(f"- `{m}`: retention {100 * s[m]['retention']:.1f} % averaged over the "
+                             f"{s[m]['counted']} tasks where full scores >= {100 * MIN_FULL:.0f} %" +
+                             (f"; lowest {worst[0]} {100 * worst[1]:.0f} %" if worst else ""))
+            excluded = [f"{t} ({100 * e['full']:.0f})" for t, e in s["tasks"].items() if e["full"] < MIN_FULL]
+            if excluded:
+                lines.append(f"- not counted (full < {100 * MIN_FULL:.0f} %): {', '.join(excluded)}")
+            parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
+def load_records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="gemma3-270m", help="gemma3-270m (completion) or smollm2-135m-instruct (chat)")
+    p.add_argument("--tasks", nargs="+", default=list(TASK_NAMES), help="RULER task names, or entity_<k>")
+    p.add_argument("--lengths", nargs="+", type=int, default=[4096])
+    p.add_argument("--count", type=int, default=2, help="items per task and length")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--methods", nargs="+", default=["full", "lazy", "paper"], choices=list(CANDIDATES))
+    p.add_argument("--max-new", type=int, default=64, help="cap on RULER's generation budget per task")
+    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                   help="chat template (default: for the instruct models) or completion-style prompts")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--report", action="store_true", help="after measuring, rewrite the BENCHMARKS.md section")
+    p.add_argument("--report-only", action="store_true", help="only rewrite the BENCHMARKS.md section")
+    p.add_argument("--report-methods", nargs="+", default=["full", "lazy", "paper"])
+    args = p.parse_args(argv)
+    if "full" not in args.methods and not args.report_only:
+        p.error("--methods must include full: retention is measured against it")
+    if not args.report_only:
+        measure(args)
+    if args.report or args.report_only:
+        text = report_text(load_records(args.out), args.report_methods)
+        replace_section("ruler", text, BENCHMARKS_MD)
+        print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""RULER items (benchmarks/ruler_tasks.py) on the real installed data, with the tiny byte-level tokenizer, and the
+retention report of benchmarks/ruler.py on records written here."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import make_tiny_model
+
+from benchmarks import ruler
+from benchmarks.ruler_tasks import ENTITY_FACT, TASK_NAMES, build_item, build_items, score, task_configs, templates
+
+LENGTH = 8192  # bytes = tokens with the tiny tokenizer; cwe's 30 repeats of 10 words need this much
+
+
+@pytest.fixture(scope="module")
+def items(tiny_tokenizer):
+    return {task: build_item(tiny_tokenizer, task, LENGTH, 0, seed=0) for task in TASK_NAMES}
+
+
+def _text(tok, item) -> str:
+    return tok.decode(item.prompt_ids, skip_special_tokens=True)
+
+
+def test_the_package_publishes_the_13_tasks_and_their_templates():
+    configs = task_configs()
+    assert set(TASK_NAMES) <= set(configs)
+    assert {configs[t]["task"] for t in TASK_NAMES} <= set(templates())
+
+
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_each_task_fills_its_length_and_holds_its_answers(tiny_tokenizer, items, task):
+    item = items[task]
+    room = LENGTH - item.max_new_tokens
+    assert len(item.prompt_ids) <= room
+    assert len(item.prompt_ids) > 0.9 * room, "the haystack was sized by bisection: it fills the length"
+    assert item.prompt_ids[0] == tiny_tokenizer.bos_token_id
+    text = _text(tiny_tokenizer, item)
+    assert item.answers and all(a in text for a in item.answers if task != "qa_2"), (task, item.answers)
+    assert item.metric == ("part" if task.startswith("qa") else "all")
+
+
+def test_niah_variants_follow_their_configs(tiny_tokenizer, items):
+    single = _text(tiny_tokenizer, items["niah_single_1"])
+    assert single.startswith("A special magic number is hidden") and single.endswith("provided text is")
+    assert single.count("One of the special magic numbers for") == 1
+    assert "The grass is green." in single  # the repeat haystack
+    multikey = _text(tiny_tokenizer, items["niah_multikey_1"])
+    assert multikey.count("One of the special magic numbers for") == 4 and len(items["niah_multikey_1"].answers) == 1
+    assert len(items["niah_multivalue"].answers) == 4 and len(items["niah_multiquery"].answers) == 4
+    assert re.search(r"for \S+, \S+, \S+, and \S+ mentioned", _text(tiny_tokenizer, items["niah_multiquery"]))
+    uuid_item = items["niah_multikey_3"]
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", uuid_item.answers[0])
+    needles = _text(tiny_tokenizer, uuid_item).count("One of the special magic uuids for")
+    assert needles > 10, "the 'needle' haystack is made of distractor needles"
+
+
+def test_vt_chain_and_its_worked_example(tiny_tokenizer, items):
+    item = items["vt"]
+    text = _text(tiny_tokenizer, item)
+    assert len(item.answers) == 5 and all(re.fullmatch(r"[A-Z]{5}", v) for v in item.answers)
+    first, *rest = item.answers
+    value = re.search(rf"VAR {first} = (\d{{5}})", text).group(1)
+    for prev, var in zip(item.answers, rest, strict=False):
+        assert f"VAR {var} = VAR {prev}" in text
+    assert text.count("Memorize and track the chain(s)") == 2, "one worked example, then the task"
+    assert text.endswith(f"5 variables are assgined the value {value}, they are: ")  # RULER's prefix ends in a space
+
+
+def test_cwe_and_fwe_answers_are_the_most_frequent_words(tiny_tokenizer, items):
+    cwe = _text(tiny_tokenizer, items["cwe"]).split("Question:")[-2]  # the task's list (after the worked example)
+    counts = {w: len(re.findall(rf"\d+\. {re.escape(w)}\b", cwe)) for w in items["cwe"].answers}
+    assert len(counts) == 10 and set(counts.values()) == {30}
+    fwe_item = items["fwe"]
+    words = _text(tiny_tokenizer, fwe_item).split("coded words. ", 1)[1].split("\nQuestion:")[0].split()
+    ranked = sorted(set(words), key=words.count, reverse=True)
+    assert ranked[0] == "..." and ranked[1:4] == fwe_item.answers
+
+
+def test_items_are_seeded_per_task_length_and_index(tiny_tokenizer):
+    a = build_item(tiny_tokenizer, "niah_single_2", 4096, 1, seed=3)
+    assert a.prompt_ids == build_item(tiny_tokenizer, "niah_single_2", 4096, 1, seed=3).prompt_ids
+    assert a.answers != build_item(tiny_tokenizer, "niah_single_2", 4096, 2, seed=3).answers
+    assert a.id == "niah_single_2-4096-1-s3"
+    listed = build_items(tiny_tokenizer, ["niah_single_1", "qa_1"], [2048], 2, seed=3)
+    assert [i.id for i in listed] == ["niah_single_1-2048-0-s3", "qa_1-2048-0-s3", "niah_single_1-2048-1-s3",
+                                      "qa_1-2048-1-s3"]
+
+
+def test_entity_needles_share_a_haystack_and_ask_each_name(tiny_tokenizer):
+    asked = [build_item(tiny_tokenizer, "entity_3", 4096, i) for i in range(4)]
+    texts = [_text(tiny_tokenizer, it) for it in asked]
+    bodies = [t.split("\n\nQuestion:")[0] for t in texts]
+    assert bodies[0] == bodies[1] == bodies[2] != bodies[3]
+    assert len({it.meta["query"] for it in asked[:3]}) == 3
+    for item, text in zip(asked, texts, strict=True):
+        assert text.count(item.answers[0]) == 1, "the code is written once"
+        assert ENTITY_FACT.format(name=item.meta["query"], code=item.answers[0]) in text
+        assert text.endswith(f"Answer: The access code that {item.meta['query']} chose for the archive is")
+    assert sum(t.count("chose for the archive is") for t in bodies[:1]) == 3
+
+
+def test_chat_prompts_use_the_chat_template(tiny_tokenizer):
+    item = build_item(tiny_tokenizer, "niah_single_1", 4096, 0, chat=True)
+    text = tiny_tokenizer.decode(item.prompt_ids)
+    assert text.startswith("<|user|>") or "user" in text[:40]
+    assert text.endswith("The special magic number for " + item.meta["query"] + " mentioned in the provided text is")
+
+
+def test_bad_requests_name_the_fix(tiny_tokenizer):
+    with pytest.raises(ValueError, match="unknown RULER task 'niah'.*entity_<k>"):
+        build_item(tiny_tokenizer, "niah", 4096, 0)
+    with pytest.raises(ValueError, match="cannot fit 200 tokens"):
+        build_item(tiny_tokenizer, "niah_single_2", 200, 0)
+    with pytest.raises(ValueError, match="'all' or 'part'"):
+        score("any", "x", ["x"])
+
+
+def test_score_is_rulers_string_match():
+    assert score("all", "Codes: 12 and 34.", ["12", "34", "56"]) == pytest.approx(2 / 3)
+    assert score("part", "It was the SONG dynasty", ["Yuan", "song"]) == 1.0
+    assert score("part", "nothing", ["Yuan"]) == 0.0
+
+
+def _record(task, index, method, value, ttft, model="m", length=4096):
+    return {"model": model, "length": length, "task": task, "id": f"{task}-{length}-{index}", "method": method,
+            "score": value, "ttft_s": ttft, "computed_token_fraction": 1.0 if method == "full" else 0.4}
+
+
+def test_report_counts_retention_where_full_scores():
+    records = []
+    for i in range(2):
+        records += [_record("niah_single_1", i, "full", 1.0, 10.0), _record("niah_single_1", i, "lazy", 1.0 - i, 4.0)]
+        records += [_record("vt", i, "full", 0.6, 10.0), _record("vt", i, "lazy", 0.6, 5.0)]
+        records += [_record("cwe", i, "full", 0.1, 10.0), _record("cwe", i, "lazy", 0.0, 5.0)]
+    records.append(_record("qa_1", 0, "full", 1.0, 10.0))  # no lazy record: not compared
+    s = ruler.summarize(records, "m", 4096, ["full", "lazy"])
+    assert list(s["tasks"]) == ["niah_single_1", "vt", "cwe"]
+    assert s["tasks"]["niah_single_1"]["lazy"] == 0.5 and s["tasks"]["niah_single_1"]["lazy_lost"] == 1
+    assert s["tasks"]["niah_single_1"]["lazy_speedup"] == 2.5
+    assert s["lazy"]["counted"] == 2 and s["lazy"]["retention"] == pytest.approx(0.75)
+    assert s["lazy"]["worst"] == ("niah_single_1", 0.5)
+    text = ruler.report_text(records, ["full", "lazy"])
+    assert "| cwe | 2 | 10 | 0 | n/c |" in text and "not counted (full < 20 %): cwe (10)" in text
+    assert "retention 75.0 % averaged over the 2 tasks" in text
+
+
+def test_methods_resolve_and_reject_unknown_names():
+    model = make_tiny_model("llama")
+    assert not ruler.method_config("full", model).enabled
+    with pytest.raises(ValueError, match="unknown method 'fast'"):
+        ruler.method_config("fast", model)
