@@ -1,7 +1,8 @@
 """``lazy_core.calibrate`` on the real default model: which schedule does the automatic search pick?
 
 Calibration samples are built like the evaluation items but with another seed (default 1), so the chosen schedule is
-not tuned on the items ``benchmarks.eval`` scores: passkey haystacks and HotpotQA / SQuAD questions, each scored by
+not tuned on the items ``benchmarks.eval`` scores: passkey haystacks, entity-bound needles (a person's code written
+once, asked by name), HotpotQA / SQuAD questions and, with ``--ruler-tasks``, RULER items, each scored by
 word F1 against its gold answer (the full model's own output for prompts without one). Writes
 ``benchmarks/results/calibrate.json`` and the "calibrate" section of BENCHMARKS.md.
 
@@ -17,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import RESULTS_DIR, load, machine, md_table, replace_section, write_json
-from benchmarks.data import SuiteSpec, build_suite
+from benchmarks.data import EvalItem, SuiteSpec, build_suite
 from benchmarks.report import schedule_text
+from benchmarks.ruler import CHAT_MODELS
+from benchmarks.ruler_tasks import RulerItem, build_item
 from lazy_core.calibrate import CandidateResult, calibrate_report
 
 
@@ -39,6 +42,12 @@ def _row(r: CandidateResult) -> dict[str, Any]:
     }
 
 
+def ruler_eval_item(item: RulerItem) -> EvalItem:
+    """A RULER item as a calibration sample: its answers, joined, are the reference its output is scored on."""
+    return EvalItem(task="entity", item_id=item.id, target_tokens=item.length, prompt_ids=item.prompt_ids,
+                    answers=item.answers, max_new_tokens=item.max_new_tokens)
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -47,6 +56,10 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--depths", type=float, nargs="+", default=[0.2, 0.5, 0.8])
     parser.add_argument("--qa-length", type=int, default=2048)
     parser.add_argument("--qa-items", type=int, default=2, help="HotpotQA and SQuAD questions each")
+    parser.add_argument("--entity-haystacks", type=int, default=1,
+                        help="entity haystacks (2 names, each asked: 2 samples each) at --qa-length")
+    parser.add_argument("--ruler-tasks", nargs="*", default=[],
+                        help="RULER tasks (benchmarks.ruler_tasks) to add as samples, one item each at --qa-length")
     parser.add_argument("--max-drop", type=float, default=0.01)
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--threads", type=int, default=2)
@@ -63,11 +76,15 @@ def main(argv: list[str] | None = None) -> Path:
         multidoc_items=args.qa_items,
         single_lengths=[args.qa_length],
         single_items=args.qa_items,
+        entity_lengths=[args.qa_length],
+        entity_haystacks=args.entity_haystacks,
         summarize_items=0,
-        tasks=["needle", "multidoc_qa", "single_qa"],
+        tasks=["needle", "entity", "multidoc_qa", "single_qa"],
     )
     items = build_suite(tok, spec)
-    samples = [{"prompt": it.prompt_ids, "reference": it.answers[0] if it.answers else None} for it in items]
+    chat = args.model in CHAT_MODELS
+    items += [ruler_eval_item(build_item(tok, task, args.qa_length, 0, args.seed, chat)) for task in args.ruler_tasks]
+    samples = [{"prompt": it.prompt_ids, "reference": " ".join(it.answers) if it.answers else None} for it in items]
     print(f"calibrating on {len(samples)} samples (seed {args.seed}), max_drop {args.max_drop}", flush=True)
     start = time.perf_counter()
     result = calibrate_report(model, tok, samples, max_drop=args.max_drop, max_new_tokens=args.max_new_tokens)
@@ -97,6 +114,8 @@ def _markdown(p: dict[str, Any]) -> str:
     cmd = (
         f"python -m benchmarks.calibrate --seed {a['seed']} --needle-lengths {' '.join(map(str, a['needle_lengths']))}"
         f" --depths {' '.join(map(str, a['depths']))} --qa-length {a['qa_length']} --qa-items {a['qa_items']}"
+        f" --entity-haystacks {a.get('entity_haystacks', 0)}"
+        + (f" --ruler-tasks {' '.join(a['ruler_tasks'])}" if a.get("ruler_tasks") else "") +
         f" --max-drop {a['max_drop']} --max-new-tokens {a['max_new_tokens']}"
     )
     rows = [

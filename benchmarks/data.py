@@ -6,8 +6,11 @@ Sources (installed packages, never the network, never committed):
 - ``aclsum==0.1.2``: 250 ACL papers as S2ORC JSON, each with its author's abstract (the summarization job's human
   references, see :func:`load_aclsum`).
 
-Four tasks, the long-context kinds of the paper's Table 1 (LazyLLM, Fu et al. 2024, §4):
+Five tasks, the long-context kinds of the paper's Table 1 (LazyLLM, Fu et al. 2024, §4) and facts as documents hold
+them:
 - ``needle``: a six-digit passkey sentence inserted at a depth of a real-essay haystack, asked at the end;
+- ``entity``: entity-bound needles (:func:`benchmarks.ruler_tasks.build_item`, ``entity_<k>``): k people's access
+  codes, each written once in a plain sentence of a real-essay haystack, one asked by the person's name;
 - ``multidoc_qa``: a HotpotQA question with its gold and distractor paragraphs, padded with other questions'
   paragraphs to the target length and shuffled (the RULER / LongBench construction);
 - ``single_qa``: a SQuAD question over consecutive paragraphs of its article (long context, short answer);
@@ -29,8 +32,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Task = Literal["needle", "multidoc_qa", "single_qa", "summarize"]
-TASKS: tuple[Task, ...] = ("needle", "multidoc_qa", "single_qa", "summarize")
+Task = Literal["needle", "entity", "multidoc_qa", "single_qa", "summarize"]
+TASKS: tuple[Task, ...] = ("needle", "entity", "multidoc_qa", "single_qa", "summarize")
 _CONTEXT = "\x00CONTEXT\x00"  # sentinel split out of the rendered chat template
 
 
@@ -62,6 +65,12 @@ class SuiteSpec(BaseModel):
         [0.1, 0.3, 0.5, 0.7, 0.9], description="Relative positions of the passkey in the haystack, each in [0, 1]."
     )
     needle_per_cell: int = Field(1, ge=1, description="Passkey items per (length, depth) cell.")
+    entity_lengths: list[int] = Field([2048, 3072], description="Entity-needle prompt lengths in tokens.")
+    entity_names: int = Field(
+        2, ge=1, le=9, description="Names (each with its code) per entity haystack; each is asked in its own item. "
+        "Three are beyond SmolLM2-135M (BENCHMARKS.md, 'RULER')."
+    )
+    entity_haystacks: int = Field(2, ge=0, description="Entity haystacks per length (entity_names items each).")
     multidoc_lengths: list[int] = Field([2048, 4096], description="HotpotQA prompt lengths in tokens.")
     multidoc_items: int = Field(5, ge=0, description="HotpotQA questions per length.")
     single_lengths: list[int] = Field([2048, 4096], description="SQuAD prompt lengths in tokens (at most).")
@@ -70,7 +79,7 @@ class SuiteSpec(BaseModel):
     summarize_items: int = Field(3, ge=0, description="Essays per length.")
     tasks: list[Task] = Field(list(TASKS), description="Which tasks to build.")
 
-    @field_validator("needle_lengths", "multidoc_lengths", "single_lengths", "summarize_lengths")
+    @field_validator("needle_lengths", "entity_lengths", "multidoc_lengths", "single_lengths", "summarize_lengths")
     @classmethod
     def _lengths(cls, v: list[int]) -> list[int]:
         if any(n < 256 for n in v):
@@ -267,6 +276,22 @@ def build_needle(builder: PromptBuilder, spec: SuiteSpec) -> list[EvalItem]:
     return items
 
 
+def build_entity(builder: PromptBuilder, spec: SuiteSpec) -> list[EvalItem]:
+    """Entity-bound needles through the chat template: ``entity_names`` codes per haystack, each asked by name."""
+    from benchmarks.ruler_tasks import build_item  # ruler_tasks reads its data through this module
+
+    items = []
+    task = f"entity_{spec.entity_names}"
+    for length in spec.entity_lengths:
+        for index in range(spec.entity_haystacks * spec.entity_names):
+            item = build_item(builder.tokenizer, task, length, index, seed=spec.seed, chat=True)
+            items.append(EvalItem(task="entity", item_id=_item_id(spec, f"entity{spec.entity_names}-{length}-{index}"),
+                                  target_tokens=length, prompt_ids=item.prompt_ids, answers=item.answers,
+                                  max_new_tokens=item.max_new_tokens,
+                                  meta={"name": item.meta["query"], "code": item.answers[0]}))
+    return items
+
+
 QA_INSTRUCTION = "Answer the question using the passages. Give only the answer, in a few words, nothing else."
 
 
@@ -438,6 +463,7 @@ def build_summarize(builder: PromptBuilder, spec: SuiteSpec) -> list[EvalItem]:
 
 _BUILDERS = {
     "needle": build_needle,
+    "entity": build_entity,
     "multidoc_qa": build_multidoc_qa,
     "single_qa": build_single_qa,
     "summarize": build_summarize,

@@ -200,6 +200,9 @@ def spec_from_args(args: argparse.Namespace, limit: int) -> SuiteSpec:
         seed=args.seed,
         needle_lengths=needle,
         needle_depths=args.depths,
+        entity_lengths=args.entity_lengths,
+        entity_names=args.entity_names,
+        entity_haystacks=args.entity_haystacks,
         multidoc_lengths=multidoc,
         multidoc_items=args.items,
         single_lengths=args.qa_lengths,
@@ -217,6 +220,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--needle-lengths", type=int, nargs="+", default=[1024, 2048, 4096])
     parser.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9])
+    parser.add_argument("--entity-lengths", type=int, nargs="+", default=[2048, 3072])
+    parser.add_argument("--entity-names", type=int, default=2, help="names (codes) per entity haystack")
+    parser.add_argument("--entity-haystacks", type=int, default=2, help="entity haystacks per length")
     parser.add_argument("--qa-lengths", type=int, nargs="+", default=[2048])
     parser.add_argument("--items", type=int, default=8, help="QA questions per length and task")
     parser.add_argument("--summarize-lengths", type=int, nargs="+", default=[2048])

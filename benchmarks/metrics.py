@@ -121,9 +121,9 @@ def first_token_agrees(new_ids: Sequence[int], reference_new_ids: Sequence[int])
 
 
 def task_score(task: str, prediction: str, answers: Sequence[str], reference: str | None = None) -> float:
-    """The headline score of one item: needle -> passkey found (0/1); QA -> F1 of the first line; summarize -> ROUGE-L
-    against ``reference`` (the full model's summary)."""
-    if task == "needle":
+    """The headline score of one item: needle, entity -> passkey / code found (0/1); QA -> F1 of the first line;
+    summarize -> ROUGE-L against ``reference`` (the full model's summary)."""
+    if task in ("needle", "entity"):
         return float(passkey_found(prediction, answers[0]))
     if task in ("multidoc_qa", "single_qa"):
         return f1_score(first_line(prediction), answers)
@@ -131,4 +131,4 @@ def task_score(task: str, prediction: str, answers: Sequence[str], reference: st
         if reference is None:
             raise ValueError("summarize is scored against the full model's summary: pass reference=")
         return rouge_l(prediction, reference)
-    raise ValueError(f"unknown task {task!r}; tasks are needle, multidoc_qa, single_qa, summarize")
+    raise ValueError(f"unknown task {task!r}; tasks are needle, entity, multidoc_qa, single_qa, summarize")

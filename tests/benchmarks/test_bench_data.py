@@ -69,6 +69,19 @@ def test_counts_ids_and_lengths(suite):
         assert item.prompt_tokens >= 0.9 * item.target_tokens
 
 
+def test_entity_needles_go_through_the_chat_template_and_score_by_code(suite, tiny_tokenizer):
+    from benchmarks.metrics import task_score
+
+    entity = [i for i in suite if i.task == "entity"]
+    assert len(entity) == 2 * 2 * 2  # lengths x haystacks x names
+    for item in entity:
+        text = tiny_tokenizer.decode(item.prompt_ids)
+        assert item.prompt_tokens <= item.target_tokens and text.startswith("<s>user\n")
+        assert text.count(item.answers[0]) == 1 and item.meta["name"] in text.rsplit("Question:", 1)[1]
+        assert task_score("entity", f"It is {item.answers[0]}.", item.answers) == 1.0
+        assert task_score("entity", "It is 000000.", item.answers) == 0.0
+
+
 def test_same_seed_same_items_other_seed_other_items(tiny_tokenizer, suite):
     again = build_suite(tiny_tokenizer, SPEC)
     assert [(i.item_id, i.prompt_ids, i.answers) for i in again] == [

@@ -147,10 +147,12 @@ def test_calibrate_benchmark_writes_every_tried_candidate(tiny_model_dir, tmp_pa
     out = tmp_path / "calibrate.json"
     args = ["--model", str(tiny_model_dir), "--needle-lengths", "600", "--depths", "0.5", "--qa-length", "2000"]
     args += ["--qa-items", "1", "--max-new-tokens", "4", "--threads", "1", "--out", str(out), "--section", ""]
+    args += ["--entity-haystacks", "1", "--ruler-tasks", "niah_single_1"]
     assert main(args) == out
     payload = json.loads(out.read_text())
-    assert [s["item_id"].split("-")[0] for s in payload["samples"]] == ["needle", "hotpot", "squad"]
-    assert payload["full"]["drop"] == 0.0 and len(payload["full"]["outputs"]) == 3
+    assert [s["item_id"].split("-")[0] for s in payload["samples"]] == ["needle", "entity2", "entity2", "hotpot",
+                                                                         "squad", "niah_single_1"]
+    assert payload["full"]["drop"] == 0.0 and len(payload["full"]["outputs"]) == 6
     tried = payload["tried"]
     assert tried, "at least one candidate is faster than the full model"
     speeds = [t["predicted_speedup"] for t in tried]
