@@ -19,6 +19,7 @@ from lazy_core.revival import FLAT_REVIVAL_KEYS, Revival, SelectRevival, TopRevi
 
 PruningMethod = Literal["attention", "static", "random"]
 Reduce = Literal["mean", "max"]
+HeadReduce = Literal["mean", "max", "kv_group"]
 
 # Where the presets and the calibration search prune, as fractions of the depth (arch.place_schedule: the layers).
 DEFAULT_FRACTIONS = (8 / 30, 15 / 30, 22 / 30)  # default_for: 0-based layers 7, 14, 21 of 30
@@ -87,8 +88,11 @@ class LazyConfig(BaseModel):
     query_window: int = Field(
         1, ge=1, description="How many of the last prompt tokens act as queries when scoring in prefill (1 = paper)."
     )
-    head_reduce: Reduce = Field(
-        "mean", description="Aggregation of attention probabilities over heads ('mean' = paper)."
+    head_reduce: HeadReduce = Field(
+        "mean",
+        description="Aggregation of attention probabilities over heads: 'mean' (the paper), 'max', or 'kv_group' "
+        "(mean over the query heads that share a KV head, then max over the KV groups: a token that one group "
+        "attends to ranks high, as if each group chose its own).",
     )
     query_reduce: Reduce = Field("max", description="Aggregation over the query window's queries.")
     pool_kernel: int = Field(
@@ -99,6 +103,9 @@ class LazyConfig(BaseModel):
     )
     keep_tail: int = Field(
         1, ge=1, description="The last keep_tail prompt tokens are always kept (the last token always is)."
+    )
+    keep_head: int = Field(
+        0, ge=0, description="The first keep_head prompt tokens are always kept (attention sinks); 0 = none (paper)."
     )
     seed: int = Field(0, description="Seed of the 'random' method's scores.")
 
@@ -222,7 +229,8 @@ class LazyConfig(BaseModel):
         ratio = self.keep_ratios[step]
         if self.method == "static":
             ratio = self.keep_ratios[-1]
-        budget = max(self.min_keep_tokens, math.ceil(ratio * prompt_tokens), min(self.keep_tail, prompt_tokens))
+        forced = min(self.keep_tail + self.keep_head, prompt_tokens)
+        budget = max(self.min_keep_tokens, math.ceil(ratio * prompt_tokens), forced)
         return min(prompt_tokens, budget)
 
     def prunes(self, prompt_tokens: int) -> bool:

@@ -172,9 +172,11 @@ class LayerLoop:
         )
 
     def select(self, state: BatchState, inputs: ScoreInputs) -> torch.Tensor:
-        """keep [B, S] over the layer's slots: the schedule's budget of the best-scored candidates (tail forced)."""
+        """keep [B, S] over the layer's slots: the schedule's budget of the best-scored candidates (head and tail
+        forced)."""
         step = self.prune_step[inputs.layer]
-        forced = inputs.candidates & (inputs.key_pos >= (state.lengths - self.config.keep_tail)[:, None])
+        tail = inputs.key_pos >= (state.lengths - self.config.keep_tail)[:, None]
+        forced = inputs.candidates & (tail | (inputs.key_pos < self.config.keep_head))
         inputs = dataclasses.replace(inputs, budget_bound=state.budget_max(self.config, step))
         return self.pruner.select(inputs, state.budget(self.config, step), forced)
 

@@ -98,7 +98,12 @@ class AttentionPruner(TokenPruner):
     def scores(self, inputs: ScoreInputs) -> torch.Tensor:
         cfg = self.config
         probs = attention_probs(inputs)  # [B, H, W, S]
-        per_query = probs.mean(1) if cfg.head_reduce == "mean" else probs.amax(1)  # [B, W, S]
+        if cfg.head_reduce == "kv_group":  # query heads h of one KV head are h // group: mean within, max across
+            b, h, w, s = probs.shape
+            kv_heads = inputs.keys.shape[1]
+            per_query = probs.view(b, kv_heads, h // kv_heads, w, s).mean(2).amax(1)  # [B, W, S]
+        else:
+            per_query = probs.mean(1) if cfg.head_reduce == "mean" else probs.amax(1)  # [B, W, S]
         if cfg.query_reduce == "max":
             score = per_query.amax(1)
         else:

@@ -21,6 +21,7 @@ from lazy_core.scoring import make_pruner
         dict(query_window=1, head_reduce="mean", query_reduce="mean", pool_kernel=1),  # the paper
         dict(query_window=4, head_reduce="max", query_reduce="max", pool_kernel=3),
         dict(query_window=3, head_reduce="mean", query_reduce="mean", pool_kernel=1),
+        dict(query_window=2, head_reduce="kv_group", query_reduce="mean", pool_kernel=1),  # 4 heads, 2 KV heads
     ],
 )
 def test_scores_equal_eager_attention_reference(tiny_tokenizer, scoring):
@@ -33,7 +34,10 @@ def test_scores_equal_eager_attention_reference(tiny_tokenizer, scoring):
     with torch.inference_mode():
         attn = model(enc.input_ids, output_attentions=True).attentions[layer].float()  # [1, H, T, T]
     window = attn[:, :, -scoring["query_window"]:, :]
-    heads = window.mean(1) if scoring["head_reduce"] == "mean" else window.amax(1)
+    if scoring["head_reduce"] == "kv_group":  # query heads 0, 1 read KV head 0; heads 2, 3 read KV head 1
+        heads = torch.stack([window[:, 0:2].mean(1), window[:, 2:4].mean(1)]).amax(0)
+    else:
+        heads = window.mean(1) if scoring["head_reduce"] == "mean" else window.amax(1)
     ref = heads.mean(1) if scoring["query_reduce"] == "mean" else heads.amax(1)
     if scoring["pool_kernel"] > 1:
         k = scoring["pool_kernel"]
@@ -71,6 +75,22 @@ def test_kept_tokens_are_top_scored_nested_and_keep_positions(tiny_tokenizer):
         kept_first = first["inputs"].key_pos[b][first["keep"][b]].tolist()
         seen_second = second["inputs"].key_pos[b][second["inputs"].key_valid[b]].tolist()
         assert seen_second == sorted(kept_first)
+
+
+def test_keep_head_keeps_the_first_tokens_within_the_budget(tiny_tokenizer):
+    model = make_tiny_model("llama")
+    enc = encode(tiny_tokenizer, PROMPTS[:1])
+    config = LazyConfig(prune_layers=[0, 2], keep_ratios=[0.3, 0.1], min_keep_tokens=1, keep_tail=2, keep_head=3)
+    pruner = RecordingPruner(config)
+    LazyLLM(model, config, pruner=pruner).generate(enc.input_ids, max_new_tokens=1)
+    n = enc.input_ids.shape[1]
+    for call in pruner.calls:
+        pos = call["inputs"].key_pos[0]
+        kept = set(pos[call["keep"][0]].tolist())
+        assert {0, 1, 2, n - 2, n - 1} <= kept, "the first keep_head and last keep_tail tokens are always kept"
+        assert len(kept) == int(call["budget"][0])
+    assert len(pruner.calls) == 2
+    assert config.keep_budget(1, n) == max(5, -(-n // 10)), "the budget's floor counts head and tail"
 
 
 # ---- baselines behind the same contract ------------------------------------------------------------------------------
