@@ -208,6 +208,33 @@ def report_text(records: list[dict[str, Any]], methods: list[str]) -> str:
     return "\n".join(parts)
 
 
+def curve_text(records: list[dict[str, Any]]) -> str:
+    """Every method against full on the items it ran, per (model, task family, length): the accuracy / speed curve.
+    Score = mean over those items; lost / gained = items where it scores below / above full; TTFT x = median of
+    full / method per item (runs at different times: a candidate run later than full is noisier than the
+    interleaved full / lazy / paper); computed = median computed-token fraction."""
+    rows = []
+    def family_of(task: str) -> str:
+        return task if task.startswith("entity") else "ruler"
+
+    for model, family, length in sorted({(r["model"], family_of(r["task"]), r["length"]) for r in records}):
+        mine = [r for r in records if r["model"] == model and r["length"] == length
+                and family_of(r["task"]) == family]
+        full = {r["id"]: r for r in mine if r["method"] == "full"}
+        for method in CANDIDATES:
+            pairs = [(full[r["id"]], r) for r in mine if r["method"] == method and r["id"] in full]
+            if method == "full" or not pairs:
+                continue
+            rows.append([model, family if family != "ruler" else "RULER 13", length, method, len(pairs),
+                         f"{100 * _mean([f['score'] for f, _ in pairs]):.1f}",
+                         f"{100 * _mean([m['score'] for _, m in pairs]):.1f}",
+                         sum(f["score"] > m["score"] for f, m in pairs), sum(f["score"] < m["score"] for f, m in pairs),
+                         f"{statistics.median(f['ttft_s'] / m['ttft_s'] for f, m in pairs):.2f}",
+                         f"{statistics.median(m['computed_token_fraction'] for _, m in pairs):.2f}"])
+    return md_table(["model", "items", "tokens", "method", "n", "full score", "score", "lost", "gained", "TTFT x",
+                     "computed"], rows)
+
+
 def load_records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
@@ -235,7 +262,9 @@ def main(argv: list[str] | None = None) -> None:
     if not args.report_only:
         measure(args)
     if args.report or args.report_only:
-        text = report_text(load_records(args.out), args.report_methods)
+        records = load_records(args.out)
+        text = report_text(records, args.report_methods) + "\n**Every method on the items it ran**\n\n" + \
+            curve_text(records)
         replace_section("ruler", text, BENCHMARKS_MD)
         print(text)
 

@@ -151,3 +151,15 @@ def test_methods_resolve_and_reject_unknown_names():
     assert not ruler.method_config("full", model).enabled
     with pytest.raises(ValueError, match="unknown method 'fast'"):
         ruler.method_config("fast", model)
+
+
+def test_curve_lists_every_method_against_full_per_family():
+    records = [_record("niah_single_1", 0, "full", 1.0, 10.0), _record("niah_single_1", 0, "lazy", 0.0, 4.0),
+               _record("niah_single_1", 0, "win32", 1.0, 5.0), _record("entity_3", 0, "full", 1.0, 8.0),
+               _record("entity_3", 0, "lazy", 1.0, 4.0), _record("entity_3", 1, "lazy", 1.0, 4.0)]
+    lines = ruler.curve_text(records).splitlines()
+    assert lines[2:] == [
+        "| m | entity_3 | 4096 | lazy | 1 | 100.0 | 100.0 | 0 | 0 | 2.00 | 0.40 |",
+        "| m | RULER 13 | 4096 | lazy | 1 | 100.0 | 0.0 | 1 | 0 | 2.50 | 0.40 |",
+        "| m | RULER 13 | 4096 | win32 | 1 | 100.0 | 100.0 | 0 | 0 | 2.00 | 0.40 |",
+    ]
