@@ -34,8 +34,10 @@ from lazy_core.revival import FLAT_REVIVAL_KEYS, POLICIES, SelectRevival, TopRev
 
 
 def _default(model: Any, **update: Any) -> LazyConfig:
-    """LazyConfig.default_for(model) with these fields changed (validated)."""
-    return LazyConfig(**{**LazyConfig.default_for(model).model_dump(), **update})
+    """The default as the top* variants ran (LazyConfig.default_for(model) before its 8-query window: the last prompt
+    token as the only query) with these fields changed (validated)."""
+    last_token = {"query_window": 1, "query_reduce": "max"}
+    return LazyConfig(**{**LazyConfig.default_for(model).model_dump(), **last_token, **update})
 
 
 def _select_default(model: Any, **update: Any) -> LazyConfig:
@@ -71,6 +73,8 @@ METHODS: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
                     lambda m: _select_default(m, revival=SelectRevival(hysteresis=0.5))),
     "select_first16": ("previous default, revival in the first 16 decoding steps only",
                        lambda m: _select_default(m, revive_steps=16)),
+    "lazy_w1": ("the default before RULER: the last prompt token as the only query (records run as lazy)",
+                lambda m: _default(m)),
     "top32": ("default, revive the pruned among each step's top 32, every step",
               lambda m: _default(m, revival=TopRevival(top=32), revive_steps=None)),
     "top64": ("default, revive the pruned among each step's top 64, every step",

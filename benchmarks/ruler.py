@@ -14,8 +14,9 @@ candidate defaults of ``CANDIDATES``. Per item and method: RULER's score, TTFT (
 the computed-token fraction, the output.
 
 Generation: RULER's budget per task, capped at ``--max-new`` (default 64: every expected answer fits) on this CPU;
-niah, qa and entity outputs end at their first line break (their answers are one line), vt, cwe and fwe run to their
-budget. Each (model, item, method) appends a JSON line to ``--out`` as soon as it is done, so a stopped run resumes.
+completion-style (base model) outputs of niah, qa and entity end at their first line break (their answers are one
+line), vt, cwe and fwe run to their budget; a chat model's output ends with its turn (or the budget). Each (model,
+item, method) appends a JSON line to ``--out`` as soon as it is done, so a stopped run resumes.
 ``--report`` / ``--report-only`` rewrites the part of BENCHMARKS.md between ``<!-- ruler:begin -->`` and
 ``<!-- ruler:end -->``; what the numbers mean is written by hand around it.
 """
@@ -41,6 +42,7 @@ from lazy_core.config import DEFAULT_FRACTIONS
 DEFAULT_OUT = RESULTS_DIR / "ruler.jsonl"
 CHAT_MODELS = ("smollm2-135m-instruct",)
 ONE_LINE = ("niah", "qa", "entity")  # vt outputs often open with a line break: it runs to its budget
+REPORT_METHODS = ["full", "lazy", "paper"]
 MIN_FULL = 0.2  # retention counts over the tasks where the full model scores at least this
 
 
@@ -62,13 +64,14 @@ CANDIDATES: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
     "full": ("full prefill (LazyConfig.off())", lambda m: LazyConfig.off()),
     "lazy": ("the default (LazyConfig.default_for)", lambda m: LazyConfig.default_for(m)),
     "paper": ("the paper's scoring (LazyConfig.paper)", lambda m: LazyConfig.paper(m)),
-    # candidate defaults (BENCHMARKS.md, "RULER"): the scoring query, the pooling, the keep ratios
+    "lazy_w1": ("the default before this round: the last prompt token as the only query",
+                lambda m: _default(m, query_window=1, query_reduce="max")),
+    # candidate defaults (BENCHMARKS.md, "RULER"): the scoring query, the pooling, the keep ratios. The one that won,
+    # the last 8 prompt tokens as queries with their mean ("win8"), is now the default: its records became "lazy".
     "win32": ("default, the last 32 prompt tokens (the question) as queries, mean over them (SnapKV's window)",
               lambda m: _default(m, query_window=32, query_reduce="mean")),
     "win32max": ("default, the last 32 prompt tokens as queries, max over them",
                  lambda m: _default(m, query_window=32, query_reduce="max")),
-    "win8": ("default, the last 8 prompt tokens as queries, mean over them",
-             lambda m: _default(m, query_window=8, query_reduce="mean")),
     "kvgroup": ("default, heads reduced per KV group (mean within, max across) instead of max over heads",
                 lambda m: _default(m, head_reduce="kv_group")),
     "sink4": ("default, the first 4 prompt tokens always kept (attention sinks)", lambda m: _default(m, keep_head=4)),
@@ -91,8 +94,9 @@ def stop_ids(tok: Any) -> list[int]:
 
 
 def run_item(lazy: LazyLLM, tok: Any, item: RulerItem, max_new: int, eos: list[int], lines: list[int]) -> dict:
+    """Greedy output and stats of one item; ``lines`` (line-break tokens) end the one-line tasks' outputs."""
     ids = torch.tensor([item.prompt_ids])
-    one_line = item.task.split("_")[0] in ONE_LINE
+    one_line = bool(lines) and item.task.split("_")[0] in ONE_LINE
     gen = lazy.generate(ids, max_new_tokens=min(item.max_new_tokens, max_new),
                         eos_token_id=eos + (lines if one_line else []))
     st = gen.stats[0]
@@ -118,7 +122,7 @@ def measure(args: argparse.Namespace) -> None:
     done = _done(args.out)
     engines = {name: LazyLLM(model, method_config(name, model)) for name in args.methods}
     eos = list(LazyLLM(model, LazyConfig.off())._eos_ids(None))
-    lines = stop_ids(tok)
+    lines = [] if chat else stop_ids(tok)  # a chat model ends its turn itself, and may answer on the next line
     args.out.parent.mkdir(parents=True, exist_ok=True)
     header = {"model": args.model, "dtype": args.dtype, "chat": chat, "machine": machine()}
     for n, item in enumerate(items):
@@ -209,7 +213,8 @@ def report_text(records: list[dict[str, Any]], methods: list[str]) -> str:
 
 
 def curve_text(records: list[dict[str, Any]]) -> str:
-    """Every method against full on the items it ran, per (model, task family, length): the accuracy / speed curve.
+    """Every method against full on the items it ran, per (model, task family, length, seed): the accuracy / speed
+    curve (choose on one seed, confirm on another).
     Score = mean over those items; lost / gained = items where it scores below / above full; TTFT x = median of
     full / method per item (runs at different times: a candidate run later than full is noisier than the
     interleaved full / lazy / paper); computed = median computed-token fraction."""
@@ -217,22 +222,28 @@ def curve_text(records: list[dict[str, Any]]) -> str:
     def family_of(task: str) -> str:
         return task if task.startswith("entity") else "ruler"
 
-    for model, family, length in sorted({(r["model"], family_of(r["task"]), r["length"]) for r in records}):
+    for model, family, length, seed in sorted({(r["model"], family_of(r["task"]), r["length"], r.get("seed", 0))
+                                               for r in records}):
         mine = [r for r in records if r["model"] == model and r["length"] == length
-                and family_of(r["task"]) == family]
+                and family_of(r["task"]) == family and r.get("seed", 0) == seed]
         full = {r["id"]: r for r in mine if r["method"] == "full"}
         for method in CANDIDATES:
             pairs = [(full[r["id"]], r) for r in mine if r["method"] == method and r["id"] in full]
             if method == "full" or not pairs:
                 continue
-            rows.append([model, family if family != "ruler" else "RULER 13", length, method, len(pairs),
+            rows.append([model, family if family != "ruler" else "RULER 13", length, seed, method, len(pairs),
                          f"{100 * _mean([f['score'] for f, _ in pairs]):.1f}",
                          f"{100 * _mean([m['score'] for _, m in pairs]):.1f}",
                          sum(f["score"] > m["score"] for f, m in pairs), sum(f["score"] < m["score"] for f, m in pairs),
                          f"{statistics.median(f['ttft_s'] / m['ttft_s'] for f, m in pairs):.2f}",
                          f"{statistics.median(m['computed_token_fraction'] for _, m in pairs):.2f}"])
-    return md_table(["model", "items", "tokens", "method", "n", "full score", "score", "lost", "gained", "TTFT x",
-                     "computed"], rows)
+    return md_table(["model", "items", "tokens", "seed", "method", "n", "full score", "score", "lost", "gained",
+                     "TTFT x", "computed"], rows)
+
+
+def section(records: list[dict[str, Any]], methods: list[str] = REPORT_METHODS) -> str:
+    """What ``--report`` writes between the markers: the per-task tables, then every method's curve."""
+    return report_text(records, methods) + "\n**Every method on the items it ran**\n\n" + curve_text(records)
 
 
 def load_records(path: Path) -> list[dict[str, Any]]:
@@ -255,16 +266,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--report", action="store_true", help="after measuring, rewrite the BENCHMARKS.md section")
     p.add_argument("--report-only", action="store_true", help="only rewrite the BENCHMARKS.md section")
-    p.add_argument("--report-methods", nargs="+", default=["full", "lazy", "paper"])
+    p.add_argument("--report-methods", nargs="+", default=REPORT_METHODS)
     args = p.parse_args(argv)
     if "full" not in args.methods and not args.report_only:
         p.error("--methods must include full: retention is measured against it")
     if not args.report_only:
         measure(args)
     if args.report or args.report_only:
-        records = load_records(args.out)
-        text = report_text(records, args.report_methods) + "\n**Every method on the items it ran**\n\n" + \
-            curve_text(records)
+        text = section(load_records(args.out), args.report_methods)
         replace_section("ruler", text, BENCHMARKS_MD)
         print(text)
 

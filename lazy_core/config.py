@@ -177,11 +177,12 @@ class LazyConfig(BaseModel):
         """The evaluated default schedule, scaled to the model's depth (:func:`~lazy_core.arch.place_schedule`).
 
         Prunes after 8/30, 15/30 and 22/30 of the depth (0-based layers 7, 14, 21 of 30; on a hybrid model the nearest
-        global layers) keeping 40 % / 20 % / 10 % of the prompt; scores with the last prompt token's query, max over
-        heads, max-pooled over 31 positions; always keeps the last 32 prompt tokens. Decoding revives with
-        ``TopRevival(top=128)`` during the first 32 steps. Prompts under 1000 tokens are computed in full. Models with
-        fewer than 4 layers get :meth:`off`. Why these values: BENCHMARKS.md, "Default schedule: how it was chosen",
-        "Revival policies: how the decoding default was chosen" and "Short prompts: where pruning stops paying".
+        global layers) keeping 40 % / 20 % / 10 % of the prompt; scores with the queries of the last 8 prompt tokens
+        (the end of the question), mean over them, max over heads, max-pooled over 31 positions; always keeps the last
+        32 prompt tokens. Decoding revives with ``TopRevival(top=128)`` during the first 32 steps. Prompts under 1000
+        tokens are computed in full. Models with fewer than 4 layers get :meth:`off`. Why these values: BENCHMARKS.md,
+        "Default schedule: how it was chosen", "Revival policies: how the decoding default was chosen", "Short prompts:
+        where pruning stops paying" and "RULER and entity-bound needles" (the 8-query window).
         """
         if model_depth(model_or_num_layers) < 4:
             return cls.off()
@@ -194,9 +195,9 @@ class LazyConfig(BaseModel):
             revive=True,
             revival=TopRevival(top=128),
             revive_steps=32,
-            query_window=1,
+            query_window=8,
             head_reduce="max",
-            query_reduce="max",
+            query_reduce="mean",
             pool_kernel=31,
             keep_tail=32,
         )
