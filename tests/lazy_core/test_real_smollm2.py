@@ -64,9 +64,16 @@ def test_default_schedule_retrieves_a_passkey(real_model):
     assert s.revived_tokens > 0  # decoding steps select the needle again and revive it
 
 
+# The default's scoring before its 8-query window: the last prompt token as the only query. The empty case below is
+# real under it (the window happens to keep this one item's output); the guard and the fallback must hold for any
+# scoring a user configures.
+LAST_TOKEN_SCORING = {"query_window": 1, "query_reduce": "max"}
+
+
 def _plate_tectonics_prompt(tok) -> list[int]:
     """A real 229-token summarization prompt (a SQuAD 2.0 paragraph through the pipeline's template) whose pruned
-    prefill, with every prompt pruned, puts end-of-sequence first: the summary would come back empty."""
+    prefill, with every prompt pruned and scored by the last token alone (``LAST_TOKEN_SCORING``), puts
+    end-of-sequence first: the summary would come back empty."""
     from benchmarks.data import load_squad
     from pipeline import PipelineConfig
     from pipeline.prompts import build_prompt_ids
@@ -81,10 +88,11 @@ def test_short_prompt_that_pruning_empties_is_computed_in_full(real_model):
     ids = torch.tensor([_plate_tectonics_prompt(tok)])
     default = LazyConfig.default_for(model)
     assert ids.shape[1] < default.min_prompt_tokens
-    pruned = LazyLLM(model, default.model_copy(update={"min_prompt_tokens": 0})).generate(ids, max_new_tokens=24)
+    unguarded = default.model_copy(update={"min_prompt_tokens": 0, **LAST_TOKEN_SCORING})
+    pruned = LazyLLM(model, unguarded).generate(ids, max_new_tokens=24)
     assert pruned.stats[0].pruned and pruned.stats[0].new_tokens == 1
     assert tok.decode(pruned.sequences[0, ids.shape[1]:], skip_special_tokens=True).strip() == ""
-    guarded = LazyLLM(model, default).generate(ids, max_new_tokens=24)
+    guarded = LazyLLM(model, default.model_copy(update=LAST_TOKEN_SCORING)).generate(ids, max_new_tokens=24)
     ref = model.generate(ids, max_new_tokens=24, do_sample=False)
     assert guarded.sequences.tolist() == ref.tolist() and not guarded.stats[0].pruned
     assert len(tok.decode(ref[0, ids.shape[1]:], skip_special_tokens=True).split()) >= 5
@@ -96,7 +104,8 @@ def test_worker_falls_back_on_the_real_empty_case(real_model):
 
     model, tok = real_model
     ids = _plate_tectonics_prompt(tok)
-    unguarded = LazyConfig.default_for(model).model_copy(update={"min_prompt_tokens": 0}).model_dump()
+    update = {"min_prompt_tokens": 0, **LAST_TOKEN_SCORING}
+    unguarded = LazyConfig.default_for(model).model_copy(update=update).model_dump()
     spec = WorkerSpec(model="smollm2-135m-instruct", lazy=unguarded, decoding=DecodingOptions(max_new_tokens=16))
     worker = LazyWorker(spec)
     row = worker.run_batch([ids], sampled=False, seed=0)[0]
