@@ -32,12 +32,14 @@ from lazy_core.arch import place_schedule
 from lazy_core.config import EARLY_FRACTIONS, LATE_FRACTIONS
 from lazy_core.revival import FLAT_REVIVAL_KEYS, POLICIES, SelectRevival, TopRevival, revival_from_flat_keys
 
+# The default's scoring before its 8-query window (method "lazy_w1"): the last prompt token as the only query.
+LAST_TOKEN_SCORING = {"query_window": 1, "query_reduce": "max"}
+
 
 def _default(model: Any, **update: Any) -> LazyConfig:
-    """The default as the top* variants ran (LazyConfig.default_for(model) before its 8-query window: the last prompt
-    token as the only query) with these fields changed (validated)."""
-    last_token = {"query_window": 1, "query_reduce": "max"}
-    return LazyConfig(**{**LazyConfig.default_for(model).model_dump(), **last_token, **update})
+    """The default as the top* variants ran (LazyConfig.default_for(model) with ``LAST_TOKEN_SCORING``) with these
+    fields changed (validated)."""
+    return LazyConfig(**{**LazyConfig.default_for(model).model_dump(), **LAST_TOKEN_SCORING, **update})
 
 
 def _select_default(model: Any, **update: Any) -> LazyConfig:

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import BENCHMARKS_MD, RESULTS_DIR, load, machine, md_table, replace_section
+from benchmarks.eval import LAST_TOKEN_SCORING
 from benchmarks.ruler_tasks import TASK_NAMES, RulerItem, build_items, score
 from lazy_core import LazyConfig, LazyLLM
 from lazy_core.arch import place_schedule
@@ -65,7 +66,7 @@ CANDIDATES: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
     "lazy": ("the default (LazyConfig.default_for)", lambda m: LazyConfig.default_for(m)),
     "paper": ("the paper's scoring (LazyConfig.paper)", lambda m: LazyConfig.paper(m)),
     "lazy_w1": ("the default before this round: the last prompt token as the only query",
-                lambda m: _default(m, query_window=1, query_reduce="max")),
+                lambda m: _default(m, **LAST_TOKEN_SCORING)),
     # candidate defaults (BENCHMARKS.md, "RULER"): the scoring query, the pooling, the keep ratios. The one that won,
     # the last 8 prompt tokens as queries with their mean ("win8"), is now the default: its records became "lazy".
     "win32": ("default, the last 32 prompt tokens (the question) as queries, mean over them (SnapKV's window)",

@@ -8,6 +8,7 @@ import importlib.util
 import pytest
 import torch
 
+from benchmarks.eval import LAST_TOKEN_SCORING
 from lazy_core import DecodingOptions, LazyConfig, LazyLLM
 
 pytestmark = pytest.mark.slow
@@ -64,10 +65,8 @@ def test_default_schedule_retrieves_a_passkey(real_model):
     assert s.revived_tokens > 0  # decoding steps select the needle again and revive it
 
 
-# The default's scoring before its 8-query window: the last prompt token as the only query. The empty case below is
-# real under it (the window happens to keep this one item's output); the guard and the fallback must hold for any
-# scoring a user configures.
-LAST_TOKEN_SCORING = {"query_window": 1, "query_reduce": "max"}
+# The empty case below is real under LAST_TOKEN_SCORING, the default's scoring before its 8-query window (the window
+# happens to keep this one item's output); the guard and the fallback must hold for any scoring a user configures.
 
 
 def _plate_tectonics_prompt(tok) -> list[int]:
