@@ -40,8 +40,11 @@ def make_corpus(root: Path, shards: int, rows: int, prefix: str = "doc") -> list
 
 
 def base_config(tiny_model_dir, tmp_path, **extra) -> dict:
+    """A small run of the tiny model, in float32: runs are compared row by row (rerun == run, fallback == the full
+    model's output), an equality bf16 ("auto" on a bf16 CPU) does not promise across batch shapes."""
     fields = dict(input=str(tmp_path / "in"), output=str(tmp_path / "out"), model=str(tiny_model_dir),
-                  max_new_tokens=4, baseline_sample_rate=0.5, progress=False, num_workers=1, max_batch_size=3)
+                  max_new_tokens=4, baseline_sample_rate=0.5, progress=False, num_workers=1, max_batch_size=3,
+                  dtype="float32")
     fields.update(extra)
     return fields
 

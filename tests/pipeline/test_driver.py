@@ -31,7 +31,7 @@ def snapshot(out: Path) -> dict:
 
 def test_rows_in_rows_out_order_names_report_rerun_and_overwrite(local_ray, tiny_model_dir, tmp_path):
     ids = make_corpus(tmp_path / "in", shards=3, rows=7)
-    cfg = base_config(tiny_model_dir, tmp_path, num_workers=2, passthrough_columns=["title"])
+    cfg = base_config(tiny_model_dir, tmp_path, num_workers=2, passthrough_columns=["title"], dtype="auto")
     report = run_pipeline(cfg)
     out = tmp_path / "out"
     assert sorted(p.name for p in out.glob("*.parquet")) == ["part-00000.parquet", "part-00001.parquet",
@@ -83,7 +83,7 @@ def test_continuous_and_static_batching_write_the_same_rows(local_ray, tiny_mode
     """batching='continuous' (the default) and 'static' write the same generations (fp32: each item equals its run
     alone either way) under the same config hash; the report counts the idle decode slots of each."""
     ids = make_corpus(tmp_path / "in", shards=2, rows=9)
-    cfg = base_config(tiny_model_dir, tmp_path, max_new_tokens=12, dtype="float32", max_batch_size=2)
+    cfg = base_config(tiny_model_dir, tmp_path, max_new_tokens=12, max_batch_size=2)
     reports, rows = {}, {}
     for batching in ("continuous", "static"):
         out = tmp_path / batching
@@ -249,10 +249,13 @@ def test_end_to_end_real_default_model(local_ray, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
     pq.write_table(pa.table({"id": ["e0", "e1"], "text": essays}), src / "essays.parquet")
+    # bf16 named (not "auto"): the dtype the job runs in on bf16 CPUs and GPUs, its rows complete on any CPU
     report = run_pipeline(dict(input=str(src), output=str(tmp_path / "out"), max_new_tokens=8,
-                               baseline_sample_rate=1.0, progress=False, num_workers=1, cpus_per_worker=2))
+                               baseline_sample_rate=1.0, progress=False, num_workers=1, cpus_per_worker=2,
+                               dtype="bfloat16"))
     rows = pq.read_table(tmp_path / "out" / "essays.parquet").to_pylist()
-    assert [r["id"] for r in rows] == ["e0", "e1"] and report.rows_ok == 2
+    assert [r["id"] for r in rows] == ["e0", "e1"] and report.rows_ok == 2 and report.dtype == "bfloat16"
+    assert all(r["status"] == "ok" and r["error"] is None and r["ttft_s"] > 0 and r["decode_s"] >= 0 for r in rows)
     assert all(r["model"] == "smollm2-135m-instruct" and r["new_tokens"] >= 1 for r in rows)
     assert all(len(r["generation"].strip()) > 0 and r["measured_speedup"] > 0 for r in rows)
     assert report.sampled_items == 2 and report.first_token_agreement is not None

@@ -6,17 +6,25 @@ from __future__ import annotations
 import random
 
 import pytest
+import torch
 
 from lazy_core import DecodingOptions, LazyConfig
 from workers import WorkerSpec
 from workers.actor import LazyWorker
+from workers.schema import WORKER_COLUMNS, result_arrays
 
 LAZY = LazyConfig(prune_layers=[1], keep_ratios=[0.5], min_keep_tokens=4, keep_tail=2).model_dump()
 
 
+def _spec(**fields) -> WorkerSpec:
+    """A worker in float32: these tests assert exact equality (a batch == its items alone, continuous == static,
+    the tiny empty case found in fp32), which bf16 ("auto" on a bf16 CPU) does not promise (lazy_core.precision)."""
+    return WorkerSpec(dtype="float32", **fields)
+
+
 @pytest.fixture(scope="module")
 def worker(tiny_model_dir):
-    return LazyWorker(WorkerSpec(model=str(tiny_model_dir), lazy=LAZY, decoding=DecodingOptions(max_new_tokens=5)))
+    return LazyWorker(_spec(model=str(tiny_model_dir), lazy=LAZY, decoding=DecodingOptions(max_new_tokens=5)))
 
 
 def _prompts(n: int, seed: int = 0) -> list[list[int]]:
@@ -38,7 +46,7 @@ def test_shadow_baseline_fields(worker, tiny_model_dir):
     for r in rows:
         assert r["baseline_ttft_s"] > 0 and r["measured_speedup"] == pytest.approx(r["baseline_ttft_s"] / r["ttft_s"])
         assert isinstance(r["first_token_agrees"], bool) and 0.0 <= r["rouge_l_vs_baseline"] <= 1.0
-    off = LazyWorker(WorkerSpec(model=str(tiny_model_dir), lazy="off", decoding=DecodingOptions(max_new_tokens=5)))
+    off = LazyWorker(_spec(model=str(tiny_model_dir), lazy="off", decoding=DecodingOptions(max_new_tokens=5)))
     exact = off.run_batch(_prompts(3, seed=2), sampled=True, seed=0)
     assert all(r["first_token_agrees"] and r["rouge_l_vs_baseline"] == 1.0 for r in exact)  # off == full model
 
@@ -64,8 +72,8 @@ def _empty_workers(case, **spec):
 
     path = str(case["path"])
     six = DecodingOptions(max_new_tokens=6)
-    lazy = LazyWorker(WorkerSpec(model=path, lazy=LazyConfig(**EMPTY_LAZY), decoding=six, **spec))
-    full = LazyWorker(WorkerSpec(model=path, lazy="off", decoding=DecodingOptions(max_new_tokens=6)))
+    lazy = LazyWorker(_spec(model=path, lazy=LazyConfig(**EMPTY_LAZY), decoding=six, **spec))
+    full = LazyWorker(_spec(model=path, lazy="off", decoding=DecodingOptions(max_new_tokens=6)))
     return lazy, full
 
 
@@ -112,8 +120,8 @@ def test_prompt_under_min_prompt_tokens_is_not_pruned(empty_case):
 
     path, ids = str(empty_case["path"]), empty_case["ids"]
     guarded = LazyConfig(**EMPTY_LAZY, min_prompt_tokens=len(ids) + 1).model_dump()
-    worker = LazyWorker(WorkerSpec(model=path, lazy=guarded, decoding=DecodingOptions(max_new_tokens=6)))
-    full = LazyWorker(WorkerSpec(model=path, lazy="off", decoding=DecodingOptions(max_new_tokens=6)))
+    worker = LazyWorker(_spec(model=path, lazy=guarded, decoding=DecodingOptions(max_new_tokens=6)))
+    full = LazyWorker(_spec(model=path, lazy="off", decoding=DecodingOptions(max_new_tokens=6)))
     row = worker.run_batch([ids], sampled=False, seed=0)[0]
     assert row["pruned"] is False and row["fallback"] is False and row["warning"] is None
     assert row["generation"] == full.run_batch([ids], sampled=False, seed=0)[0]["generation"]
@@ -126,10 +134,10 @@ def test_prompt_under_min_prompt_tokens_is_not_pruned(empty_case):
 def test_continuous_stream_equals_static_batches_and_counts_its_slots(tiny_model_dir, worker):
     """A worker with slots runs its task as a continuous stream: the same rows as static batches (each item equals
     its run alone), in input order, and its decode slot-steps (slots x steps) shared by the items."""
-    spec = WorkerSpec(model=str(tiny_model_dir), lazy=LAZY, decoding=DecodingOptions(max_new_tokens=12),
+    spec = _spec(model=str(tiny_model_dir), lazy=LAZY, decoding=DecodingOptions(max_new_tokens=12),
                       batching="continuous", slots=2)
     stream = LazyWorker(spec)
-    static = LazyWorker(WorkerSpec(model=str(tiny_model_dir), lazy=LAZY, decoding=DecodingOptions(max_new_tokens=12)))
+    static = LazyWorker(_spec(model=str(tiny_model_dir), lazy=LAZY, decoding=DecodingOptions(max_new_tokens=12)))
     prompts = _prompts(7, seed=3)
     rows = stream.run_batch(prompts, sampled=True, seed=0)
     singles = [static.run_batch([p], sampled=True, seed=0)[0] for p in prompts]
@@ -145,10 +153,34 @@ def test_continuous_stream_equals_static_batches_and_counts_its_slots(tiny_model
 
 
 def test_continuous_bad_item_becomes_error_row_others_complete(tiny_model_dir):
-    spec = WorkerSpec(model=str(tiny_model_dir), lazy=LAZY, decoding=DecodingOptions(max_new_tokens=5),
+    spec = _spec(model=str(tiny_model_dir), lazy=LAZY, decoding=DecodingOptions(max_new_tokens=5),
                       batching="continuous", slots=2)
     stream = LazyWorker(spec)
     prompts = _prompts(3)
     rows = stream.run_batch([prompts[0], [], prompts[2]], sampled=False, seed=0)
     assert [r["status"] for r in rows] == ["ok", "error", "ok"]
     assert rows[1]["error"].startswith("engine_error: ") and "empty" in rows[1]["error"]
+
+
+# ---- bf16, as dtype="auto" runs on a CPU with bf16 units -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("batching", ["static", "continuous"])
+def test_bf16_rows_are_complete_and_well_formed(tiny_model_dir, batching):
+    """A bf16 worker (what "auto" loads on AMX / AVX512-BF16 CPUs and GPUs) writes a full row for every item, in
+    input order, with its shadow-run fields. Its tokens are not compared with runs alone: bf16 sums may change order
+    with a batch's row count (docs/lazy_core.md, "What bf16 does not promise")."""
+    worker = LazyWorker(WorkerSpec(model=str(tiny_model_dir), lazy=LAZY, decoding=DecodingOptions(max_new_tokens=6),
+                                   dtype="bfloat16", batching=batching, slots=2))
+    assert worker.ready()["dtype"] == "bfloat16" and worker.model.dtype == torch.bfloat16
+    prompts = _prompts(5, seed=4)
+    rows = worker.run_batch(prompts, sampled=True, seed=0)
+    assert len(rows) == len(prompts)
+    for row in rows:
+        assert set(row) == set(WORKER_COLUMNS) and row["status"] == "ok" and row["error"] is None
+        assert isinstance(row["generation"], str) and 1 <= row["new_tokens"] <= 6
+        assert row["ttft_s"] > 0 and row["decode_s"] >= 0 and row["baseline_ttft_s"] > 0
+        assert 0 < row["computed_token_fraction"] <= 1 and row["est_speedup"] >= 1 and row["pruned"] is True
+        assert isinstance(row["first_token_agrees"], bool) and 0.0 <= row["rouge_l_vs_baseline"] <= 1.0
+    arrays = result_arrays([{**r, "prompt_tokens": 1, "prompt_tokens_used": 1} for r in rows], "m", "h")
+    assert all(arrays[name].null_count == 0 for name in ("generation", "status", "new_tokens", "ttft_s", "worker"))
