@@ -56,13 +56,14 @@ class ModelParts:
     def num_layers(self) -> int:
         return len(self.layers)
 
+    # the embedding's weight tells the model's device and dtype (an lm_head may hold int8 weights: lazy_core.quantize)
     @property
     def device(self) -> torch.device:
-        return self.lm_head.weight.device
+        return self.embed.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.lm_head.weight.dtype
+        return self.embed.weight.dtype
 
 
 def model_parts(model: nn.Module) -> ModelParts:

@@ -114,6 +114,15 @@ class GenerationSettings(DecodingOptions):
         "auto", description="Model dtype: 'auto' = bfloat16 on a GPU (float16 where it has no bf16) and on a CPU "
         "with native bf16 products (AVX512_BF16 or AMX), else float32 (lazy_core.precision)."
     )
+    quantize: Literal["auto", "none", "int8", "int4"] = Field(
+        "auto", description="Weight-only quantization of the linear layers for decoding (lazy_core.quantize): 'int8' "
+        "(per output channel), 'int4' (groups of 32 where 4 bits hold a layer, as in a 4-bit GGUF; int8 elsewhere), "
+        "'none', or 'auto' = int4 on a CPU with native bf16 products running bf16 (measured faster there at the same "
+        "quality, BENCHMARKS), none elsewhere. Products of more than 4 rows (prefill) keep the dense weights."
+    )
+
+    # fields hashed only when they differ from this value: outputs written before the field existed keep their hash
+    HASHED_UNLESS: ClassVar[dict[str, Any]] = {"quantize": "none"}
 
     @field_validator("task")
     @classmethod
@@ -174,6 +183,9 @@ class GenerationSettings(DecodingOptions):
     def settings_hash(self, **extra: Any) -> str:
         """sha256 (16 hex) of :meth:`hashed_fields` plus ``extra`` (name: value)."""
         affecting = {**self.model_dump(mode="json", include=set(self.hashed_fields())), **extra}
+        for name, neutral in self.HASHED_UNLESS.items():
+            if affecting.get(name) == neutral:
+                del affecting[name]
         blob = json.dumps(affecting, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

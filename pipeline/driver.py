@@ -261,12 +261,13 @@ def _make_pool(cfg: PipelineConfig) -> ActorPool:
 
 
 def _describe_workers(report: RunReport, infos: list[dict[str, Any]]) -> None:
-    """What ran: workers, their torch threads, device and dtype (as the first actor of each reported them)."""
+    """What ran: workers, their torch threads, device, dtype and quantization (as the first actor reported them)."""
     report.workers = len(infos)
     if infos:
         report.threads_per_worker = infos[0].get("torch_threads")
         report.device = infos[0].get("device")
         report.dtype = infos[0].get("dtype")
+        report.quantize = infos[0].get("quantize")
 
 
 def _ids_of_finished(fs: pafs.FileSystem, out_dir: str, skipped: list[Shard]) -> set[Any]:

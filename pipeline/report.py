@@ -59,6 +59,8 @@ class RunReport(BaseModel):
     threads_per_worker: int | None = Field(None, description="Torch CPU threads of each worker.")
     device: str | None = Field(None, description="The workers' device (cpu, cuda:N).")
     dtype: str | None = Field(None, description="The workers' model dtype (what dtype='auto' chose).")
+    quantize: str | None = Field(None, description="The workers' weight quantization, as they loaded it (what "
+                                 "quantize='auto' chose: 'none', or the scheme, kernels and layers).")
     wall_s: float = Field(0.0, description="Driver wall time of the run.")
     startup_s: float = Field(0.0, description="Part of wall_s spent before the workers had loaded the model.")
     rows_per_s: float = Field(0.0, description="Rows written per second of wall time.")

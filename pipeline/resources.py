@@ -80,8 +80,14 @@ def model_weight_bytes(cfg: GenerationSettings) -> float | None:
         return None
     tied = bool(getattr(config, "tie_word_embeddings", False))
     attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim
-    params = vocab * hidden * (1 if tied else 2) + layers * (attention + 3 * hidden * inner)
-    return float(params * resolve_dtype(cfg.dtype, "cpu").itemsize)
+    linear = vocab * hidden + layers * (attention + 3 * hidden * inner)  # what quantization copies (lm_head too)
+    params = vocab * hidden * (0 if tied else 1) + linear
+    size = params * resolve_dtype(cfg.dtype, "cpu").itemsize
+    # a quantized layer keeps its dense weight for prefill beside 1 byte (int8) per weight; int4 takes 1/2 byte where
+    # it holds the layer, int8 elsewhere: counted as int8 (the upper bound)
+    if cfg.quantize != "none":
+        size += linear
+    return float(size)
 
 
 def cluster_node_cpus() -> list[float]:
@@ -103,7 +109,8 @@ def _alive_node_resources() -> list[dict[str, float]]:
 def worker_spec(cfg: GenerationSettings, plan: WorkerPlan) -> WorkerSpec:
     """The WorkerSpec of ``cfg``'s workers (torch CPU threads = the plan's CPUs per worker on a CPU worker)."""
     return WorkerSpec(
-        model=cfg.model, lazy=cfg.lazy, decoding=cfg.decoding, dtype=cfg.dtype, device=cfg.device,
+        model=cfg.model, lazy=cfg.lazy, decoding=cfg.decoding, dtype=cfg.dtype, quantize=cfg.quantize,
+        device=cfg.device,
         num_threads=None if plan.use_gpu else plan.cpus_per_worker, fallback_on_empty=cfg.fallback_on_empty,
         batching=cfg.batching, slots=cfg.max_batch_size, max_held_tokens=cfg.max_batch_tokens,
     )

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from lazy_core import LazyConfig, LazyLLM, load_model
+from lazy_core.quantize import quantization_of
 from workers.rouge import rouge_l_f
 from workers.schema import error_row, result_row
 from workers.spec import WorkerSpec
@@ -31,7 +32,8 @@ class LazyWorker:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        self.model, self.tokenizer = load_model(spec.model, dtype=spec.dtype, device=device)  # "auto": precision.py
+        # "auto": lazy_core.precision and lazy_core.quantize
+        self.model, self.tokenizer = load_model(spec.model, dtype=spec.dtype, device=device, quantize=spec.quantize)
         self.lazy_config = LazyConfig.resolve(spec.lazy, self.model)
         self.lazy = LazyLLM(self.model, self.lazy_config)
         self.full = LazyLLM(self.model, LazyConfig.off())
@@ -46,6 +48,7 @@ class LazyWorker:
         lazy = self.lazy_config.model_dump()
         return {"worker": self.name, "pid": os.getpid(), "device": str(self.device), "lazy": lazy,
                 "dtype": str(self.model.dtype).removeprefix("torch."),
+                "quantize": quantization_of(self.model).describe(),
                 "torch_threads": torch.get_num_threads(), "niceness": os.nice(0)}
 
     def run_batch(self, input_ids: list[list[int]], sampled: bool, seed: int) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ class WorkerSpec:
     lazy: LazyConfig | Literal["default", "off"] = "default"  # resolved against the loaded model (LazyConfig.resolve)
     decoding: DecodingOptions = field(default_factory=DecodingOptions)  # each batch draws from its own seed
     dtype: str = "auto"  # "auto" (lazy_core.precision) | "float32" | "bfloat16" | "float16"
+    quantize: str = "none"  # "auto" | "none" | "int8" | "int4" (lazy_core.quantize; the pipeline's default is "auto")
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     num_threads: int | None = None  # torch CPU threads; None = leave as is
     fallback_on_empty: bool = True  # rerun an item whose pruned output is empty with pruning off

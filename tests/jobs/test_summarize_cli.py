@@ -52,7 +52,7 @@ def test_help_lists_every_flag(tmp_path: Path) -> None:
     proc = run_cli("--help", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     for flag in ("--input", "--output", "--model", "--config", "--workers", "--max-new-tokens",
-                 "--baseline-sample-rate", "--min-agreement", "--overwrite", "--dry-run"):
+                 "--baseline-sample-rate", "--min-agreement", "--overwrite", "--dry-run", "--quantize"):
         assert flag in proc.stdout
 
 
@@ -65,6 +65,12 @@ def test_flags_override_the_yaml_which_overrides_the_defaults(tmp_path: Path) ->
     assert config == expected
     assert config.overwrite is False and config.baseline_sample_rate == PipelineConfig.model_fields[
         "baseline_sample_rate"].default
+    assert config.quantize == "auto"
+    quantized = summarize.load_config(summarize.build_parser().parse_args(["--config", str(yaml_file),
+                                                                           "--quantize", "none"]))
+    assert quantized.quantize == "none" and quantized.config_hash != config.config_hash
+    with pytest.raises(SystemExit):
+        summarize.build_parser().parse_args(["--quantize", "int3"])
 
 
 @pytest.mark.parametrize(
@@ -160,9 +166,11 @@ def test_accuracy_guard() -> None:
 
 def test_summary_shows_the_report() -> None:
     text = summarize.format_summary(_report(failures_by_reason={"empty_text": 2}, median_speedup=2.5, workers=2,
-                                            threads_per_worker=1, device="cpu", dtype="bfloat16"))
+                                            threads_per_worker=1, device="cpu", dtype="bfloat16",
+                                            quantize="int4 (int4pack+int8pack: 210 int4, 1 int8 layers)"))
     assert "shards: 3 found, 2 written, 1 already done, 0 failed" in text
-    assert "ran on: 2 worker(s) x 1 thread(s), cpu, bfloat16" in text
+    assert ("ran on: 2 worker(s) x 1 thread(s), cpu, bfloat16, weights quantized: int4 (int4pack+int8pack: 210 int4, "
+            "1 int8 layers)") in text
     assert "speedup median 2.50x" in text and "first-token agreement 75.0%" in text
     assert "error rows: 2 x empty_text" in text
     assert "empty:  0 empty generations written, 1 fallbacks to the full model, 0 outputs lost to pruning" in text

@@ -74,7 +74,7 @@ OTHER: dict[str, Any] = {
     "no_repeat_ngram_size": 3, "min_new_tokens": 2, "model": "elsewhere", "task": "qa", "id_column": "key",
     "text_column": "body", "question_column": "q", "lazy": LazyConfig(prune_layers=[1], keep_ratios=[0.5]),
     "fallback_on_empty": False, "chat_template": False, "system_prompt": "be brief", "baseline_sample_rate": 0.5,
-    "max_prompt_tokens": 1024, "truncate": "error", "max_text_chars": 99, "dtype": "float32",
+    "max_prompt_tokens": 1024, "truncate": "error", "max_text_chars": 99, "dtype": "float32", "quantize": "int8",
     "max_batch_tokens": 99, "max_batch_size": 9, "batching": "static", "stream_batches": 2, "num_workers": 3,
     "cpus_per_worker": 2, "device": "cpu",
     "input": "in2", "output": "out2", "passthrough_columns": ["title"], "max_in_flight": 4, "max_retries": 5,
@@ -110,11 +110,16 @@ def test_a_new_field_is_hashed_unless_declared_run_only():
 
 def test_hashes_of_earlier_outputs_are_unchanged():
     # the hashes these settings had before the decoding options were one model: an output directory written then
-    # resumes, not "finished with a different config hash"
-    assert PipelineConfig(**BASE).config_hash == "4b88cb3ab5b72adc"
-    assert PipelineConfig(**BASE, lazy="off", max_new_tokens=128, seed=3, passthrough_columns=["x"],
+    # resumes, not "finished with a different config hash". Those outputs were not quantized (quantize="none"); the
+    # default since is "auto", whose outputs differ, so it hashes apart (such a directory needs --overwrite)
+    unquantized = {**BASE, "quantize": "none"}
+    assert PipelineConfig(**unquantized).config_hash == "4b88cb3ab5b72adc"
+    assert PipelineConfig(**unquantized, lazy="off", max_new_tokens=128, seed=3, passthrough_columns=["x"],
                           repetition_penalty=1.1, do_sample=True).config_hash == "7e355d2d389688df"
+    assert PipelineConfig(**BASE).config_hash not in ("4b88cb3ab5b72adc",
+                                                      PipelineConfig(**BASE, quantize="int4").config_hash)
     assert RayDataConfig().config_hash == PipelineConfig(**BASE).config_hash  # same rows, same hash
+    assert RayDataConfig(quantize="none").config_hash == "4b88cb3ab5b72adc"
     assert issubclass(RayDataConfig, GenerationSettings)
 
 

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
+import torch
 from helpers import base_config, make_corpus
 
 from lazy_core import LazyConfig
@@ -53,10 +54,16 @@ def test_rows_in_rows_out_order_names_report_rerun_and_overwrite(local_ray, tiny
     assert (report.rows_in, report.rows_ok, report.rows_failed) == (21, 21, 0)
     assert (report.shards_done, report.shards_skipped, report.ok) == (3, 0, True)
     # what ran: num_workers=2 split the local Ray's 2 CPUs, one thread each; the tiny model in dtype "auto"
-    from lazy_core.precision import auto_dtype
+    from lazy_core.precision import auto_dtype, cpu_has_native_bf16
 
     assert (report.workers, report.threads_per_worker, report.device) == (2, 1, "cpu")
     assert report.dtype == str(auto_dtype("cpu")).removeprefix("torch.")
+    # quantize "auto" (the default): int4 on a bf16 CPU, where the tiny model's random weights all take int8
+    if auto_dtype("cpu") == torch.bfloat16 and cpu_has_native_bf16():
+        assert report.quantize.startswith("int4 (int8pack: 29 int8 layers; products of <= 4 rows;")
+    else:
+        assert report.quantize == "none"
+    assert json.loads((out / "_run_report.json").read_text())["quantize"] == report.quantize
     assert report.sampled_items == sum(is_sampled(i, 0.5) for i in ids) and report.median_speedup > 0
     saved = json.loads((out / "_run_report.json").read_text())
     assert saved["rows_ok"] == 21 and saved["config_hash"] == report.config_hash

@@ -4,6 +4,7 @@ the model's weights it uses."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from pipeline import PipelineConfig
 
@@ -38,9 +39,19 @@ def test_model_weight_bytes_from_the_config(tiny_model_dir):
     """The memory rule's estimate of the weights, from the config alone, against the model's real parameters."""
     from transformers import AutoModelForCausalLM
 
+    from lazy_core import load_model
+    from lazy_core.quantize import QuantizedLinear
     from pipeline.resources import model_weight_bytes
 
     params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_model_dir).parameters())
     for dtype, size in (("float32", 4), ("bfloat16", 2)):
-        cfg = PipelineConfig(input="i", output="o", model=str(tiny_model_dir), dtype=dtype)
+        cfg = PipelineConfig(input="i", output="o", model=str(tiny_model_dir), dtype=dtype, quantize="none")
         assert model_weight_bytes(cfg) == pytest.approx(params * size, rel=0.05)  # norms are not counted
+    # int8: the quantized weights beside the dense ones (the dense kept for prefill), one byte per weight
+    quantized, _ = load_model(str(tiny_model_dir), dtype="bfloat16", device="cpu", quantize="int8")
+    held = sum(t.numel() * t.element_size() for t in [*quantized.parameters(), *quantized.buffers()]
+               if t.dtype != torch.float32)  # the rotary embedding's fp32 buffers are not weights
+    assert any(isinstance(m, QuantizedLinear) for m in quantized.modules())
+    for quantize in ("int8", "auto"):  # auto: counted as quantized (an upper bound where it resolves to none)
+        cfg = PipelineConfig(input="i", output="o", model=str(tiny_model_dir), dtype="bfloat16", quantize=quantize)
+        assert model_weight_bytes(cfg) == pytest.approx(held, rel=0.05)

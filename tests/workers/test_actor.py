@@ -171,8 +171,10 @@ def test_bf16_rows_are_complete_and_well_formed(tiny_model_dir, batching):
     input order, with its shadow-run fields. Its tokens are not compared with runs alone: bf16 sums may change order
     with a batch's row count (docs/lazy_core.md, "What bf16 does not promise")."""
     worker = LazyWorker(WorkerSpec(model=str(tiny_model_dir), lazy=LAZY, decoding=DecodingOptions(max_new_tokens=6),
-                                   dtype="bfloat16", batching=batching, slots=2))
-    assert worker.ready()["dtype"] == "bfloat16" and worker.model.dtype == torch.bfloat16
+                                   dtype="bfloat16", quantize="int8", batching=batching, slots=2))
+    info = worker.ready()
+    assert info["dtype"] == "bfloat16" and worker.model.dtype == torch.bfloat16
+    assert info["quantize"].startswith("int8 (int8pack: 29 int8 layers")  # the pipeline's default on bf16 CPUs
     prompts = _prompts(5, seed=4)
     rows = worker.run_batch(prompts, sampled=True, seed=0)
     assert len(rows) == len(prompts)
