@@ -16,6 +16,7 @@ rerun with another --offset for a second set of essays. Writes ``benchmarks/resu
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import torch
 
 from benchmarks.common import RESULTS_DIR, machine, md_table, write_json
 from benchmarks.data import essay_prompt_ids
-from lazy_core import LazyConfig, LazyLLM, load_model
+from lazy_core import LazyConfig, LazyLLM, load_model, load_tokenizer
 
 
 def run(model: Any, config: LazyConfig, ids: torch.Tensor, new_tokens: int) -> dict[str, float]:
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--attention", choices=["engine", "sdpa"], default="engine",
                         help="sdpa: a step's few queries go through torch's SDPA kernel instead of the engine's two "
                         "matmuls (the A/B behind BENCHMARKS 'The CPU the job runs on')")
+    parser.add_argument("--quantize", nargs="+", default=["none"], choices=["none", "int8", "int4"],
+                        help="weights (lazy_core.quantize): each scheme's model takes its turn at every batch size")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads or torch.get_num_threads())
@@ -64,20 +67,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {"args": vars(args) | {"out": str(args.out)}, "machine": machine(), "runs": []}
     out = args.out or RESULTS_DIR / f"batch_curve-{'-'.join(map(str, args.lengths))}-{'-'.join(args.dtypes)}.json"
     for dtype in args.dtypes:
-        model, tok = load_model(args.model, dtype=dtype, device="cpu")
+        models = {q: load_model(args.model, dtype=dtype, device="cpu", quantize=q)[0] for q in args.quantize}
+        tok = load_tokenizer(args.model)
+        model = models[args.quantize[0]]
         configs = {"full": LazyConfig.off(), "lazy": LazyConfig.default_for(model)}
         for length in args.lengths:
             prompts = [essay_prompt_ids(tok, length, offset_essay=args.offset + 3 * b)
                        for b in range(max(args.batches))]
-            run(model, configs["lazy"], torch.tensor(prompts[:1]), 3)  # warm-up
+            for quantized in models.values():
+                run(quantized, configs["lazy"], torch.tensor(prompts[:1]), 3)  # warm-up
             for batch in args.batches:
                 ids = torch.tensor(prompts[:batch])
-                for name, config in configs.items():
+                for (name, config), (quantize, quantized) in itertools.product(configs.items(), models.items()):
                     if name == "full" and args.full_batches and batch not in args.full_batches:
                         continue
                     entry = {"dtype": str(model.dtype).removeprefix("torch."), "attention": args.attention,
-                             "length": length, "batch": batch,
-                             "method": name, **run(model, config, ids, args.new_tokens)}
+                             "quantize": quantize, "length": length, "batch": batch,
+                             "method": name, **run(quantized, config, ids, args.new_tokens)}
                     results["runs"].append(entry)
                     print(entry, flush=True)
                     write_json(out, results)
@@ -89,16 +95,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def markdown(results: dict[str, Any], command: str) -> str:
     runs = results["runs"]
-    by_key = {(r["dtype"], r["length"], r["method"], r["batch"]): r for r in runs}
+    def key(r: dict[str, Any], **change: Any) -> tuple:
+        r = {"quantize": "none", **r, **change}
+        return r["dtype"], r["quantize"], r["length"], r["method"], r["batch"]
+
+    by_key = {key(r): r for r in runs}
     rows = []
     for r in runs:
-        one = by_key.get((r["dtype"], r["length"], r["method"], 1))
-        full = by_key.get((r["dtype"], r["length"], "full", r["batch"]))
-        rows.append([r["dtype"], r["length"], r["method"], r["batch"], r["step_ms"], r["step_ms"] / r["batch"],
-                     r["step_ms"] / one["step_ms"] if one else float("nan"),
-                     r["step_ms"] / full["step_ms"] if full else float("nan"), r["ttft_s"], r["revived_per_item"]])
-    header = ["dtype", "prompt", "method", "B", "step ms", "ms per item", "vs B=1", "vs full step", "TTFT s",
-              "revived/item"]
+        one, full, dense = by_key.get(key(r, batch=1)), by_key.get(key(r, method="full")), by_key.get(
+            key(r, quantize="none"))
+        rows.append([r["dtype"], r.get("quantize", "none"), r["length"], r["method"], r["batch"], r["step_ms"],
+                     r["step_ms"] / r["batch"], r["step_ms"] / one["step_ms"] if one else float("nan"),
+                     r["step_ms"] / full["step_ms"] if full else float("nan"),
+                     r["step_ms"] / dense["step_ms"] if dense else float("nan"), r["ttft_s"], r["revived_per_item"]])
+    header = ["dtype", "weights", "prompt", "method", "B", "step ms", "ms per item", "vs B=1", "vs full step",
+              "vs dense weights", "TTFT s", "revived/item"]
     return (f"Decoding step vs. batch size, {results['args']['new_tokens'] - 1} steps (all reviving), "
             f"{results['machine']['torch_threads']} threads (`python -m benchmarks.batch_curve {command}`)\n\n"
             + md_table(header, rows) + "\n")

@@ -19,17 +19,49 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
 
 
-def load(name: str, threads: int, dtype: str = "float32") -> tuple[Any, Any]:
+def load(name: str, threads: int, dtype: str = "float32", quantize: str = "none") -> tuple[Any, Any]:
     """(model, tokenizer) on CPU with ``threads`` torch threads, fp32 unless ``dtype`` says otherwise ("auto":
-    lazy_core.precision); the default name is the embedded model."""
+    lazy_core.precision), weights quantized as ``quantize`` says (lazy_core.quantize); the default name is the
+    embedded model."""
     from lazy_core.loading import load_model
 
     if threads < 1:
         raise ValueError(f"--threads must be >= 1, got {threads}")
     torch.set_num_threads(threads)
-    model, tok = load_model(name, dtype=dtype, device="cpu")
+    model, tok = load_model(name, dtype=dtype, device="cpu", quantize=quantize)
     model.eval()
     return model, tok
+
+
+# ---- weight quantization as a dimension of a benchmark's methods ---------------------------------------------------
+
+QUANT_SEP = "+"
+
+
+def quant_label(method: str, quantize: str) -> str:
+    """A method's name on a quantized model: ``lazy+int4``; unquantized (``none``) the name alone, as the records
+    written before quantization existed."""
+    return method if quantize == "none" else f"{method}{QUANT_SEP}{quantize}"
+
+
+def split_quant(label: str) -> tuple[str, str]:
+    """``lazy+int4`` -> ("lazy", "int4"); ``lazy`` -> ("lazy", "none")."""
+    method, _, quantize = label.partition(QUANT_SEP)
+    return method, quantize or "none"
+
+
+class QuantizedModels:
+    """The benchmark's model once per quantization scheme, loaded when first asked for (tokenizers are the same)."""
+
+    def __init__(self, name: str, threads: int, dtype: str) -> None:
+        self.name, self.threads, self.dtype = name, threads, dtype
+        self._models: dict[str, Any] = {}
+        self.tokenizer: Any = None
+
+    def get(self, quantize: str) -> Any:
+        if quantize not in self._models:
+            self._models[quantize], self.tokenizer = load(self.name, self.threads, self.dtype, quantize)
+        return self._models[quantize]
 
 
 def context_limit(model: Any) -> int:

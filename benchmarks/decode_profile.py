@@ -153,9 +153,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch", type=int, default=1, help="items per batch (each its own essays, same length)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "auto"])
+    parser.add_argument("--quantize", default="none", choices=["none", "int8", "int4"],
+                        help="the model's weights (lazy_core.quantize)")
     parser.add_argument("--out", default=str(RESULTS_DIR / "decode_profile.json"))
     args = parser.parse_args(argv)
-    model, tok = load(args.model, args.threads, args.dtype)
+    model, tok = load(args.model, args.threads, args.dtype, args.quantize)
     limit = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
     results: dict[str, Any] = {"args": vars(args), "machine": machine(), "lengths": {}}
     for length in args.lengths:
@@ -204,7 +206,7 @@ def markdown(results: dict[str, Any], command: str) -> str:
                          *[e["parts_ms"].get(k, 0.0) for k in labels]])
     run = results["args"]
     return (f"Decoding step, {run['new_tokens']} new tokens, batch {run.get('batch', 1)}, {run['threads']} threads, "
-            f"{run.get('dtype', 'float32')}, "
+            f"{run.get('dtype', 'float32')}, weights {run.get('quantize', 'none')}, "
             f"medians of {run['repeats']} interleaved rounds (`python -m benchmarks.decode_profile "
             f"{command}`); parts are exclusive ms per step\n\n" + md_table(header, rows) + "\n")
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import RESULTS_DIR, context_limit, load, machine
+from benchmarks.common import RESULTS_DIR, QuantizedModels, context_limit, machine, quant_label, split_quant
 from benchmarks.data import TASKS, EvalItem, SuiteSpec, build_suite
 from lazy_core import LazyConfig, LazyLLM
 from lazy_core.arch import place_schedule
@@ -239,6 +239,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "auto"],
                         help="model dtype (write other dtypes to their own --out)")
+    parser.add_argument("--quantize", nargs="+", default=["none"], choices=["none", "int8", "int4"],
+                        help="each method also on the model with these weights (lazy_core.quantize): records named "
+                        "method+int4 (none: the name alone)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "eval.jsonl")
     parser.add_argument(
         "--without-full", action="store_true", help="do not add 'full' (when another process's file holds it)"
@@ -248,7 +251,9 @@ def main(argv: list[str] | None = None) -> Path:
     methods = sorted(METHODS) if "all" in args.methods else list(dict.fromkeys(args.methods))
     if "full" not in methods and not args.without_full:
         methods.insert(0, "full")  # every score is relative to the full model
-    model, tok = load(args.model, args.threads, args.dtype)
+    models = QuantizedModels(args.model, args.threads, args.dtype)
+    model = models.get(args.quantize[0])
+    tok = models.tokenizer
     items = build_suite(tok, spec_from_args(args, context_limit(model)))
     if args.fresh and args.out.exists():
         args.out.unlink()
@@ -256,7 +261,8 @@ def main(argv: list[str] | None = None) -> Path:
     done = _done(args.out)
     env = machine()
     print(f"{len(items)} items x {len(methods)} methods -> {args.out} ({len(done)} pairs already there)", flush=True)
-    engines = {name: LazyLLM(model, METHODS[name][1](model)) for name in methods}
+    engines = {quant_label(name, q): LazyLLM(models.get(q), METHODS[name][1](models.get(q)))
+               for q in args.quantize for name in methods}
     with args.out.open("a", encoding="utf-8") as sink:
         for item in interleave(items):  # item-major: a stopped run still compares every method on the same items
             for name, lazy in engines.items():
@@ -265,7 +271,7 @@ def main(argv: list[str] | None = None) -> Path:
                 loglik = not args.no_loglik and item.task in ("multidoc_qa", "single_qa")
                 record = run_item(lazy, tok, item, loglik=loglik)
                 record.update(method=name, config=lazy.config.model_dump(), machine=env,
-                              dtype=str(model.dtype).removeprefix("torch."))
+                              dtype=str(model.dtype).removeprefix("torch."), quantize=split_quant(name)[1])
                 sink.write(json.dumps(record) + "\n")
                 sink.flush()
                 print(

@@ -33,7 +33,16 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import BENCHMARKS_MD, RESULTS_DIR, load, machine, md_table, replace_section
+from benchmarks.common import (
+    BENCHMARKS_MD,
+    RESULTS_DIR,
+    QuantizedModels,
+    machine,
+    md_table,
+    quant_label,
+    replace_section,
+    split_quant,
+)
 from benchmarks.eval import LAST_TOKEN_SCORING
 from benchmarks.ruler_tasks import TASK_NAMES, RulerItem, build_items, score
 from lazy_core import LazyConfig, LazyLLM
@@ -115,19 +124,23 @@ def _done(path: Path) -> set[tuple[str, str, str]]:
 
 
 def measure(args: argparse.Namespace) -> None:
-    model, tok = load(args.model, args.threads, args.dtype)
+    models = QuantizedModels(args.model, args.threads, args.dtype)
+    model = models.get(args.quantize[0])
+    tok = models.tokenizer
     chat = args.model in CHAT_MODELS if args.chat is None else args.chat
     limit = int(getattr(model.config, "max_position_embeddings", 1 << 30))
     lengths = [min(length, limit) for length in args.lengths]
     items = build_items(tok, args.tasks, lengths, args.count, args.seed, chat)
     done = _done(args.out)
-    engines = {name: LazyLLM(model, method_config(name, model)) for name in args.methods}
+    engines = {quant_label(name, q): LazyLLM(models.get(q), method_config(name, models.get(q)))
+               for q in args.quantize for name in args.methods}
+    labels = list(engines)
     eos = list(LazyLLM(model, LazyConfig.off())._eos_ids(None))
     lines = [] if chat else stop_ids(tok)  # a chat model ends its turn itself, and may answer on the next line
     args.out.parent.mkdir(parents=True, exist_ok=True)
     header = {"model": args.model, "dtype": args.dtype, "chat": chat, "machine": machine()}
     for n, item in enumerate(items):
-        order = args.methods[n % len(args.methods):] + args.methods[: n % len(args.methods)]
+        order = labels[n % len(labels):] + labels[: n % len(labels)]
         for method in order:
             if (args.model, item.id, method) in done:
                 continue
@@ -135,6 +148,7 @@ def measure(args: argparse.Namespace) -> None:
             result = run_item(engines[method], tok, item, args.max_new, eos, lines)
             record = {**header, "id": item.id, "task": item.task, "length": item.length, "seed": item.seed,
                       "prompt_tokens": len(item.prompt_ids), "answers": item.answers, "method": method,
+                      "quantize": split_quant(method)[1],
                       "config": engines[method].config.model_dump(), "wall_s": time.perf_counter() - started,
                       **result}
             with args.out.open("a", encoding="utf-8") as f:
@@ -263,6 +277,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                    help="chat template (default: for the instruct models) or completion-style prompts")
     p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--quantize", nargs="+", default=["none"], choices=["none", "int8", "int4"],
+                   help="each method also on the model with these weights (lazy_core.quantize), recorded as "
+                   "method+int8 (none: the name alone); benchmarks.quantized compares them")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--report", action="store_true", help="after measuring, rewrite the BENCHMARKS.md section")

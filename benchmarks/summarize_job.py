@@ -35,7 +35,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.common import RESULTS_DIR, machine, md_table
+from benchmarks.common import RESULTS_DIR, machine, md_table, quant_label, split_quant
 from benchmarks.data import load_aclsum
 from benchmarks.eval import METHODS, config_key, method_config
 from benchmarks.metrics import paired_bootstrap, rouge_l, rouge_scores
@@ -72,10 +72,14 @@ def write_shards(papers: list[dict[str, str]], folder: Path, rows_per_shard: int
     return paths
 
 
-def label(method: str, dtype: str) -> str:
+def label(method: str, dtype: str, quantize: str = "none") -> str:
     """A method's name in the report: the name alone in float32 (the records before dtypes were recorded), else
-    ``method@dtype``."""
-    return method if dtype == "float32" else f"{method}@{dtype}"
+    ``method@dtype``; on quantized weights ``+int4`` after it (:func:`benchmarks.common.quant_label`)."""
+    return quant_label(method if dtype == "float32" else f"{method}@{dtype}", quantize)
+
+
+def record_label(rec: dict[str, Any]) -> str:
+    return label(rec["method"], rec.get("dtype", "float32"), rec.get("quantize", "none"))
 
 
 def baseline(labels: list[str]) -> str:
@@ -83,17 +87,18 @@ def baseline(labels: list[str]) -> str:
     return "full" if "full" in labels else next((m for m in labels if m.startswith("full")), "full")
 
 
-def run_shard(shard: Path, method: str, dtype: str, model: Any, args: argparse.Namespace,
+def run_shard(shard: Path, method: str, dtype: str, quantize: str, model: Any, args: argparse.Namespace,
               work: Path) -> dict[str, Any]:
-    """One run_pipeline over one shard with one method in one dtype -> a JSON-able record."""
+    """One run_pipeline over one shard with one method in one dtype on weights quantized as ``quantize`` -> a
+    JSON-able record."""
     from pipeline import PipelineConfig, run_pipeline
 
     config = METHODS[method][1](model)
-    out = work / f"out-{method}-{dtype}-{shard.stem}"
+    out = work / f"out-{method}-{dtype}-{quantize}-{shard.stem}"
     shutil.rmtree(out, ignore_errors=True)
     cfg = PipelineConfig(
         input=str(shard), output=str(out), model=args.model, lazy=config, max_new_tokens=args.max_new_tokens,
-        dtype=dtype,
+        dtype=dtype, quantize=quantize,
         max_prompt_tokens=args.prompt_tokens, baseline_sample_rate=0.0, num_workers=1, cpus_per_worker=args.threads,
         max_batch_size=args.batch_size, repetition_penalty=args.repetition_penalty,
         no_repeat_ngram_size=args.no_repeat_ngram_size, min_new_tokens=args.min_new_tokens, progress=False,
@@ -105,7 +110,8 @@ def run_shard(shard: Path, method: str, dtype: str, model: Any, args: argparse.N
     shutil.rmtree(out, ignore_errors=True)
     keep = ("id", "generation", "prompt_tokens", "prompt_tokens_used", "new_tokens", "ttft_s", "decode_s",
             "computed_token_fraction", "computed_token_fraction_total", "revived_tokens", "worker")
-    return {"method": method, "dtype": dtype, "config": config.model_dump(), "shard": shard.name,
+    return {"method": method, "dtype": dtype, "quantize": quantize, "config": config.model_dump(),
+            "shard": shard.name, "quantized": report.quantize,
             "steady_s": report.wall_s - report.startup_s, "startup_s": report.startup_s,
             "rows": [{k: r[k] for k in keep} for r in rows]}
 
@@ -124,7 +130,7 @@ def summarize(records: list[dict[str, Any]], references: dict[str, str], methods
     steady = dict.fromkeys(methods, 0.0)
     shards = {m: set() for m in methods}
     for rec in records:
-        m = label(rec["method"], rec.get("dtype", "float32"))
+        m = record_label(rec)
         by_method[m].update({r["id"]: r for r in rec["rows"]})
         steady[m] += rec["steady_s"]
         shards[m].add(rec["shard"])
@@ -139,8 +145,7 @@ def summarize(records: list[dict[str, Any]], references: dict[str, str], methods
         rows = [by_method[m][i] for i in common]
         scores = [rouge_scores(r["generation"] or "", references[r["id"]]) for r in rows]
         batches = _batches(rows)
-        mine = [rec for rec in records if label(rec["method"], rec.get("dtype", "float32")) == m
-                and rec["shard"] in common_shards]
+        mine = [rec for rec in records if record_label(rec) == m and rec["shard"] in common_shards]
         time_s = sum(rec["steady_s"] for rec in mine)
         docs = sum(len(rec["rows"]) for rec in mine)
         entry = {
@@ -160,6 +165,13 @@ def summarize(records: list[dict[str, Any]], references: dict[str, str], methods
                 entry[f"{name}_diff"] = paired_bootstrap([s[name] for s in scores], [s[name] for s in base])
             entry["rougeL_vs_full"] = statistics.fmean(
                 rouge_l(r["generation"] or "", full[r["id"]]["generation"] or "") for r in rows)
+        plain = split_quant(m)[0]
+        if plain != m and plain in by_method:  # quantized: paired against the same method on the dense weights
+            dense = [rouge_scores(by_method[plain][i]["generation"] or "", references[i]) for i in common]
+            entry["rougeL_diff_vs_dense"] = paired_bootstrap([s["rougeL"] for s in scores],
+                                                             [s["rougeL"] for s in dense])
+            entry["same_text_as_dense"] = statistics.fmean(
+                (r["generation"] or "") == (by_method[plain][r["id"]]["generation"] or "") for r in rows)
         out["methods"][m] = entry
     return out
 
@@ -169,10 +181,11 @@ def markdown(summary: dict[str, Any], args: argparse.Namespace, command: str) ->
     full = methods.get(baseline(list(methods)), {})
     header = ["method", "docs/s", "docs/s vs full", "TTFT s (median)", "decode ms/step", "decode vs full",
               "computed (prefill)", "computed (whole job)", "revived/item", "new tokens", "empty", "R-1", "R-2",
-              "R-L", "ΔR-L vs full [95 % CI]", "R-L vs full's summary"]
+              "R-L", "ΔR-L vs full [95 % CI]", "R-L vs full's summary", "ΔR-L vs dense weights [95 % CI]",
+              "same text as dense"]
     rows = []
     for name, e in methods.items():
-        diff = e.get("rougeL_diff")
+        diff, dense = e.get("rougeL_diff"), e.get("rougeL_diff_vs_dense")
         rows.append([
             name, e["docs_per_s"], e["docs_per_s"] / full["docs_per_s"] if full else float("nan"),
             e["median_ttft_s"], e["decode_ms_per_step"],
@@ -181,6 +194,7 @@ def markdown(summary: dict[str, Any], args: argparse.Namespace, command: str) ->
             e["empty_outputs"], e["rouge1"], e["rouge2"], e["rougeL"],
             f"{diff[0]:+.4f} [{diff[1]:+.4f}, {diff[2]:+.4f}]" if diff else "",
             e.get("rougeL_vs_full", ""),
+            f"{dense[0]:+.4f} [{dense[1]:+.4f}, {dense[2]:+.4f}]" if dense else "", e.get("same_text_as_dense", ""),
         ])
     rules = (f"repetition_penalty {args.repetition_penalty}, no_repeat_ngram_size {args.no_repeat_ngram_size}, "
              f"min_new_tokens {args.min_new_tokens}")
@@ -194,6 +208,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--methods", nargs="+", default=["full", "lazy"], choices=sorted(METHODS))
     parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
                         help="each method runs in each dtype; diffs are against full in float32 (or the first)")
+    parser.add_argument("--quantize", nargs="+", default=["none"], choices=["none", "int8", "int4"],
+                        help="each method also on these weights (PipelineConfig.quantize); ROUGE diffs of a "
+                        "quantized method are paired against the same method on the dense weights")
     parser.add_argument("--papers", type=int, default=40)
     parser.add_argument("--prompt-tokens", type=int, default=4096)
     parser.add_argument("--max-new-tokens", type=int, default=128)
@@ -222,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def matches(rec: dict[str, Any]) -> bool:
         return (rec["settings"] == settings and rec["method"] in args.methods
-                and rec.get("dtype", "float32") in args.dtypes
+                and rec.get("dtype", "float32") in args.dtypes and rec.get("quantize", "none") in args.quantize
                 and config_key(rec["config"]) == config_key(method_config(rec["method"],
                                                                           model.config.num_hidden_layers).model_dump())
                 and all(r["id"] in references for r in rec["rows"]))
@@ -233,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         import ray
 
         shards = write_shards(papers, args.work / f"corpus-{args.prompt_tokens}-s{args.seed}", args.rows_per_shard)
-        done = {(r["method"], r.get("dtype", "float32"), r["shard"]) for r in records}
+        done = {(r["method"], r.get("dtype", "float32"), r.get("quantize", "none"), r["shard"]) for r in records}
         started_ray = not ray.is_initialized()
         if started_ray:  # Ray's default niceness 15 for workers would slow the actors against anything else running
             ray.init(num_cpus=args.threads, include_dashboard=False, _system_config={"worker_niceness": 0})
@@ -241,23 +258,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         try:
             with out.open("a", encoding="utf-8") as sink:
                 for i, shard in enumerate(shards):
-                    runs = [(m, d) for d in args.dtypes for m in args.methods]
+                    runs = [(m, d, q) for q in args.quantize for d in args.dtypes for m in args.methods]
                     order = runs if i % 2 == 0 else runs[::-1]  # ABBA: drift hits both alike
-                    for method, dtype in order:
-                        if (method, dtype, shard.name) in done:
+                    for method, dtype, quantize in order:
+                        if (method, dtype, quantize, shard.name) in done:
                             continue
-                        rec = run_shard(shard, method, dtype, model, args, args.work)
+                        rec = run_shard(shard, method, dtype, quantize, model, args, args.work)
                         rec.update(settings=settings, corpus=corpus_ids, machine=machine())
                         sink.write(json.dumps(rec) + "\n")
                         sink.flush()
                         records.append(rec)
-                        print(f"{label(method, dtype):>20} {shard.name} {len(rec['rows'])} docs in "
+                        print(f"{label(method, dtype, quantize):>20} {shard.name} {len(rec['rows'])} docs in "
                               f"{rec['steady_s']:.1f}s",
                               flush=True)
         finally:
             if started_ray:
                 ray.shutdown()
-    summary = summarize(records, references, [label(m, d) for d in args.dtypes for m in args.methods])
+    summary = summarize(records, references, [label(m, d, q) for q in args.quantize for d in args.dtypes
+                                              for m in args.methods])
     summary["settings"] = settings
     text = markdown(summary, args, "python -m benchmarks.summarize_job " + " ".join(sys.argv[1:] if argv is None
                                                                                     else argv))
