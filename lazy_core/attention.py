@@ -80,7 +80,10 @@ def _small_query_attention(query, key, value, mask, scaling):
 
     torch's CPU SDPA kernel blocks over query rows: with one query per head it does a row's worth of work per task and
     in bf16 costs 13-20x these two products (1 query onto 4K keys, batch 1-8, 2 threads; BENCHMARKS "The CPU the job
-    runs on").
+    runs on"). The scores are computed as K·qᵀ, the keys the left operand: the cache hands K/V over as views of its
+    capacity buffers (a batch stride longer than the keys), and a transposed right operand with such a stride takes
+    a slow path in the CPU matmul (q·Kᵀ: 3.1x the time at batch 4, 4K keys, bf16; BENCHMARKS "Weight-only
+    quantization", what bounds the step).
     query: [B, H, Q, d]; key/value: [B, H_kv, K, d]; mask: [B, 1, Q, K] bool or None (every key). Returns
     ([B, Q, H, d], None). A query row with no key to attend (a finished item's pad row) gets a uniform average, not
     NaN; its output is never used."""
@@ -89,7 +92,7 @@ def _small_query_attention(query, key, value, mask, scaling):
     group = heads // kv_heads
     scale = scaling if scaling is not None else dim**-0.5
     q = query.reshape(batch, kv_heads, group * rows, dim)  # head h reads K/V head h // group
-    scores = torch.matmul(q, key.transpose(2, 3)).float().mul_(scale)  # [B, H_kv, G*Q, K]
+    scores = torch.matmul(key, q.transpose(2, 3)).transpose(2, 3).float().contiguous().mul_(scale)  # [B, H_kv, G*Q, K]
     if mask is not None:
         scores = scores.view(batch, kv_heads, group, rows, keys)
         scores.masked_fill_(~mask[:, :, None], torch.finfo(torch.float32).min)
