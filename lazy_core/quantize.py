@@ -172,7 +172,7 @@ class QuantizedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [..., in] -> [..., out]. The row count is a shape, known without a host sync."""
         rows = x.numel() // self.in_features
-        if rows > self.max_rows:
+        if rows > self.max_rows or rows == 0:
             return F.linear(x, self.weight, self.bias)
         if self.kernel == "dequantize":
             return F.linear(x, self.dequantized(), self.bias)

@@ -83,8 +83,8 @@ def test_small_products_read_the_quantized_weights_and_large_ones_the_dense(sche
         # fp32: the kernel sums in another order than the reference product; bf16: it rounds its output to bf16
         tolerance = 1e-4 if dtype == torch.float32 else 2e-2
         assert torch.allclose(out.float(), expected, atol=tolerance, rtol=tolerance)
-    x = torch.randn(5, 64, dtype=dtype)  # over max_rows: the dense product, bit for bit
-    assert torch.equal(layer(x), F.linear(x, linear.weight, linear.bias))
+    for x in (torch.randn(5, 64, dtype=dtype), torch.randn(2, 0, 64, dtype=dtype)):  # over max_rows, or no row:
+        assert torch.equal(layer(x), F.linear(x, linear.weight, linear.bias))   # the dense product, bit for bit
 
 
 def test_dequantize_kernel_equals_the_cpu_kernels_in_fp32():
