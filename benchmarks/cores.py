@@ -3,7 +3,8 @@
     .venv/bin/python -m benchmarks.cores --layouts 1x2 2x1 --papers 8 --batch-size 4
 
 ACLSum papers (:func:`benchmarks.summarize_job.choose_papers`) cut to ``--prompt-tokens`` in one shard, ``--new-tokens``
-generated per paper exactly (``min_new_tokens``), the default schedule, ``dtype="auto"``, batches of at most
+generated per paper exactly (``min_new_tokens``), the default schedule, ``dtype="auto"`` and ``quantize="auto"``
+(the pipeline's defaults; each run records what they chose), batches of at most
 ``--batch-size`` (so that every layout gets the same batches), ``baseline_sample_rate=0``. Each layout ``WxT`` (W
 workers of T threads) is one ``run_pipeline`` on one Ray session; the layouts take turns (ABBA) for ``--rounds``
 rounds; docs/s = docs / (wall - start-up), medians. Writes ``benchmarks/results/cores.json`` and ``.md``.
@@ -36,6 +37,7 @@ def run_layout(shard_dir: Path, work: Path, workers: int, threads: int, args: ar
     shutil.rmtree(out, ignore_errors=True)
     steady = report.wall_s - report.startup_s
     return {"workers": report.workers, "threads": report.threads_per_worker, "dtype": report.dtype,
+            "quantize": report.quantize,
             "docs": report.rows_ok, "steady_s": steady, "docs_per_s": report.rows_ok / steady,
             "startup_s": report.startup_s}
 
@@ -78,13 +80,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = []
     for layout in args.layouts:
         runs = [e for e in results["runs"] if e["layout"] == layout]
-        rows.append([layout, statistics.median(e["docs_per_s"] for e in runs), len(runs), runs[0]["dtype"]])
+        rows.append([layout, statistics.median(e["docs_per_s"] for e in runs), len(runs), runs[0]["dtype"],
+                     runs[0].get("quantize") or "none"])
     best = max(r[1] for r in rows)
     rows = [[*r[:2], r[1] / best, *r[2:]] for r in rows]
     command = " ".join(sys.argv[1:] if argv is None else argv)
     text = (f"{args.papers} ACLSum papers at {args.prompt_tokens} tokens, {args.new_tokens} new tokens each, batches "
             f"<= {args.batch_size}, medians of {args.rounds} ABBA rounds (`python -m benchmarks.cores {command}`)\n\n"
-            + md_table(["workers x threads", "docs/s", "vs best", "runs", "dtype"], rows) + "\n")
+            + md_table(["workers x threads", "docs/s", "vs best", "runs", "dtype", "weights"], rows) + "\n")
     args.out.with_suffix(".md").write_text(text, encoding="utf-8")
     print(text)
     return results
