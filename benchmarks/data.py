@@ -482,10 +482,21 @@ def build_suite(tokenizer: Any, spec: SuiteSpec | None = None) -> list[EvalItem]
 
 def essay_prompt_ids(tokenizer: Any, target_tokens: int, offset_essay: int = 0) -> list[int]:
     """A real-text prompt of exactly ``target_tokens`` tokens (for timing): essays from ``offset_essay`` on, then a
-    summarization request, through the chat template (assembled at the token level so the length is exact)."""
-    builder = PromptBuilder(tokenizer)
+    summarization request, through the chat template (assembled at the token level so the length is exact). A base
+    model's tokenizer (no chat template, e.g. Gemma 3 270M) gets the plain text: BOS, the essays, the request."""
     essays = load_essays()
     corpus = "\n\n".join(essays[offset_essay:] + essays[:offset_essay])
+    if getattr(tokenizer, "chat_template", None) is None:
+        tail = tokenizer.encode("\n\n" + SUMMARY_INSTRUCTION + "\n", add_special_tokens=False)
+        head = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        budget = target_tokens - len(head) - len(tail)
+        if budget < 1:
+            raise ValueError(f"target_tokens={target_tokens} leaves no room for text; ask for more tokens")
+        body = tokenizer.encode(corpus[: 8 * target_tokens], add_special_tokens=False)[:budget]
+        if len(body) < budget:
+            raise ValueError(f"the essays hold fewer than {target_tokens} tokens; ask for a shorter prompt")
+        return head + body + tail
+    builder = PromptBuilder(tokenizer)
     head_ids = builder.encode(builder._head)
     tail_ids = builder.encode("\n\n" + SUMMARY_INSTRUCTION + builder._tail)
     budget = target_tokens - len(head_ids) - len(tail_ids)

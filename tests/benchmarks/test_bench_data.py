@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import make_tiny_tokenizer
 from pydantic import ValidationError
 
 from benchmarks.data import (
@@ -142,6 +143,19 @@ def test_timing_prompt_has_exact_length(tiny_tokenizer, n):
     assert SUMMARY_INSTRUCTION in tiny_tokenizer.decode(ids)
     with pytest.raises(ValueError, match="no room"):
         essay_prompt_ids(tiny_tokenizer, 10)
+
+
+@pytest.mark.parametrize("n", [300, 2500])
+def test_timing_prompt_of_a_base_model_is_plain_text_of_exact_length(n):
+    tokenizer = make_tiny_tokenizer()
+    tokenizer.chat_template = None  # a base model's tokenizer (Gemma 3 270M)
+    ids = essay_prompt_ids(tokenizer, n)
+    assert len(ids) == n
+    assert ids[0] == tokenizer.bos_token_id
+    text = tokenizer.decode(ids)
+    assert SUMMARY_INSTRUCTION in text and load_essays()[0][:100] in text
+    with pytest.raises(ValueError, match="no room"):
+        essay_prompt_ids(tokenizer, 5)
 
 
 def test_spec_rejects_bad_values():
