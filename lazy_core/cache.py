@@ -16,25 +16,35 @@ class LayerKV:
     """Keys/values of one layer for a batch. ``positions``/``valid`` say which token each slot holds."""
 
     def __init__(self, batch: int, kv_heads: int, head_dim: int, capacity: int, dtype, device) -> None:
-        self.keys = torch.empty(batch, kv_heads, capacity, head_dim, dtype=dtype, device=device)
-        self.values = torch.empty_like(self.keys)
+        # free slots are zeros, never garbage: a step's attention may multiply them by an exact 0 weight
+        # (lazy_core.attention._capacity_buffer), and 0 x NaN would be NaN
+        self.keys = torch.zeros(batch, kv_heads, capacity, head_dim, dtype=dtype, device=device)
+        self.values = torch.zeros_like(self.keys)
         self.positions = torch.zeros(batch, capacity, dtype=torch.long, device=device)
         self.valid = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
         self.length = 0
 
     def _grow(self, needed: int) -> None:
         capacity = self.keys.shape[2]
-        if needed <= capacity:
-            return
-        new_capacity = max(needed, 2 * capacity)
+        if needed > capacity:  # by a quarter: a step reads the whole buffer while it is <= 1.5x the slots held
+            self._resize(max(needed, capacity + capacity // 4))
+
+    def fit(self, free: int) -> None:
+        """Shrink the buffers to the slots held plus ``free``: after prefill, a pruned layer's buffer is still sized
+        for the whole prompt, and a decoding step reads a buffer whole only when it is close to what it holds
+        (lazy_core.attention.CAPACITY_READ_MAX)."""
+        if self.length + free < self.keys.shape[2]:
+            self._resize(self.length + free)
+
+    def _resize(self, capacity: int) -> None:
         for name in ("keys", "values"):
             old = getattr(self, name)
-            new = old.new_empty(old.shape[0], old.shape[1], new_capacity, old.shape[3])
+            new = old.new_zeros(old.shape[0], old.shape[1], capacity, old.shape[3])
             new[:, :, : self.length] = old[:, :, : self.length]
             setattr(self, name, new)
         for name in ("positions", "valid"):
             old = getattr(self, name)
-            new = old.new_zeros(old.shape[0], new_capacity)
+            new = old.new_zeros(old.shape[0], capacity)
             new[:, : self.length] = old[:, : self.length]
             setattr(self, name, new)
 
@@ -80,10 +90,7 @@ class LayerKV:
             if order is not None:
                 index = order[:, None, :, None].expand(-1, kv.keys.shape[1], -1, kv.keys.shape[3])
                 keys, values, positions = keys.gather(2, index), values.gather(2, index), positions.gather(1, order)
-            out.keys[start:end, :, :w], out.values[start:end, :, :w] = keys, values
-            # pad slots: finite (masked scores weigh them 0, and 0 x NaN would still be NaN)
-            out.keys[start:end, :, w:width] = 0
-            out.values[start:end, :, w:width] = 0
+            out.keys[start:end, :, :w], out.values[start:end, :, :w] = keys, values  # pad slots stay zeros
             out.positions[start:end, :w] = positions
             out.valid[start:end, :w] = torch.arange(w, device=count.device)[None, :] < count[:, None]
             start = end
@@ -129,6 +136,11 @@ class LazyKVCache:
 
     def nbytes_per_item(self) -> torch.Tensor:
         return sum(layer.nbytes_per_item() for layer in self.layers)
+
+    def fit(self, free: int) -> None:
+        """Every layer's buffers sized to what it holds plus ``free`` slots (:meth:`LayerKV.fit`)."""
+        for layer in self.layers:
+            layer.fit(free)
 
     @classmethod
     def regroup(cls, sources: list[tuple[LazyKVCache, torch.Tensor]], headroom: int) -> LazyKVCache:

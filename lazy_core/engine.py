@@ -221,6 +221,7 @@ class LayerLoop:
             (hidden, pos), valid = _pack(keep, hidden, pos)
             cos_sin = parts.position_embeddings(hidden, pos)
         state.kept_per_layer = torch.stack(kept)  # [L, B]
+        state.cache.fit(max(state.max_positions - width, 0))  # the pruned layers' buffers: what they keep + decoding
         last = (valid.sum(1) - 1)[:, None, None].expand(-1, 1, hidden.shape[2])
         return self._logits(hidden.gather(1, last))
 
