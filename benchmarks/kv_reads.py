@@ -19,19 +19,19 @@ from typing import Any
 import torch
 
 import lazy_core.attention as attention
+from benchmarks import batch_curve
 from benchmarks.common import machine, md_table, write_json
 from benchmarks.data import essay_prompt_ids
-from lazy_core import LazyConfig, LazyLLM, load_model, load_tokenizer
+from lazy_core import LazyConfig, load_model, load_tokenizer
 
 
 def step_ms(model: Any, config: LazyConfig, ids: torch.Tensor, new_tokens: int, whole: bool) -> float:
     saved = attention.CAPACITY_READ_MAX
     attention.CAPACITY_READ_MAX = saved if whole else 0.0
     try:
-        out = LazyLLM(model, config).generate(ids, max_new_tokens=new_tokens, eos_token_id=[])
+        return batch_curve.run(model, config, ids, new_tokens)["step_ms"]
     finally:
         attention.CAPACITY_READ_MAX = saved
-    return 1000 * out.stats[0].decode_s / (new_tokens - 1)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
