@@ -486,23 +486,23 @@ def essay_prompt_ids(tokenizer: Any, target_tokens: int, offset_essay: int = 0) 
     model's tokenizer (no chat template, e.g. Gemma 3 270M) gets the plain text: BOS, the essays, the request."""
     essays = load_essays()
     corpus = "\n\n".join(essays[offset_essay:] + essays[:offset_essay])
-    if getattr(tokenizer, "chat_template", None) is None:
-        tail = tokenizer.encode("\n\n" + SUMMARY_INSTRUCTION + "\n", add_special_tokens=False)
-        head = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-        budget = target_tokens - len(head) - len(tail)
-        if budget < 1:
-            raise ValueError(f"target_tokens={target_tokens} leaves no room for text; ask for more tokens")
-        body = tokenizer.encode(corpus[: 8 * target_tokens], add_special_tokens=False)[:budget]
-        if len(body) < budget:
-            raise ValueError(f"the essays hold fewer than {target_tokens} tokens; ask for a shorter prompt")
-        return head + body + tail
-    builder = PromptBuilder(tokenizer)
-    head_ids = builder.encode(builder._head)
-    tail_ids = builder.encode("\n\n" + SUMMARY_INSTRUCTION + builder._tail)
+    if getattr(tokenizer, "chat_template", None) is None:  # a base model: plain text
+        head_ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        tail_ids = tokenizer.encode("\n\n" + SUMMARY_INSTRUCTION + "\n", add_special_tokens=False)
+
+        def text_ids(tokens: int) -> list[int]:  # at least ``tokens`` ids of the corpus's start, where it holds them
+            return tokenizer.encode(corpus[: 8 * tokens], add_special_tokens=False)
+    else:
+        builder = PromptBuilder(tokenizer)
+        head_ids = builder.encode(builder._head)
+        tail_ids = builder.encode("\n\n" + SUMMARY_INSTRUCTION + builder._tail)
+
+        def text_ids(tokens: int) -> list[int]:
+            return builder.encode(builder.prefix_text(corpus, tokens + 8))
     budget = target_tokens - len(head_ids) - len(tail_ids)
     if budget < 1:
         raise ValueError(f"target_tokens={target_tokens} leaves no room for text; ask for more tokens")
-    body = builder.encode(builder.prefix_text(corpus, budget + 8))[:budget]
+    body = text_ids(budget)[:budget]
     if len(body) < budget:
         raise ValueError(f"the essays hold fewer than {budget} tokens; ask for a shorter prompt")
     return head_ids + body + tail_ids
