@@ -3,6 +3,12 @@
 Every layer keeps its own key set: after pruning, layers hold different tokens. Slots are appended in chunks shared by
 the batch (a chunk is padded to the longest item's count; pads are invalid slots that masks exclude). Keys are stored
 after RoPE, so a token keeps its original position forever.
+
+Each row has its own fill count (``LayerKV.fill``, on the device): a chunk's column c of row b goes to slot
+``fill[b] + c``. While every row's fill is the same (a static batch: prefill, then one chunk per step) that is a plain
+slice write at ``length``; once rows differ (a continuous batch's slots, :meth:`LayerKV.place`, :meth:`LayerKV.free`,
+a fixed-shape step that writes only its live rows) the chunk is scattered. Slots at or past a row's fill are never
+valid, so a newcomer takes a freed row without moving anyone else's K/V.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ class LayerKV:
         self.values = torch.zeros_like(self.keys)
         self.positions = torch.zeros(batch, capacity, dtype=torch.long, device=device)
         self.valid = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
-        self.length = 0
+        self.fill = torch.zeros(batch, dtype=torch.long, device=device)  # [B] slots written per row
+        self.length = 0  # host: the most slots any row has written (>= every fill)
+        self.aligned = True  # host: every row's fill == length (chunks are slice writes)
 
     def _grow(self, needed: int) -> None:
         capacity = self.keys.shape[2]
@@ -48,18 +56,42 @@ class LayerKV:
             new[:, : self.length] = old[:, : self.length]
             setattr(self, name, new)
 
+    def _columns(self, chunk: int) -> torch.Tensor:
+        """[B, C] the slot each column of the next chunk goes to (rows not aligned)."""
+        return self.fill[:, None] + torch.arange(chunk, device=self.fill.device)
+
     def append(self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor):
-        """keys/values: [B, H_kv, C, d]; positions/valid: [B, C].
+        """keys/values: [B, H_kv, C, d]; positions/valid: [B, C], column c of row b at slot fill[b] + c.
         Returns every key/value of the layer, [B, H_kv, S, d]."""
         chunk = keys.shape[2]
         end = self.length + chunk
         self._grow(end)
-        self.keys[:, :, self.length : end] = keys
-        self.values[:, :, self.length : end] = values
-        self.positions[:, self.length : end] = positions
-        self.valid[:, self.length : end] = valid
+        if self.aligned:
+            self.keys[:, :, self.length : end] = keys
+            self.values[:, :, self.length : end] = values
+            self.positions[:, self.length : end] = positions
+            self.valid[:, self.length : end] = valid
+        else:
+            cols = self._columns(chunk)  # [B, C]; point writes (a CPU scatter_ walks the whole buffer)
+            rows = torch.arange(cols.shape[0], device=cols.device)[:, None]
+            heads = torch.arange(keys.shape[1], device=cols.device)[None, :, None]
+            self.keys.index_put_((rows[:, None], heads, cols[:, None]), keys)
+            self.values.index_put_((rows[:, None], heads, cols[:, None]), values)
+            self.positions.index_put_((rows, cols), positions)
+            self.valid.index_put_((rows, cols), valid)
+        self.fill += chunk
         self.length = end
         return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def meta_after(self, positions: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions/validity [B, S + C] of the layer's slots once a chunk (positions/valid [B, C]) is appended."""
+        if self.aligned:
+            return (torch.cat([self.positions[:, : self.length], positions], 1),
+                    torch.cat([self.valid[:, : self.length], valid], 1))
+        end = self.length + positions.shape[1]
+        self._grow(end)
+        cols = self._columns(positions.shape[1])
+        return (self.positions[:, :end].scatter(1, cols, positions), self.valid[:, :end].scatter(1, cols, valid))
 
     @classmethod
     def regroup(cls, sources: list[tuple[LayerKV, torch.Tensor]], headroom: int) -> LayerKV:
@@ -95,7 +127,45 @@ class LayerKV:
             out.valid[start:end, :w] = torch.arange(w, device=count.device)[None, :] < count[:, None]
             start = end
         out.length = width
+        out.fill.fill_(width)  # pads sit between a short row's slots and its next chunk, as in a static batch
         return out
+
+    def place(self, rows: list[int], source: LayerKV, source_rows: list[int], free: int,
+              counts: list[int], prefix: list[bool]) -> None:
+        """Write the K/V of ``source``'s rows ``source_rows`` into this layer's rows ``rows`` (free rows of a
+        continuous batch), each row's valid slots first and in their order; nobody else's slots move. The buffers
+        grow (by at least a quarter) when a newcomer's slots plus ``free`` more do not fit. ``counts``/``prefix``
+        (host, from :meth:`LazyKVCache.place`): per source row, its valid slots and whether they are its first ones
+        (after prefill they are: one copy, no sort)."""
+        width = max(counts)
+        self._grow(width + free)
+        for row, src, count, first in zip(rows, source_rows, counts, prefix, strict=True):
+            if first:
+                keys, values = source.keys[src, :, :count], source.values[src, :, :count]
+                positions = source.positions[src, :count]
+            else:  # valid slots first, in their order
+                order = source.valid[src, : source.length].nonzero()[:, 0]
+                keys, values = source.keys[src, :, order], source.values[src, :, order]
+                positions = source.positions[src, order]
+            self.keys[row, :, :count] = keys
+            self.values[row, :, :count] = values
+            self.positions[row, :count] = positions
+            self.valid[row] = False
+            self.valid[row, :count] = True
+        self.fill[torch.tensor(rows, device=self.fill.device)] = torch.tensor(counts, device=self.fill.device)
+        self.length = max(self.length, width)
+        self.aligned = False
+
+    def free(self, rows: list[int]) -> None:
+        """Rows ``rows`` hold nothing any more (their item left): no slot valid, fill 0."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.fill.device)
+        self.valid[index] = False
+        self.fill[index] = 0
+        self.aligned = False
+
+    def reserve(self, free: int) -> None:
+        """Room for ``free`` more slots past ``length`` (a fixed-shape step writes without growing)."""
+        self._grow(self.length + free)
 
     def nbytes_per_item(self) -> torch.Tensor:
         """[B] bytes of valid K/V slots per item."""
@@ -120,9 +190,7 @@ class LazyKVCache:
 
     def keys_meta(self, layer: int, positions: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Positions/validity [B, S + C] of the layer's key set once the chunk (positions/valid [B, C]) is appended."""
-        kv = self.layers[layer]
-        key_pos = torch.cat([kv.positions[:, : kv.length], positions], 1)
-        return key_pos, torch.cat([kv.valid[:, : kv.length], valid], 1)
+        return self.layers[layer].meta_after(positions, valid)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         if self._staged is None:
@@ -141,6 +209,36 @@ class LazyKVCache:
         """Every layer's buffers sized to what it holds plus ``free`` slots (:meth:`LayerKV.fit`)."""
         for layer in self.layers:
             layer.fit(free)
+
+    def place(self, rows: list[int], source: LazyKVCache, source_rows: list[int], free: int) -> None:
+        """Every layer's :meth:`LayerKV.place`, and the rows' computed counts. One host sync for all layers."""
+        index = torch.tensor(source_rows, dtype=torch.long, device=self.computed.device)
+        counts, prefix = [], []
+        for src in source.layers:
+            valid = src.valid[index, : src.length]  # [g, S]
+            count = valid.sum(1)
+            counts.append(count)
+            # the valid slots are the first ``count``: as many valid among the first count as in all
+            head = valid & (torch.arange(src.length, device=valid.device)[None, :] < count[:, None])
+            prefix.append(head.sum(1) == count)
+        counts_h, prefix_h = torch.stack(counts).tolist(), torch.stack(prefix).tolist()
+        for layer, src, c, f in zip(self.layers, source.layers, counts_h, prefix_h, strict=True):
+            layer.place(rows, src, source_rows, free, c, f)
+        self.computed[:, rows] = source.computed[:, source_rows]
+        self.sync_lengths()
+
+    def free(self, rows: list[int]) -> None:
+        for layer in self.layers:
+            layer.free(rows)
+        self.computed[:, rows] = 0
+        self.sync_lengths()
+
+    def sync_lengths(self) -> None:
+        """Each layer's ``length`` down to its rows' largest fill (one host sync): a fixed-shape step advances it by
+        one without looking, and a row that left no longer holds it up."""
+        fills = torch.stack([layer.fill for layer in self.layers]).amax(1).tolist()
+        for layer, fill in zip(self.layers, fills, strict=True):
+            layer.length = fill
 
     @classmethod
     def regroup(cls, sources: list[tuple[LazyKVCache, torch.Tensor]], headroom: int) -> LazyKVCache:
@@ -204,6 +302,43 @@ class AuxCache:
         if layer not in self.row_of:
             return torch.zeros_like(positions, dtype=torch.bool)
         return self.row_of[layer].gather(1, positions) >= 0
+
+    def _widen(self, layer: int, entries: int, positions: int) -> None:
+        """Room for ``entries`` hidden states per row at ``layer`` and positions up to ``positions``."""
+        store, row_of = self._layer(layer)
+        if entries > store.shape[1]:
+            wider = store.new_zeros(self.batch, max(entries, store.shape[1] + store.shape[1] // 4), self.hidden_size)
+            wider[:, : store.shape[1]] = store
+            self.hidden[layer] = wider
+        if positions > row_of.shape[1]:
+            self.row_of[layer] = torch.nn.functional.pad(row_of, (0, positions - row_of.shape[1]), value=-1)
+
+    def place(self, rows: list[int], source: AuxCache, source_rows: list[int]) -> None:
+        """The Aux Cache entries still held by ``source``'s rows ``source_rows`` into this cache's rows ``rows``
+        (free rows of a continuous batch); nobody else's entries move."""
+        if source.max_positions > self.max_positions:
+            self.max_positions = source.max_positions
+            for layer in self.row_of:
+                self._widen(layer, 0, self.max_positions)
+        for layer in self.row_of:
+            self.row_of[layer][rows] = -1
+        for layer in sorted(source.row_of):
+            self._layer(layer)
+            src_store, src_row_of = source._layer(layer)
+            for row, src in zip(rows, source_rows, strict=True):
+                held = src_row_of[src] >= 0  # [P] by position
+                positions = held.nonzero()[:, 0]
+                entries = src_row_of[src, positions]
+                count = positions.numel()
+                if count == 0:
+                    continue
+                self._widen(layer, count, self.max_positions)
+                self.hidden[layer][row, :count] = src_store[src, entries]
+                self.row_of[layer][row, positions] = torch.arange(count, device=positions.device)
+
+    def free(self, rows: list[int]) -> None:
+        for row_of in self.row_of.values():
+            row_of[rows] = -1
 
     @classmethod
     def regroup(cls, sources: list[tuple[AuxCache, torch.Tensor]]) -> AuxCache:

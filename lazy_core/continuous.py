@@ -5,13 +5,16 @@ A static batch decodes until its longest item ends, its finished rows fed a pad.
 1. **Admit.** While a slot is free and prompts wait, the next prompts (in the caller's order, as many as slots are
    free and the held-token budget allows) are prefilled together, each pruned by its own schedule (a prompt under
    ``min_prompt_tokens`` is computed in full). Their first tokens come from that prefill.
-2. **Join.** Their caches join the running items' (:meth:`lazy_core.engine.BatchState.regroup`): each item keeps its
-   own per-layer K/V (pads cut, so the cache holds what the items keep, not ``slots x longest prompt``), its Aux Cache
-   entries, its position and its counters.
-3. **Decode.** One step for every running item, each at its own position and its own step number (revival stops
-   after ``revive_steps`` of *its* steps).
-4. **Leave.** An item that ends (end-of-sequence or ``max_new_tokens``) is emitted with its stats and leaves; its
-   slot is free for step 1.
+2. **Join.** They take free rows of the slot-resident state (:meth:`lazy_core.engine.BatchState.place`): each
+   item's per-layer K/V (its valid slots first, pads cut: the cache holds what the items keep), its Aux Cache entries
+   and its counters are written into its row; no other row moves. A layer's buffers grow (by a quarter) only when a
+   newcomer's slots plus the tokens it will decode do not fit.
+3. **Decode.** One step for every row, each item at its own position and its own step number (revival stops after
+   ``revive_steps`` of *its* steps; a free row computes a pad, masked and never used). A step in which no row
+   revives is the fixed-shape plain step (:mod:`lazy_core.plain_step`, eager or compiled); a reviving step runs
+   the engine's eager decode on the same rows.
+4. **Leave.** An item that ends (end-of-sequence or ``max_new_tokens``) is emitted with its stats and its row is
+   freed (:meth:`BatchState.free`) for step 1.
 
 When to prefill: as soon as a slot is free (prefill first). An empty slot is throughput lost: where a step's rows
 cost little more than one row (bf16 with 2 threads here, a GPU) its share of every step is wasted, and a static batch
@@ -36,6 +39,7 @@ import torch
 from lazy_core.attention import attention_hook
 from lazy_core.decoding import DecodingOptions, token_chooser
 from lazy_core.engine import BatchState, LayerLoop
+from lazy_core.plain_step import PlainStep
 from lazy_core.rules import LogitRules
 from lazy_core.stats import GenerateOutput
 
@@ -47,10 +51,11 @@ class SlotCounters:
     slots: int
     steps: int = 0  # decoding steps run (each advances every running item by one token)
     busy_slot_steps: int = 0  # slot-steps that decoded an item
+    plain_steps: int = 0  # of those, steps no row revived in: the fixed-shape step (lazy_core.plain_step)
     prefills: int = 0  # prefill calls (groups of newcomers)
-    regroups: int = 0  # times the running set changed (items left or joined)
+    joins: int = 0  # times newcomers were placed into free rows
     prefill_s: float = 0.0  # wall time in newcomers' prefills (first tokens included)
-    regroup_s: float = 0.0  # wall time in regroups (the caches copied into the new running set)
+    join_s: float = 0.0  # wall time placing newcomers (their caches written into free rows)
 
     @property
     def slot_steps(self) -> int:
@@ -89,10 +94,11 @@ class _Item:
 class SlotLoop:
     """The continuous decode loop of one :class:`~lazy_core.generate.LazyLLM` (its model, schedule and pruner)."""
 
-    def __init__(self, lazy, slots: int, max_held_tokens: int | None = None) -> None:
+    def __init__(self, lazy, slots: int, max_held_tokens: int | None = None, compile: str = "off") -> None:
         """``slots``: items decoded at once at most. ``max_held_tokens``: a newcomer waits while the running items'
         held tokens (:meth:`LazyConfig.held_tokens`: K/V rows per layer once ``max_new_tokens`` are decoded) plus its
-        own would pass this; None = only ``slots`` bounds the batch. A lone item always runs."""
+        own would pass this; None = only ``slots`` bounds the batch. A lone item always runs. ``compile``: how the
+        plain steps run (:data:`lazy_core.plain_step.COMPILE_MODES`; 'off' = eager)."""
         if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
             raise ValueError(f"slots must be an int >= 1, got {slots!r}")
         if max_held_tokens is not None and max_held_tokens < 1:
@@ -100,6 +106,7 @@ class SlotLoop:
         self.lazy = lazy
         self.slots = slots
         self.max_held_tokens = max_held_tokens
+        self.compile = compile
 
     def run(self, prompts: Sequence[torch.Tensor | Sequence[int]], options: DecodingOptions, eos: list[int],
             pad: int, counters: SlotCounters | None = None,
@@ -115,16 +122,16 @@ class SlotLoop:
         eos_set = set(eos)
         choose = token_chooser(options, parts.device)
         held = self._held_cost(max_new)
-        running: list[_Item] = []  # the items of ``state``'s rows ``kept``, in that order
-        state: BatchState | None = None
-        kept: list[int] = []
+        slots: list[_Item | None] = [None] * self.slots  # the item in each row of ``state``
+        state = BatchState.slots(parts, self.slots)
+        device = parts.device
         with torch.inference_mode(), attention_hook(lazy.model) as inner:
             decoder = LayerLoop(parts, lazy.config, inner, lazy.pruner)
-            while waiting or running:
+            plain = PlainStep(parts, inner, self.compile)
+            while waiting or any(it is not None for it in slots):
                 # 1. admit and prefill newcomers; those that end at their first token never join
+                running = [it for it in slots if it is not None]
                 newcomers = self._admit(waiting, running, held)
-                joining: list[int] = []
-                group = None
                 if newcomers:
                     group = self._prefill(newcomers, inner, choose, max_new, pad)
                     counters.prefills += 1
@@ -132,38 +139,43 @@ class SlotLoop:
                     done = [b for b, it in enumerate(newcomers) if _ended(it, eos_set)]
                     yield from self._emit(group, [(b, newcomers[b]) for b in done], eos)
                     joining = [b for b in range(len(newcomers)) if b not in done]
-                # 2. one regroup drops the items that ended and takes in the newcomers
-                if joining or (state is not None and len(kept) < len(state.host_lengths)):
-                    running = running + [newcomers[b] for b in joining]
-                    sources = [(state, kept)] if state is not None and kept else []
+                    # 2. the others take free rows; nobody else's caches move
                     if joining:
-                        sources.append((group, joining))
-                    start = time.perf_counter()
-                    state = BatchState.regroup(sources, headroom=_headroom(running)) if sources else None
-                    counters.regroup_s += time.perf_counter() - start
-                    kept = list(range(len(running)))
-                    counters.regroups += 1
-                if not running:
+                        rows = [r for r, it in enumerate(slots) if it is None][: len(joining)]
+                        start = time.perf_counter()
+                        state.place(rows, group, joining, _headroom([newcomers[b] for b in joining]))
+                        counters.join_s += time.perf_counter() - start
+                        counters.joins += 1
+                        for r, b in zip(rows, joining, strict=True):
+                            slots[r] = newcomers[b]
+                rows = [r for r, it in enumerate(slots) if it is not None]
+                if not rows:
                     continue
-                # 3. one decoding step for every running item, each at its own position and step
-                steps = [len(it.tokens) for it in running]
-                device = parts.device
-                feed = torch.tensor([it.tokens[-1] for it in running], dtype=torch.long, device=device)
-                positions = torch.tensor([it.length + s - 1 for it, s in zip(running, steps, strict=True)],
+                # 3. one decoding step for every row, each item at its own position and step (free rows: a pad)
+                steps = [len(it.tokens) if it is not None else 1 for it in slots]
+                feed = torch.tensor([it.tokens[-1] if it is not None else pad for it in slots], dtype=torch.long,
+                                    device=device)
+                positions = torch.tensor([it.length + s - 1 if it is not None else 0 for it, s in zip(slots, steps)],
                                          dtype=torch.long, device=device)
-                live = torch.ones(len(running), dtype=torch.bool, device=device)
-                logits = decoder.decode(state, feed, positions, live, step=steps)
-                chosen = self._choose(logits, running, choose)
+                live = torch.tensor([it is not None for it in slots], dtype=torch.bool, device=device)
+                if any(decoder.reviving_rows(state, steps)):
+                    logits = decoder.decode(state, feed, positions, live, step=steps)
+                else:
+                    logits = plain(state, feed, positions, live)
+                    counters.plain_steps += 1
+                items = [slots[r] for r in rows]
+                chosen = self._choose(logits[rows] if len(rows) < self.slots else logits, items, choose)
                 counters.steps += 1
-                counters.busy_slot_steps += len(running)
-                for it, t in zip(running, chosen, strict=True):
+                counters.busy_slot_steps += len(rows)
+                for it, t in zip(items, chosen, strict=True):
                     it.tokens.append(t)
-                # 4. the items that ended leave (their rows are dropped at the next regroup)
-                done = [b for b, it in enumerate(running) if _ended(it, eos_set)]
+                # 4. the items that ended leave; their rows are free for step 1
+                done = [r for r in rows if _ended(slots[r], eos_set)]
                 if done:
-                    yield from self._emit(state, [(b, running[b]) for b in done], eos)
-                    kept = [b for b in range(len(running)) if b not in done]
-                    running = [running[b] for b in kept]
+                    yield from self._emit(state, [(r, slots[r]) for r in done], eos)
+                    state.free(done)
+                    for r in done:
+                        slots[r] = None
 
     # ---- the steps -----------------------------------------------------------------------------------------------
 
@@ -236,8 +248,8 @@ class SlotLoop:
             yield it.index, GenerateOutput(sequences=torch.cat([it.ids, new], 1), stats=[stats])
 
 def _headroom(items: list[_Item]) -> int:
-    """Free K/V slots per layer after a regroup: the most tokens any item still decodes (revival beyond it grows the
-    layer, as in a static batch)."""
+    """Free K/V slots per layer a join makes room for: the most tokens a newcomer still decodes (revival beyond it
+    grows the layer, as in a static batch)."""
     return max((it.limit - len(it.tokens) for it in items), default=0)
 
 

@@ -98,6 +98,53 @@ class BatchState:
         out.dense = len(out.host_lengths) == 1  # a lone item's slots are all its own (the pads were cut)
         return out
 
+    @classmethod
+    def slots(cls, parts: ModelParts, slots: int) -> BatchState:
+        """An empty state of ``slots`` rows that items are placed into (:meth:`place`) and freed from (:meth:`free`)
+        one by one: a continuous batch whose rows stay where they are (lazy_core.continuous). Every row is free."""
+        out = cls(parts, torch.ones(slots, dtype=torch.long, device=parts.device), capacity=1)
+        out.kept_per_layer = torch.zeros(parts.num_layers, slots, dtype=torch.long, device=parts.device)
+        out.dense = False  # rows hold what their own items keep, with free slots between: always masked
+        out.prunes = [False] * slots
+        for layer in out.cache.layers:
+            layer.aligned = False
+        return out
+
+    def place(self, rows: list[int], source: BatchState, source_rows: list[int], free: int) -> None:
+        """Move the items ``source_rows`` of ``source`` (a newcomers' prefill) into the free rows ``rows``, with
+        everything each has (K/V, Aux Cache entries, counters), leaving every other row untouched: a join costs what
+        the newcomers write. ``free``: K/V slots each layer must have room for past the newcomers' (the tokens they
+        will decode)."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.lengths.device)
+        src = torch.tensor(source_rows, dtype=torch.long, device=self.lengths.device)
+        self.cache.place(rows, source.cache, source_rows, free)
+        self.aux.place(rows, source.aux, source_rows)
+        self.lengths[index] = source.lengths[src]
+        self.revived[index] = source.revived[src]
+        self.kept_per_layer[:, index] = source.kept_per_layer[:, src]
+        self.score_pairs[index.cpu()] = source.score_pairs[src.cpu()]
+        self.max_positions = max(self.max_positions, source.max_positions)
+        for row, s in zip(rows, source_rows, strict=True):
+            self.host_lengths[row] = source.host_lengths[s]
+            self.prunes[row] = source.prunes[s]
+        self._reset_sizes()
+
+    def free(self, rows: list[int]) -> None:
+        """Rows ``rows`` are empty again (their items left): nothing of theirs is attended, scored or revived."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.lengths.device)
+        self.cache.free(rows)
+        self.aux.free(rows)
+        self.lengths[index] = 1
+        self.revived[index] = 0
+        for row in rows:
+            self.host_lengths[row] = 1
+            self.prunes[row] = False
+        self._reset_sizes()
+
+    def _reset_sizes(self) -> None:
+        self._budgets, self._budget_max = {}, {}
+        self.longest = max(self.host_lengths)
+
     def budget(self, config: LazyConfig, step: int) -> torch.Tensor:
         """[B] tokens kept after pruning step ``step`` (index into the schedule), computed once per batch."""
         if step not in self._budgets:
@@ -251,9 +298,7 @@ class LayerLoop:
         visible = None  # [B, P] by position: prompt tokens later layers may attend (set by the policy), None = all
         steps = [step] * len(state.host_lengths) if isinstance(step, int) else step
         span = max(n + s for n, s in zip(state.host_lengths, steps, strict=True))  # positions are lengths + step - 1
-        limit = self.config.revive_steps
-        rows_reviving = [self.revive and (limit is None or s <= limit) and state.prunes[b]
-                         for b, s in enumerate(steps)]
+        rows_reviving = self.reviving_rows(state, steps)
         reviving = any(rows_reviving)
         scored = live  # [B] rows whose new token scores and revives at the pruning layers
         if reviving and not all(rows_reviving):
@@ -276,14 +321,22 @@ class LayerLoop:
             packing, cos_sin = self._rows_changed(hidden, pos, valid)
         return self._logits(hidden[:, -1:])
 
+    def reviving_rows(self, state: BatchState, steps: list[int]) -> list[bool]:
+        """Per row at decoding step ``steps[b]``: whether its new token scores and revives at the pruning layers
+        (revival on, its schedule prunes it, within ``revive_steps``). A step where none does is plain
+        (:mod:`lazy_core.plain_step`)."""
+        limit = self.config.revive_steps
+        return [self.revive and (limit is None or s <= limit) and state.prunes[b] for b, s in enumerate(steps)]
+
     def _decode_mask(self, state: BatchState, j: int, pos, valid, visible, window: int | None):
         """[B, 1, Q, S + Q] bool for the step's rows pos/valid [B, Q] against layer j's keys once the rows are
         appended, or None where each item's one query may attend every slot (the fast path of every plain step)."""
         if pos.shape[1] == 1 and visible is None and window is None:
             if state.dense:
                 return None
-            kv = state.cache.layers[j]  # batch pads and finished items leave invalid slots: mask them, nothing else
-            return torch.cat([kv.valid[:, : kv.length], valid], 1)[:, None, None]
+            # batch pads and finished items leave invalid slots: mask them, nothing else (a finished or free row
+            # attends every slot, so that it stays finite; its output is never used)
+            return (state.cache.keys_meta(j, pos, valid)[1] | ~valid)[:, None, None]
         k_pos, k_valid = state.cache.keys_meta(j, pos, valid)
         if visible is not None:
             k_valid = k_valid & (visible.gather(1, k_pos) | (k_pos >= state.lengths[:, None]))

@@ -91,18 +91,21 @@ class LazyLLM:
         stop_after: Sequence[int] | None = None,
         eos_token_id: int | Sequence[int] | None = None,
         pad_token_id: int | None = None,
+        compile_step: str = "off",
         **option_kwargs: Any,
     ) -> ContinuousResult:
         """Generate for a stream of prompts with continuous batching (:mod:`lazy_core.continuous`): ``slots`` items
         decode at once, and an item that ends gives its slot to the next prompt. ``prompts``: 1-D token ids each, no
         padding; ``stop_after``: per prompt, its own limit of new tokens (within ``max_new_tokens``). Returns each
         prompt's output in input order, laid out as :meth:`generate` lays out that prompt alone (greedy: the same
-        tokens), and how full the slots were."""
+        tokens), and how full the slots were. ``compile_step``: how the steps in which no item revives run
+        (:data:`lazy_core.plain_step.COMPILE_MODES`; 'off' = eager; a compiled step gives the same tokens in fp32)."""
         counters = SlotCounters(slots)
         outputs: list[GenerateOutput | None] = [None] * len(prompts)
         for index, out in self.stream_continuous(prompts, options, slots=slots, max_held_tokens=max_held_tokens,
                                                  stop_after=stop_after, eos_token_id=eos_token_id,
-                                                 pad_token_id=pad_token_id, counters=counters, **option_kwargs):
+                                                 pad_token_id=pad_token_id, counters=counters,
+                                                 compile_step=compile_step, **option_kwargs):
             outputs[index] = out
         return ContinuousResult(outputs, counters)
 
@@ -117,13 +120,14 @@ class LazyLLM:
         eos_token_id: int | Sequence[int] | None = None,
         pad_token_id: int | None = None,
         counters: SlotCounters | None = None,
+        compile_step: str = "off",
         **option_kwargs: Any,
     ) -> Iterator[tuple[int, GenerateOutput]]:
         """:meth:`generate_continuous` as an iterator: (prompt index, output) as each item ends. ``counters``, if
         given, is filled in as the stream runs."""
         options = _options(options, option_kwargs)
         eos = self._eos_ids(eos_token_id)
-        loop = SlotLoop(self, slots, max_held_tokens)
+        loop = SlotLoop(self, slots, max_held_tokens, compile_step)
         return loop.run(prompts, options, eos, self._pad_id(pad_token_id, eos), counters, stop_after)
 
     def prefill_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

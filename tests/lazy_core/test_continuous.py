@@ -120,23 +120,36 @@ def test_any_slot_count(tiny_llama, tiny_tokenizer, slots):
         assert counters.idle_fraction == 0.0 and counters.prefills == len(PROMPTS)
 
 
+def _holds_each_token_once(state: BatchState) -> None:
+    for j, kv in enumerate(state.cache.layers):
+        for b in range(len(state.host_lengths)):
+            positions = kv.positions[b, : kv.length][kv.valid[b, : kv.length]].tolist()
+            assert len(positions) == len(set(positions)), f"a token computed twice at layer {j}"
+            assert len(positions) == int(state.cache.computed[j, b]), f"row {b} layer {j}"
+            assert not kv.valid[b, int(kv.fill[b]):].any(), "a slot at or past a row's fill is valid"
+            assert int(kv.fill[b]) <= kv.length <= kv.keys.shape[2]
+
+
 def test_each_token_is_computed_at_most_once_per_layer(tiny_llama, tiny_tokenizer, monkeypatch):
-    """Every state the loop regroups holds each item's tokens at most once per layer (checked on each regroup's
-    sources and result), and the model is unchanged after the stream."""
-    regroup = BatchState.regroup
+    """Every join and leave leaves each row holding its item's tokens at most once per layer, as many as it computed,
+    and nothing valid past its fill; the model is unchanged after the stream."""
+    place, free = BatchState.place, BatchState.free
     seen = []
 
-    def checked(sources, headroom):
-        out = regroup(sources, headroom)
-        for state in [st for st, _ in sources] + [out]:
-            for j, kv in enumerate(state.cache.layers):
-                for b in range(len(state.host_lengths)):
-                    positions = kv.positions[b, : kv.length][kv.valid[b, : kv.length]].tolist()
-                    assert len(positions) == len(set(positions)), f"a token computed twice at layer {j}"
-        seen.append(len(out.host_lengths))
-        return out
+    def checked_place(state, rows, source, source_rows, free_slots):
+        _holds_each_token_once(source)
+        place(state, rows, source, source_rows, free_slots)
+        _holds_each_token_once(state)
+        seen.append(sum(h > 1 for h in state.host_lengths))
 
-    monkeypatch.setattr(BatchState, "regroup", staticmethod(checked))
+    def checked_free(state, rows):
+        _holds_each_token_once(state)
+        free(state, rows)
+        _holds_each_token_once(state)
+        assert all(not state.cache.layers[j].valid[rows].any() for j in range(len(state.cache.layers)))
+
+    monkeypatch.setattr(BatchState, "place", checked_place)
+    monkeypatch.setattr(BatchState, "free", checked_free)
     before = {k: v.clone() for k, v in tiny_llama.state_dict().items()}
     attn = tiny_llama.config._attn_implementation
     lazy = LazyLLM(tiny_llama, LazyConfig(**PRUNE, **POLICIES["select"]))
@@ -147,27 +160,52 @@ def test_each_token_is_computed_at_most_once_per_layer(tiny_llama, tiny_tokenize
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_the_cache_holds_what_items_keep(tiny_llama, tiny_tokenizer):
-    """After a regroup, each layer's K/V slots are the most any item holds there plus the steps still to decode,
-    not slots x the longest prompt."""
+def test_a_join_writes_only_the_newcomers_rows(tiny_llama, tiny_tokenizer, monkeypatch):
+    """Placing newcomers leaves every running row's K/V, positions, fill and Aux Cache entries where and as they
+    were (no copy of the running set), unless a layer had to grow."""
+    place = BatchState.place
+    checked = []
+
+    def spy(state, rows, source, source_rows, free_slots):
+        others = [r for r in range(len(state.host_lengths)) if r not in rows and state.host_lengths[r] > 1]
+        layers = state.cache.layers
+        before = [(kv.keys.data_ptr(), kv.keys[others].clone(), kv.positions[others].clone(), kv.fill[others].clone())
+                  for kv in layers]
+        aux = {j: (state.aux.hidden[j][others].clone(), state.aux.row_of[j][others].clone()) for j in state.aux.row_of}
+        place(state, rows, source, source_rows, free_slots)
+        for kv, (ptr, keys, pos, fill) in zip(layers, before, strict=True):
+            width = keys.shape[2]
+            assert torch.equal(kv.keys[others][:, :, :width], keys) and torch.equal(kv.fill[others], fill)
+            assert torch.equal(kv.positions[others][:, :width], pos)
+            if kv.keys.data_ptr() == ptr:
+                checked.append(len(others))
+        for j, (hidden, row_of) in aux.items():
+            assert torch.equal(state.aux.row_of[j][others][:, : row_of.shape[1]], row_of)
+            assert torch.equal(state.aux.hidden[j][others][:, : hidden.shape[1]], hidden)
+
+    monkeypatch.setattr(BatchState, "place", spy)
+    lazy = LazyLLM(tiny_llama, LazyConfig(**PRUNE, **POLICIES["select"]))
+    lazy.generate_continuous(_ids(tiny_tokenizer), slots=3, max_new_tokens=NEW, stop_after=STOPS, eos_token_id=[])
+    assert checked and max(checked) == 2  # some layers took newcomers in place beside two running items
+
+
+def test_the_cache_holds_what_items_keep(tiny_llama, tiny_tokenizer, monkeypatch):
+    """Each layer's buffers hold what its rows keep plus the tokens still to decode, grown by at most a quarter at a
+    join: not slots x the longest prompt, and the pruned layers' smaller."""
     lazy = LazyLLM(tiny_llama, LazyConfig(**PRUNE, **POLICIES["top"]))
+    place = BatchState.place
     shapes = []
-    regroup = BatchState.regroup
 
-    def spy(sources, headroom):
-        out = regroup(sources, headroom)
-        for kv in out.cache.layers:
-            most = int(kv.valid[:, : kv.length].sum(1).max())
-            assert kv.length == most and kv.keys.shape[2] == most + headroom
-        shapes.append([kv.length for kv in out.cache.layers])
-        return out
+    def spy(state, rows, source, source_rows, free_slots):
+        old = [kv.keys.shape[2] for kv in state.cache.layers]
+        place(state, rows, source, source_rows, free_slots)
+        for kv, src, cap in zip(state.cache.layers, source.cache.layers, old, strict=True):
+            width = int(src.valid[source_rows].sum(1).max())
+            assert kv.keys.shape[2] == cap or kv.keys.shape[2] <= max(width + free_slots, cap + cap // 4)
+        shapes.append([kv.keys.shape[2] for kv in state.cache.layers])
 
-    BatchState.regroup = staticmethod(spy)
-    try:
-        lazy.generate_continuous(_ids(tiny_tokenizer), slots=3, max_new_tokens=NEW, stop_after=STOPS,
-                                 eos_token_id=[])
-    finally:
-        BatchState.regroup = staticmethod(regroup)
+    monkeypatch.setattr(BatchState, "place", spy)
+    lazy.generate_continuous(_ids(tiny_tokenizer), slots=3, max_new_tokens=NEW, stop_after=STOPS, eos_token_id=[])
     assert shapes and all(s[-1] < s[0] for s in shapes)  # the pruned layers hold fewer tokens
 
 

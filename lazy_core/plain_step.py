@@ -1,0 +1,113 @@
+"""A plain decoding step with fixed shapes and no host sync: what ``torch.compile(fullgraph=True)`` takes whole on a
+CPU and CUDA graphs can replay on a GPU.
+
+"Plain": no row of the step revives (every row is past its ``revive_steps``, or its schedule does not prune, or
+revival is off), so each row is one new token attending every slot its row holds at every layer. The step runs over
+a slot-resident :class:`~lazy_core.engine.BatchState` (:meth:`BatchState.slots`): every row, live or free, computes;
+shapes depend only on the slot count and each layer's buffer capacity, never on the tokens.
+
+Per layer: the new token's position and validity are written at the row's fill count (a scatter, not a slice at a
+host index), the mask is the layer's validity (free rows attend every slot: finite garbage, never used), its sliding
+window from positions; the model's own decoder layer computes, its attention through the engine's hook
+(:mod:`lazy_core.attention`), its K/V written into the same slot (:class:`_SlotWriter`); then each live row's fill
+and computed count advance by one. From the embedding to float32 logits (soft-capped as the model's head does); the
+token choice and the logit rules stay outside (:mod:`lazy_core.continuous`): they are per item, and the n-gram rule
+is a Python table.
+
+The host side (:meth:`PlainStep.__call__`): room for one more slot in every layer (a buffer that must grow changes a
+shape, so a compiled step recompiles: buffers grow by a quarter, so that happens a few times a stream, counted in the
+tests), and ``length`` (the host's bound on the fills) advanced by one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from lazy_core.arch import ModelParts
+from lazy_core.attention import AttentionStep
+
+COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
+DYNAMIC = True
+BACKEND = "inductor"  # torch.compile's backend (tests count graphs with dynamo's CompileCounter here)
+
+
+class _SlotWriter:
+    """The ``past_key_values`` of a plain step's layer calls: writes the step's K/V [S, H_kv, 1, d] at each row's
+    slot ``at`` [S] of the layer's buffers and returns the whole buffers [S, H_kv, C, d]."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], at: list[torch.Tensor]) -> None:
+        self.keys, self.values, self.at = keys, values, at
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        keys, values, at = self.keys[layer_idx], self.values[layer_idx], self.at[layer_idx]
+        # point writes (index_put_): a CPU scatter_ along the slot dim walked the whole buffer (0.75 ms vs 6 us)
+        rows = torch.arange(keys.shape[0], device=at.device)[:, None]  # [S, 1]
+        heads = torch.arange(keys.shape[1], device=at.device)[None, :]  # [1, H_kv]
+        keys.index_put_((rows, heads, at[:, None]), key_states[:, :, 0])
+        values.index_put_((rows, heads, at[:, None]), value_states[:, :, 0])
+        return keys, values
+
+
+def plain_step(parts: ModelParts, inner: str, tokens: torch.Tensor, positions: torch.Tensor, live: torch.Tensor,
+               keys: list[torch.Tensor], values: list[torch.Tensor], key_pos: list[torch.Tensor],
+               key_valid: list[torch.Tensor], fill: list[torch.Tensor], computed: torch.Tensor) -> torch.Tensor:
+    """One plain step over every slot. tokens/positions/live: [S]; per layer j: keys/values [S, H_kv, C_j, d],
+    key_pos [S, C_j] long, key_valid [S, C_j] bool, fill [S] long (updated in place); computed [L, S] (in place).
+    Returns logits [S, V] float32."""
+    hidden = parts.embed(tokens[:, None])  # [S, 1, D]
+    pos = positions[:, None]  # [S, 1]
+    cos_sin = parts.position_embeddings(hidden, pos)
+    writer = _SlotWriter(keys, values, fill)
+    idle = ~live[:, None]  # [S, 1]
+    step = live.long()
+    rows = torch.arange(tokens.shape[0], device=tokens.device)
+    for j, layer in enumerate(parts.layers):
+        at = fill[j]  # [S]
+        key_pos[j].index_put_((rows, at), positions)
+        key_valid[j].index_put_((rows, at), live)
+        allowed = key_valid[j]
+        window = parts.sliding_windows[j]
+        if window is not None:
+            allowed = allowed & (key_pos[j] > pos - window)
+        mask = (allowed | idle)[:, None, None, :]  # [S, 1, 1, C_j]
+        hidden = layer(hidden, attention_mask=None, position_embeddings=cos_sin[j],
+                       lazy_step=AttentionStep(inner=inner, mask=mask), **{parts.cache_kwarg: writer})
+        fill[j].add_(step)
+    computed.add_(step[None, :])
+    logits = parts.lm_head(parts.norm(hidden))[:, -1].float()
+    cap = parts.logit_softcap
+    return logits if cap is None else torch.tanh(logits / cap) * cap
+
+
+class PlainStep:
+    """The plain step of one model, eager or compiled (``compile``: one of :data:`COMPILE_MODES`, 'off' = eager).
+    ``inner``: the model's own attention implementation (what :func:`lazy_core.attention.attention_hook` yields)."""
+
+    def __init__(self, parts: ModelParts, inner: str, compile: str = "off") -> None:
+        if compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {COMPILE_MODES}, got {compile!r}")
+        self.parts, self.inner, self.compile = parts, inner, compile
+        self.dynamic_capacity = DYNAMIC and compile != "off"
+        fn: Callable = plain_step
+        if compile != "off":
+            fn = torch.compile(plain_step, fullgraph=True, dynamic=None if DYNAMIC else False, mode=compile, backend=BACKEND)
+        self._fn = fn
+
+    def __call__(self, state, tokens: torch.Tensor, positions: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        """state: a slot-resident BatchState; tokens/positions/live: [S]. Returns logits [S, V] float32."""
+        layers = state.cache.layers
+        for layer in layers:
+            layer.reserve(1)
+            if self.dynamic_capacity:  # a buffer that grows is the same graph, not a recompile
+                for t, dim in ((layer.keys, 2), (layer.values, 2), (layer.positions, 1), (layer.valid, 1)):
+                    torch._dynamo.mark_dynamic(t, dim)
+        logits = self._fn(self.parts, self.inner, tokens, positions, live,
+                          [kv.keys for kv in layers], [kv.values for kv in layers],
+                          [kv.positions for kv in layers], [kv.valid for kv in layers], [kv.fill for kv in layers],
+                          state.cache.computed)
+        for layer in layers:
+            layer.length += 1
+            layer.aligned = False
+        return logits
