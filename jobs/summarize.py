@@ -42,6 +42,7 @@ FLAG_TO_FIELD = {
     "max_new_tokens": "max_new_tokens",
     "batching": "batching",
     "quantize": "quantize",
+    "compile_step": "compile_step",
     "baseline_sample_rate": "baseline_sample_rate",
     "overwrite": "overwrite",
 }
@@ -96,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "decoding: 'auto' (default: int4 on a CPU with bf16 units, where it measured faster at the "
                         "same quality; none elsewhere), 'int4' (int8 where 4 bits do not hold a layer), 'int8', "
                         "'none'.")
+    parser.add_argument("--compile-step", choices=["off", "default", "max-autotune-no-cudagraphs", "reduce-overhead"],
+                        help="Continuous batching: run the decoding steps in which no item revives through "
+                        "torch.compile in this mode ('reduce-overhead': CUDA graphs on a GPU); 'off' (default) runs "
+                        "them eagerly.")
     parser.add_argument(
         "--baseline-sample-rate", type=_fraction, help="Share of items also run on the full model (for agreement)."
     )
@@ -237,6 +242,7 @@ def format_summary(report: Any) -> str:
         f"{num(report.decode_slot_idle, '.1%')}",
         f"  ran on: {report.workers} worker(s) x {num(report.threads_per_worker, 'd')} thread(s), "
         f"{report.device or 'n/a'}, {report.dtype or 'n/a'}, weights quantized: {report.quantize or 'n/a'}",
+        f"  slots:  {num(report.slots, 'd')} per worker ({report.slots_reason or 'n/a'})",
         f"  lazy:   computed-token fraction {num(report.mean_computed_token_fraction, '.3f')}, est. speedup "
         f"{num(report.median_est_speedup, '.2f', 'x')} (median), {report.unpruned_items} rows computed in full",
         f"  vs full ({report.sampled_items} sampled): speedup median {num(report.median_speedup, '.2f', 'x')} "

@@ -155,8 +155,8 @@ class SlotLoop:
                 steps = [len(it.tokens) if it is not None else 1 for it in slots]
                 feed = torch.tensor([it.tokens[-1] if it is not None else pad for it in slots], dtype=torch.long,
                                     device=device)
-                positions = torch.tensor([it.length + s - 1 if it is not None else 0 for it, s in zip(slots, steps)],
-                                         dtype=torch.long, device=device)
+                positions = torch.tensor([it.length + s - 1 if it is not None else 0
+                                          for it, s in zip(slots, steps, strict=True)], dtype=torch.long, device=device)
                 live = torch.tensor([it is not None for it in slots], dtype=torch.bool, device=device)
                 if any(decoder.reviving_rows(state, steps)):
                     logits = decoder.decode(state, feed, positions, live, step=steps)

@@ -14,9 +14,10 @@ and computed count advance by one. From the embedding to float32 logits (soft-ca
 token choice and the logit rules stay outside (:mod:`lazy_core.continuous`): they are per item, and the n-gram rule
 is a Python table.
 
-The host side (:meth:`PlainStep.__call__`): room for one more slot in every layer (a buffer that must grow changes a
-shape, so a compiled step recompiles: buffers grow by a quarter, so that happens a few times a stream, counted in the
-tests), and ``length`` (the host's bound on the fills) advanced by one.
+The host side (:meth:`PlainStep.__call__`): room for one more slot in every layer, the buffers' slot dim marked
+dynamic for the compiler (a layer's buffer grows when a newcomer or a revival needs more; with the dim static each
+growth was a recompilation, 3-5 per 16-prompt test stream; dynamic, one graph serves the whole stream, as the tests
+assert), and ``length`` (the host's bound on the fills) advanced by one.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from lazy_core.arch import ModelParts
 from lazy_core.attention import AttentionStep
 
 COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
-DYNAMIC = True
 BACKEND = "inductor"  # torch.compile's backend (tests count graphs with dynamo's CompileCounter here)
 
 
@@ -89,10 +89,9 @@ class PlainStep:
         if compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {COMPILE_MODES}, got {compile!r}")
         self.parts, self.inner, self.compile = parts, inner, compile
-        self.dynamic_capacity = DYNAMIC and compile != "off"
         fn: Callable = plain_step
         if compile != "off":
-            fn = torch.compile(plain_step, fullgraph=True, dynamic=None if DYNAMIC else False, mode=compile, backend=BACKEND)
+            fn = torch.compile(plain_step, fullgraph=True, mode=compile, backend=BACKEND)
         self._fn = fn
 
     def __call__(self, state, tokens: torch.Tensor, positions: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
@@ -100,7 +99,7 @@ class PlainStep:
         layers = state.cache.layers
         for layer in layers:
             layer.reserve(1)
-            if self.dynamic_capacity:  # a buffer that grows is the same graph, not a recompile
+            if self.compile != "off":  # a buffer's slot dim is dynamic: one that grows is the same graph
                 for t, dim in ((layer.keys, 2), (layer.values, 2), (layer.positions, 1), (layer.valid, 1)):
                     torch._dynamo.mark_dynamic(t, dim)
         logits = self._fn(self.parts, self.inner, tokens, positions, live,

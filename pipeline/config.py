@@ -32,7 +32,7 @@ class GenerationSettings(DecodingOptions):
     # fields that change how a run goes, not what it writes: left out of the config hash
     RUN_ONLY: ClassVar[frozenset[str]] = frozenset(
         {"max_batch_tokens", "max_batch_size", "batching", "stream_batches", "num_workers", "cpus_per_worker",
-         "device"}
+         "device", "gpu_memory_share"}
     )
 
     model: str = Field(DEFAULT_MODEL, description="Model name for lazy_core.load_model: the embedded default, a local "
@@ -81,8 +81,10 @@ class GenerationSettings(DecodingOptions):
         "prompt (pruned K/V rows averaged over the layers, LazyConfig.held_tokens, plus max_new_tokens) at most."
     )
     max_batch_size: int = Field(
-        4, ge=1, description="Items per batch at most. 4 is the measured best of a single-thread CPU worker (a step "
-        "per item costs the same at 8, and prefill per item more); on a GPU, batches of 16-64 pay (raise it).",
+        4, ge=1, description="Items per batch (continuous: slots of a worker) at most. 4 is the measured best of a "
+        "single-thread CPU worker (a step per item costs the same at 8, and prefill per item more). On GPU workers, "
+        "left unset, the workers plan it (and max_batch_tokens, if unset) from the memory left after the weights "
+        "(lazy_core.slots, gpu_memory_share); the run report says what they chose and why.",
     )
     batching: Literal["continuous", "static"] = Field(
         "continuous",
@@ -114,6 +116,17 @@ class GenerationSettings(DecodingOptions):
         "auto", description="Model dtype: 'auto' = bfloat16 on a GPU (float16 where it has no bf16) and on a CPU "
         "with native bf16 products (AVX512_BF16 or AMX), else float32 (lazy_core.precision)."
     )
+    gpu_memory_share: float = Field(
+        0.9, gt=0.0, le=1.0, description="GPU workers with max_batch_size unset: the share of the device's memory "
+        "the model, its K/V and Aux Caches and its prefill activations may use (as vLLM's gpu_memory_utilization).",
+    )
+    compile_step: Literal["off", "default", "max-autotune-no-cudagraphs", "reduce-overhead"] = Field(
+        "off", description="Continuous batching: the decoding steps in which no item revives run as one fixed-shape "
+        "step (lazy_core.plain_step); 'off' runs it eagerly, the others through torch.compile in that mode "
+        "('reduce-overhead' adds CUDA graphs on a GPU). On this project's CPU the compiled step is 0.77x / 0.86x "
+        "the eager one at 1 / 4 items (4K), but compiling takes 40-50 s per worker, more than a typical run's plain "
+        "steps save: off by default (BENCHMARKS.md, 'A decoding step the compiler takes whole').",
+    )
     quantize: Literal["auto", "none", "int8", "int4"] = Field(
         "auto", description="Weight-only quantization of the linear layers for decoding (lazy_core.quantize): 'int8' "
         "(per output channel), 'int4' (groups of 32 where 4 bits hold a layer, as in a 4-bit GGUF; int8 elsewhere), "
@@ -122,7 +135,7 @@ class GenerationSettings(DecodingOptions):
     )
 
     # fields hashed only when they differ from this value: outputs written before the field existed keep their hash
-    HASHED_UNLESS: ClassVar[dict[str, Any]] = {"quantize": "none"}
+    HASHED_UNLESS: ClassVar[dict[str, Any]] = {"quantize": "none", "compile_step": "off"}
 
     @field_validator("task")
     @classmethod

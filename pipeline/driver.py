@@ -130,6 +130,7 @@ def run_pipeline(config: PipelineConfig | dict[str, Any] | str | os.PathLike[str
         pool = _make_pool(cfg)
         report.startup_s = time.monotonic() - started
         _describe_workers(report, pool.worker_infos)
+        plan_cfg = _with_worker_slots(plan_cfg, pool.worker_infos)
         run = _Run(cfg=cfg, plan_cfg=plan_cfg, pool=pool, in_fs=in_fs, out_fs=out_fs, out_dir=out_dir,
                    manifest=manifest, seen_ids=seen_ids, report=report, agg=agg, progress=progress,
                    tokenizer=tokenizer)
@@ -268,6 +269,19 @@ def _describe_workers(report: RunReport, infos: list[dict[str, Any]]) -> None:
         report.device = infos[0].get("device")
         report.dtype = infos[0].get("dtype")
         report.quantize = infos[0].get("quantize")
+        report.slots = infos[0].get("slots")
+        report.slots_reason = infos[0].get("slots_reason")
+
+
+def _with_worker_slots(plan_cfg: PipelineConfig, infos: list[dict[str, Any]]) -> PipelineConfig:
+    """The config tasks are planned with, its batch size and held-token budget those the workers run with (GPU
+    workers plan theirs from their memory: pipeline.resources.worker_sets_slots)."""
+    if not infos or not infos[0].get("slots"):
+        return plan_cfg
+    update = {"max_batch_size": int(infos[0]["slots"])}
+    if infos[0].get("max_held_tokens"):
+        update["max_batch_tokens"] = int(infos[0]["max_held_tokens"])
+    return plan_cfg.model_copy(update=update)
 
 
 def _ids_of_finished(fs: pafs.FileSystem, out_dir: str, skipped: list[Shard]) -> set[Any]:

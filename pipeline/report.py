@@ -59,6 +59,9 @@ class RunReport(BaseModel):
     threads_per_worker: int | None = Field(None, description="Torch CPU threads of each worker.")
     device: str | None = Field(None, description="The workers' device (cpu, cuda:N).")
     dtype: str | None = Field(None, description="The workers' model dtype (what dtype='auto' chose).")
+    slots: int | None = Field(None, description="Items a worker decodes at once (max_batch_size, or what GPU workers "
+                              "planned from their memory).")
+    slots_reason: str | None = Field(None, description="Why the workers run that many slots (lazy_core.slots).")
     quantize: str | None = Field(None, description="The workers' weight quantization, as they loaded it (what "
                                  "quantize='auto' chose: 'none', or the scheme, kernels and layers).")
     wall_s: float = Field(0.0, description="Driver wall time of the run.")

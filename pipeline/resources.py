@@ -108,9 +108,17 @@ def _alive_node_resources() -> list[dict[str, float]]:
 
 def worker_spec(cfg: GenerationSettings, plan: WorkerPlan) -> WorkerSpec:
     """The WorkerSpec of ``cfg``'s workers (torch CPU threads = the plan's CPUs per worker on a CPU worker)."""
+    planned = worker_sets_slots(cfg, plan)
     return WorkerSpec(
         model=cfg.model, lazy=cfg.lazy, decoding=cfg.decoding, dtype=cfg.dtype, quantize=cfg.quantize,
         device=cfg.device,
         num_threads=None if plan.use_gpu else plan.cpus_per_worker, fallback_on_empty=cfg.fallback_on_empty,
-        batching=cfg.batching, slots=cfg.max_batch_size, max_held_tokens=cfg.max_batch_tokens,
+        batching=cfg.batching, slots=None if planned else cfg.max_batch_size,
+        max_held_tokens=None if planned and "max_batch_tokens" not in cfg.model_fields_set else cfg.max_batch_tokens,
+        prompt_tokens=cfg.max_prompt_tokens, memory_share=cfg.gpu_memory_share, compile_step=cfg.compile_step,
     )
+
+
+def worker_sets_slots(cfg: GenerationSettings, plan: WorkerPlan) -> bool:
+    """GPU workers plan their slots from their memory (lazy_core.slots) unless the run sets max_batch_size."""
+    return plan.use_gpu and "max_batch_size" not in cfg.model_fields_set

@@ -16,6 +16,7 @@ import torch
 
 from lazy_core import LazyConfig, LazyLLM, load_model
 from lazy_core.quantize import quantization_of
+from lazy_core.slots import SlotPlan, plan_slots
 from workers.rouge import rouge_l_f
 from workers.schema import error_row, result_row
 from workers.spec import WorkerSpec
@@ -42,6 +43,13 @@ class LazyWorker:
             self.pad_id = self.tokenizer.eos_token_id
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.slot_steps = 0  # decode slot-steps of the last _generate call
+        if spec.slots is None:  # planned from the device, now that the weights take their memory
+            self.slot_plan = plan_slots(self.model, self.lazy_config, spec.prompt_tokens,
+                                        spec.decoding.max_new_tokens, self.device, spec.memory_share)
+        else:
+            self.slot_plan = SlotPlan(spec.slots, spec.max_held_tokens or 0, "set by the run's max_batch_size")
+        self.slots = self.slot_plan.slots
+        self.max_held_tokens = spec.max_held_tokens if spec.slots is not None else self.slot_plan.max_held_tokens
 
     def ready(self) -> dict[str, Any]:
         """Liveness probe and identity: returned once the model is loaded."""
@@ -49,7 +57,8 @@ class LazyWorker:
         return {"worker": self.name, "pid": os.getpid(), "device": str(self.device), "lazy": lazy,
                 "dtype": str(self.model.dtype).removeprefix("torch."),
                 "quantize": quantization_of(self.model).describe(),
-                "torch_threads": torch.get_num_threads(), "niceness": os.nice(0)}
+                "torch_threads": torch.get_num_threads(), "niceness": os.nice(0), "slots": self.slots,
+                "max_held_tokens": self.max_held_tokens, "slots_reason": self.slot_plan.reason}
 
     def run_batch(self, input_ids: list[list[int]], sampled: bool, seed: int) -> list[dict[str, Any]]:
         """Generate for one batch. ``sampled``: also run the full model on the same batch (shadow baseline) and
@@ -78,8 +87,8 @@ class LazyWorker:
         if self.spec.batching == "continuous":  # the task is a stream through the slots
             result = engine.generate_continuous(
                 [torch.tensor(ids, dtype=torch.long, device=self.device) for ids in input_ids], options,
-                slots=self.spec.slots, max_held_tokens=self.spec.max_held_tokens,
-                eos_token_id=None, pad_token_id=self.pad_id,
+                slots=self.slots, max_held_tokens=self.max_held_tokens,
+                eos_token_id=None, pad_token_id=self.pad_id, compile_step=self.spec.compile_step,
             )
             self.slot_steps = result.counters.slot_steps
             new = [o.sequences[0, len(ids) :].tolist() for o, ids in zip(result.outputs, input_ids, strict=True)]
@@ -98,7 +107,7 @@ class LazyWorker:
         for row, stats in zip(out.sequences.tolist(), out.stats, strict=True):
             new.append(row[prompt_len : prompt_len + stats.new_tokens])
         # a batch smaller than the slots leaves the rest idle; a batch larger (a caller's choice) has its rows
-        self.slot_steps = max(self.spec.slots, len(input_ids)) * (max(st.new_tokens for st in out.stats) - 1)
+        self.slot_steps = max(self.slots, len(input_ids)) * (max(st.new_tokens for st in out.stats) - 1)
         return new, out.stats
 
     def _run(self, input_ids: list[list[int]], sampled: bool, seed: int) -> list[dict[str, Any]]:

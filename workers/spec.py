@@ -22,8 +22,13 @@ class WorkerSpec:
     num_threads: int | None = None  # torch CPU threads; None = leave as is
     fallback_on_empty: bool = True  # rerun an item whose pruned output is empty with pruning off
     batching: Literal["continuous", "static"] = "static"  # a call's items as one stream through the slots, or a batch
-    slots: int = 4  # items decoded at once (continuous), the batch size a static batch is counted against (idle slots)
-    max_held_tokens: int | None = None  # continuous: the running items' held tokens at most (LazyConfig.held_tokens)
+    slots: int | None = 4  # items decoded at once (continuous), the batch size a static batch is counted against
+    # (idle slots); None = planned from the device (lazy_core.slots: 4 on a CPU, what the memory holds on a GPU)
+    max_held_tokens: int | None = None  # continuous: the running items' held tokens at most (LazyConfig.held_tokens);
+    # with slots=None, the plan's
+    prompt_tokens: int = 4096  # the longest prompt a task may carry (what a planned slot is costed at)
+    memory_share: float = 0.9  # planned slots: the share of a GPU's memory the worker may use (lazy_core.slots)
+    compile_step: str = "off"  # continuous: how plain decoding steps run (lazy_core.plain_step.COMPILE_MODES)
 
 
 def actor_options(cluster_gpus: float, cpus_per_worker: int, max_restarts: int) -> dict[str, Any]:

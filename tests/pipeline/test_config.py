@@ -76,7 +76,7 @@ OTHER: dict[str, Any] = {
     "fallback_on_empty": False, "chat_template": False, "system_prompt": "be brief", "baseline_sample_rate": 0.5,
     "max_prompt_tokens": 1024, "truncate": "error", "max_text_chars": 99, "dtype": "float32", "quantize": "int8",
     "max_batch_tokens": 99, "max_batch_size": 9, "batching": "static", "stream_batches": 2, "num_workers": 3,
-    "cpus_per_worker": 2, "device": "cpu",
+    "cpus_per_worker": 2, "device": "cpu", "compile_step": "default", "gpu_memory_share": 0.5,
     "input": "in2", "output": "out2", "passthrough_columns": ["title"], "max_in_flight": 4, "max_retries": 5,
     "max_restarts": 7, "batch_timeout_s": 5.0, "overwrite": True, "progress": False, "batch_size": 3,
 }
@@ -133,3 +133,30 @@ def test_settings_inherit_every_option_and_the_worker_gets_them_whole():
     assert cfg.decoding == DecodingOptions(max_new_tokens=9, do_sample=True, top_p=0.5, seed=4, min_new_tokens=2)
     spec = worker_spec(cfg, WorkerPlan(workers=1, use_gpu=False, cpus_per_worker=2))
     assert spec.decoding == cfg.decoding and spec.lazy is cfg.lazy and spec.num_threads == 2
+
+
+def test_gpu_workers_plan_their_slots_unless_the_run_sets_them():
+    """Left unset, GPU workers size their slots (and held-token budget) from their memory; a CPU worker, or a run
+    that sets max_batch_size / max_batch_tokens, gets those values."""
+    gpu, cpu = WorkerPlan(workers=1, use_gpu=True, cpus_per_worker=1), WorkerPlan(workers=1, use_gpu=False,
+                                                                                    cpus_per_worker=1)
+    unset = PipelineConfig(**BASE)
+    spec = worker_spec(unset, gpu)
+    assert spec.slots is None and spec.max_held_tokens is None
+    assert (spec.prompt_tokens, spec.memory_share) == (unset.max_prompt_tokens, unset.gpu_memory_share)
+    assert worker_spec(unset, cpu).slots == unset.max_batch_size == 4
+    assert worker_spec(unset, cpu).max_held_tokens == unset.max_batch_tokens
+    fixed = worker_spec(PipelineConfig(**BASE, max_batch_size=16, max_batch_tokens=999), gpu)
+    assert (fixed.slots, fixed.max_held_tokens) == (16, 999)
+    budget_only = worker_spec(PipelineConfig(**BASE, max_batch_tokens=999), gpu)
+    assert (budget_only.slots, budget_only.max_held_tokens) == (None, 999)
+
+
+def test_tasks_are_planned_with_the_workers_slots():
+    from pipeline.driver import _with_worker_slots
+
+    cfg = PipelineConfig(**BASE)
+    planned = _with_worker_slots(cfg, [{"slots": 64, "max_held_tokens": 200_000, "slots_reason": "cuda: ..."}])
+    assert (planned.max_batch_size, planned.max_batch_tokens) == (64, 200_000)
+    assert planned.config_hash == cfg.config_hash  # run-only fields
+    assert _with_worker_slots(cfg, []) is cfg
