@@ -2,6 +2,8 @@
 
     python -m benchmarks.gpu                  # on a CUDA machine: every check and timing, then the table
     python -m benchmarks.gpu --dry-run        # the same code on CPU, a 4-layer tiny shape, seconds (a test runs it)
+    # a lent GPU's one call (about 8 minutes): the checks, the plain-step sweep and the job, then TTFT at 4K / 8K
+    python -m benchmarks.gpu --shapes llama-3.1-8b --parts checks steps job ttft --lengths 4096 8192 --repeats 3
 
 No model files: the weights are random, built from a config in code (Llama-3.1-8B's and Qwen2.5-7B's shapes). The
 schedule fixes how many tokens each layer computes, so prefill timings are valid; which tokens are kept, and so the
@@ -20,6 +22,16 @@ a time limit still reports what it finished):
    the FLOP model's estimate and measured / estimated.
 3. **Decode** ms/token over ``--new-tokens`` tokens at ``--decode-length``: ``model.generate`` vs. LazyLLM off vs.
    LazyLLM default (revival on).
+4. **The plain step at many slots** (``steps``): :class:`lazy_core.plain_step.PlainStep` eager, compiled
+   (``default``) and with CUDA graphs (``reduce-overhead``) at ``--slots`` slots and ``--slot-lengths`` tokens, on a
+   slot-resident state holding what the default schedule keeps per layer (random K/V): ms per step, tokens/s, the
+   bytes-bound (weights + kept K/V over the measured copy bandwidth) and the step's ratio to it, peak memory, the
+   first call (the compile) apart. The checks (1.) run a continuous stream with each mode against eager (tokens,
+   graph breaks).
+5. **The job at few and many slots** (``job``): ``--job-prompts`` random prompts through ``generate_continuous`` at
+   ``--job-slots`` slots with the compiled plain step: new tokens per second of the whole stream.
+
+``--parts`` picks and orders what runs; each part's rows are saved as they come.
 """
 
 from __future__ import annotations
@@ -134,15 +146,52 @@ def checks(shape: str, device: str, dtype: torch.dtype) -> dict[str, Any]:
         mine, theirs = batch.sequences[b, width:].tolist(), alone.sequences[0, len(p):].tolist()
         same = next((i for i, (x, y) in enumerate(zip(mine, theirs, strict=True)) if x != y), len(mine))
         agree.append(same)
+    stream = compiled_stream(lazy, prompts, device, dtype)
     unchanged = all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     exact_batch = all(a == new for a in agree)
     tolerated = exact_batch or (dtype != torch.float32 and min(agree) >= 1)
     result = {"pruning_off_equals_generate": off_equal, "batch_equals_singles_tokens": agree,
-              "batch_equals_singles": tolerated, "model_unchanged": unchanged,
-              "passed": off_equal and tolerated and unchanged}
+              "batch_equals_singles": tolerated, "model_unchanged": unchanged, "compiled_stream": stream,
+              "passed": off_equal and tolerated and unchanged and stream["passed"]}
     del model
     _free(device)
     return result
+
+
+def compiled_stream(lazy: LazyLLM, prompts: list[torch.Tensor], device: str, dtype: torch.dtype) -> dict[str, Any]:
+    """A continuous stream (joins, ends, plain and reviving steps) with the plain step compiled in each mode against
+    the eager stream: tokens agreeing before each item's first divergence (fp32: all of them; bf16 on a GPU: sums
+    in another order may flip a later token, so at least the first), and graph breaks (none allowed)."""
+    from torch._dynamo.utils import counters
+
+    lazy = LazyLLM(lazy.model, lazy.config.model_copy(update={"revive_steps": 2}))  # later steps are plain
+    stops = [10, 4, 7, 12, 3, 9]
+    items = [p.to(device) for p in prompts * 2]
+    run = dict(slots=3, max_new_tokens=12, stop_after=stops, eos_token_id=[])
+    eager = lazy.generate_continuous(items, **run)
+    modes = ["default", "reduce-overhead"] if device.startswith("cuda") else ["default"]
+    out: dict[str, Any] = {"passed": True}
+    for mode in modes:
+        counters.clear()
+        try:
+            compiled = lazy.generate_continuous(items, compile_step=mode, **run)
+        except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
+            out[mode] = {"error": repr(exc)[:300]}
+            out["passed"] = False
+            continue
+        agree = []
+        for a, b in zip(compiled.outputs, eager.outputs, strict=True):
+            x, y = a.sequences[0].tolist(), b.sequences[0].tolist()
+            agree.append(next((i for i, (u, v) in enumerate(zip(x, y, strict=True)) if u != v), len(x)))
+        exact = [o.sequences.tolist() for o in compiled.outputs] == [o.sequences.tolist() for o in eager.outputs]
+        breaks = sum(counters["graph_break"].values())
+        lengths = [p.shape[0] for p in items]
+        ok = breaks == 0 and compiled.counters.plain_steps > 0 and (exact or (dtype != torch.float32 and all(a > n for a, n in zip(agree, lengths,
+                                                                                             strict=True))))
+        out[mode] = {"tokens_equal": exact, "agree_until": agree, "graph_breaks": breaks,
+                     "plain_steps": compiled.counters.plain_steps, "passed": ok}
+        out["passed"] = out["passed"] and ok
+    return out
 
 
 # ---- 2. TTFT ---------------------------------------------------------------------------------------------------------
@@ -236,6 +285,135 @@ def decode(model, device: str, length: int, new_tokens: int, repeats: int) -> li
     return result
 
 
+# ---- 4. the plain step at many slots ---------------------------------------------------------------------------------
+
+
+def slot_state(model, config: LazyConfig, slots: int, length: int, headroom: int):
+    """A slot-resident state of ``slots`` items of ``length`` prompt tokens, each layer holding what the schedule keeps
+    there (random K/V: a plain step's cost depends on the shapes only), with ``headroom`` free slots per layer."""
+    from lazy_core.engine import BatchState
+
+    parts = LazyLLM(model, config).parts
+    state = BatchState.slots(parts, slots)
+    kept = config.kept_per_layer(parts.num_layers, length)
+    gen = torch.Generator(device=parts.device).manual_seed(0)
+    for kv, n in zip(state.cache.layers, kept, strict=True):
+        kv.reserve(n + headroom)
+        shape = kv.keys[:, :, :n].shape
+        kv.keys[:, :, :n] = torch.randn(shape, generator=gen, device=parts.device, dtype=kv.keys.dtype)
+        kv.values[:, :, :n] = torch.randn(shape, generator=gen, device=parts.device, dtype=kv.keys.dtype)
+        kv.positions[:, :n] = torch.arange(n, device=parts.device)
+        kv.valid[:, :n] = True
+        kv.fill.fill_(n)
+    state.cache.sync_lengths()
+    state.host_lengths = [length] * slots
+    return parts, state, kept
+
+
+def bandwidth_gbs(device: str) -> float:
+    """Measured device memory bandwidth (GB/s): a 1 GiB device-to-device copy, read + write counted."""
+    if not device.startswith("cuda"):
+        return float("nan")
+    src = torch.empty(2**30, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    timer = Timer(device)
+    dst.copy_(src)
+    seconds = statistics.median(timer(lambda: dst.copy_(src))[0] for _ in range(5))
+    return 2 * 2**30 / seconds / 1e9
+
+
+def plain_steps(model, device: str, slot_counts: list[int], lengths: list[int], modes: list[str], steps: int,
+                save) -> list[dict]:
+    """The fixed-shape plain step (lazy_core.plain_step) eager and compiled in each mode at each slot count and
+    prompt length: ms per step, tokens/s, the bytes-bound (weights + kept K/V over the measured bandwidth) and the
+    step's ratio to it, peak memory (the compiled steps' tokens against eager's: :func:`checks`)."""
+    from lazy_core.attention import attention_hook
+    from lazy_core.plain_step import PlainStep
+
+    config = LazyConfig.default_for(model)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    bandwidth = bandwidth_gbs(device)
+    rows: list[dict] = []
+    for length in lengths:
+        for slots in slot_counts:
+            headroom = (len(modes) + 1) * (steps + 3) + 4
+            try:
+                parts, state, kept = slot_state(model, config, slots, length, headroom)
+            except torch.OutOfMemoryError:
+                rows.append({"slots": slots, "tokens": length, "error": "out of memory building the caches"})
+                _free(device)
+                continue
+            kv_bytes = sum(slots * n * 2 * parts.num_kv_heads * parts.head_dim * parts.dtype.itemsize for n in kept)
+            row: dict[str, Any] = {"slots": slots, "tokens": length, "kv_gib": kv_bytes / 2**30,
+                                   "weights_gib": weights / 2**30, "bandwidth_gbs": bandwidth,
+                                   "bound_ms": (weights + kv_bytes) / (bandwidth * 1e9) * 1e3}
+            with torch.inference_mode(), attention_hook(model) as inner:
+                for mode in ["off", *modes]:
+                    row[mode] = _time_plain_step(PlainStep(parts, inner, mode), state, device, length, steps,
+                                                 row["bound_ms"])
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            save()
+            del state
+            _free(device)
+    return rows
+
+
+def _time_plain_step(step, state, device: str, length: int, steps: int, bound_ms: float) -> dict[str, Any]:
+    """ms per call of ``step`` on ``state`` (every slot live, each call one position further), after its first call
+    (timed apart: the compile) and two warm-up calls (CUDA graphs record on a later call)."""
+    slots = len(state.host_lengths)
+    timer = Timer(device)
+    tokens = torch.randint(3, 500, (slots,), generator=torch.Generator().manual_seed(slots)).to(device)
+    live = torch.ones(slots, dtype=torch.bool, device=device)
+    position = [length + 1]
+
+    def call():
+        position[0] += 1
+        return step(state, tokens, torch.full((slots,), position[0], device=device), live)
+
+    try:
+        first_s, _ = timer(call)
+        call(), call()
+        mem, _ = peak_memory(device, call)
+        times = [timer(call)[0] for _ in range(steps)]
+    except Exception as exc:  # noqa: BLE001 - a mode that fails on this device is a result too
+        _free(device)
+        return {"error": repr(exc)[:300]}
+    ms = statistics.median(times) * 1e3
+    return {"ms": ms, "tokens_per_s": slots / ms * 1e3, "over_bound": ms / bound_ms, "first_call_s": first_s,
+            "peak_step_gib": _gib(mem)}
+
+
+def job_slots(model, device: str, length: int, prompts: int, new_tokens: int, slot_counts: list[int],
+              compile_step: str) -> list[dict]:
+    """A continuous stream of ``prompts`` random prompts through :meth:`LazyLLM.generate_continuous` at each slot
+    count: new tokens per second of the whole stream (prefills, reviving steps, plain steps) and its counters."""
+    lazy = LazyLLM(model, LazyConfig.default_for(model))
+    vocab = model.config.vocab_size
+    gen = torch.Generator().manual_seed(3)
+    items = [torch.randint(3, vocab, (length,), generator=gen).to(device) for _ in range(prompts)]
+    timer = Timer(device)
+    rows = []
+    for slots in slot_counts:
+        try:
+            seconds, out = timer(lambda s=slots: lazy.generate_continuous(
+                items, slots=s, max_new_tokens=new_tokens, eos_token_id=[], compile_step=compile_step))
+        except torch.OutOfMemoryError:
+            rows.append({"slots": slots, "error": "out of memory"})
+            _free(device)
+            continue
+        c = out.counters
+        rows.append({"slots": slots, "tokens": length, "prompts": prompts, "new_tokens": new_tokens,
+                     "compile_step": compile_step, "seconds": seconds,
+                     "new_tokens_per_s": prompts * new_tokens / seconds, "steps": c.steps,
+                     "plain_steps": c.plain_steps, "prefill_s": c.prefill_s, "join_s": c.join_s,
+                     "idle": c.idle_fraction})
+        print(json.dumps(rows[-1]), flush=True)
+        _free(device)
+    return rows
+
+
 # ---- report ----------------------------------------------------------------------------------------------------------
 
 
@@ -255,6 +433,27 @@ def report_text(payload: dict[str, Any]) -> str:
                   f"{r['est_speedup']:.2f}x", f"{r['measured_over_est']:.2f}",
                   f"{r['tokens_per_s_lazy'] / r['tokens_per_s_full']:.2f}x", r["peak_mem_full_gib"],
                   r["peak_mem_lazy_gib"]] for r in res["ttft"]]))
+        if res.get("plain_steps"):
+            modes = [k for k in res["plain_steps"][0] if isinstance(res["plain_steps"][0].get(k), dict)]
+            table = []
+            for r in res["plain_steps"]:
+                for mode in modes:
+                    m = r.get(mode, {})
+                    if "ms" in m:
+                        table.append([r["slots"], r["tokens"], mode, m["ms"], m["tokens_per_s"], r["bound_ms"],
+                                      f"{m['over_bound']:.2f}x", m["first_call_s"], m["peak_step_gib"]])
+                    else:
+                        table.append([r["slots"], r["tokens"], mode, m.get("error", r.get("error", "n/a")),
+                                      "", "", "", "", ""])
+            parts.append(md_table(["slots", "tokens", "plain step", "ms", "tokens/s", "bytes-bound ms",
+                                   "÷ bound", "first call s", "peak GiB"], table))
+        if res.get("job"):
+            parts.append(md_table(
+                ["job: slots", "prompt tokens", "prompts", "new tokens", "compile", "s", "new tokens/s", "steps",
+                 "plain steps", "idle"],
+                [[r["slots"], r.get("tokens"), r.get("prompts"), r.get("new_tokens"), r.get("compile_step"),
+                  r.get("seconds"), r.get("new_tokens_per_s"), r.get("steps"), r.get("plain_steps"),
+                  r.get("idle")] for r in res["job"]]))
         if res.get("decode"):
             parts.append(md_table(
                 ["decode", "prompt tokens", "new tokens", "ms/token", "÷ model.generate", "peak GiB"],
@@ -294,6 +493,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--ttft-shapes", nargs="+", default=None,
                         help="Shapes that get the TTFT and decode timings (default: the first of --shapes; the "
                         "others get the checks and TTFT only).")
+    parser.add_argument("--slots", type=int, nargs="+", default=[8, 32, 64, 128],
+                        help="Slot counts of the plain-step sweep.")
+    parser.add_argument("--slot-lengths", type=int, nargs="+", default=[4096, 8192])
+    parser.add_argument("--modes", nargs="+", default=["default", "reduce-overhead"],
+                        help="torch.compile modes of the plain step besides eager ('reduce-overhead': CUDA graphs).")
+    parser.add_argument("--steps", type=int, default=10, help="Timed plain steps per way.")
+    parser.add_argument("--job-slots", type=int, nargs="+", default=[4, 64])
+    parser.add_argument("--job-prompts", type=int, default=128)
+    parser.add_argument("--job-length", type=int, default=2048)
+    parser.add_argument("--job-new-tokens", type=int, default=64)
+    parser.add_argument("--parts", nargs="+", default=["checks", "steps", "job", "ttft", "decode"],
+                        choices=["checks", "steps", "job", "ttft", "decode"], help="What to run, in this order.")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "gpu.json")
     parser.add_argument("--write", action="store_true", help="Write the BENCHMARKS.md section.")
     args = parser.parse_args(argv)
@@ -302,6 +513,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # past the default's min_prompt_tokens (1000), so the dry run prunes
         args.lengths, args.batch, args.batch_length, args.decode_length = [1024, 2048], 2, 1024, 1024
         args.new_tokens, args.repeats = 8, 1
+        args.slots, args.slot_lengths, args.modes, args.steps = [2, 4], [1024], ["default"], 2
+        args.job_slots, args.job_prompts, args.job_length, args.job_new_tokens = [1, 4], 6, 1024, 40
     else:
         if not torch.cuda.is_available():
             raise SystemExit("no CUDA device here; run with --dry-run to check the script on CPU")
@@ -317,14 +530,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     timed = args.ttft_shapes or shapes[:1]
     for shape in shapes:
         res: dict[str, Any] = payload["shapes"].setdefault(shape, {})
-        res["checks"] = checks(shape, device, dtype)
-        print(shape, "checks", json.dumps(res["checks"]), flush=True)
-        save()
+        if "checks" in args.parts:
+            res["checks"] = checks(shape, device, dtype)
+            print(shape, "checks", json.dumps(res["checks"]), flush=True)
+            save()
         model = build(shape, device, dtype)
-        res["ttft"] = ttft(model, device, args.lengths if shape in timed else args.lengths[1:2],
-                           [(args.batch, args.batch_length)] if shape in timed else [], args.repeats)
-        save()
-        if shape in timed:
+        if shape in timed and "steps" in args.parts:  # the sweep appends rows as it goes
+            res["plain_steps"] = []
+            rows = plain_steps(model, device, args.slots, args.slot_lengths, args.modes, args.steps, save)
+            res["plain_steps"] = rows
+            save()
+        if shape in timed and "job" in args.parts:
+            compiled = "reduce-overhead" if device.startswith("cuda") else "default"
+            res["job"] = job_slots(model, device, args.job_length, args.job_prompts, args.job_new_tokens,
+                                   args.job_slots, compiled)
+            save()
+        if "ttft" in args.parts:
+            res["ttft"] = ttft(model, device, args.lengths if shape in timed else args.lengths[1:2],
+                               [(args.batch, args.batch_length)] if shape in timed else [], args.repeats)
+            save()
+        if shape in timed and "decode" in args.parts:
             res["decode"] = decode(model, device, args.decode_length, args.new_tokens, args.repeats)
             save()
         del model
