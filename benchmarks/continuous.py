@@ -31,7 +31,7 @@ from typing import Any
 
 from benchmarks.common import RESULTS_DIR, machine, md_table
 
-TIMES = ("prefills", "regroups", "prefill_s", "regroup_s")  # what a run records beside its summary
+TIMES = ("prefills", "joins", "plain_steps", "prefill_s", "join_s")  # what a run records beside its summary
 SHORT_TASK = "{text}\n\nIn one word, what field of research is this paper in?"
 
 
@@ -75,7 +75,8 @@ def run_continuous(lazy: Any, prompts: list[list[int]], slots: int, options: Any
     tokens = [o.sequences[0, len(p) :].tolist() for o, p in zip(result.outputs, prompts, strict=True)]
     c = result.counters
     return {"wall_s": wall, "tokens": tokens, "slot_steps": c.slot_steps, "busy_slot_steps": c.busy_slot_steps,
-            "prefills": c.prefills, "regroups": c.regroups, "prefill_s": c.prefill_s, "regroup_s": c.regroup_s}
+            "prefills": c.prefills, "joins": c.joins, "plain_steps": c.plain_steps, "prefill_s": c.prefill_s,
+            "join_s": c.join_s}
 
 
 def run_generate_batch(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int) -> dict[str, Any]:
@@ -132,8 +133,8 @@ def run_job(papers: list[dict[str, str]], batching: str, args: argparse.Namespac
 
 def step_profile(lazy: Any, prompts: list[list[int]], reps: int = 8) -> dict[str, float]:
     """Median ms of a decoding step of one state holding ``prompts`` (one prefill) when no row, one row or every row is
-    within its reviving steps (the steps interleaved), and ms of one regroup of that state: what a stream pays for
-    items joining at different steps, and for each join or leave."""
+    within its reviving steps (the steps interleaved), and ms of one item joining a slot-resident state holding the
+    others (BatchState.place): what a stream pays for items joining at different steps, and for each join."""
     import torch
 
     from lazy_core.attention import attention_hook
@@ -159,11 +160,15 @@ def step_profile(lazy: Any, prompts: list[list[int]], reps: int = 8) -> dict[str
                                      step=steps).argmax(-1)
                 times[name].append(1000 * (time.perf_counter() - start))
                 step += 1
-        start = time.perf_counter()
-        for _ in range(3):
-            BatchState.regroup([(state, list(range(batch)))], headroom=128)
-        regroup_ms = 1000 * (time.perf_counter() - start) / 3
-    return {**{f"{k} ms": statistics.median(v) for k, v in times.items()}, "regroup ms": regroup_ms}
+        slots = BatchState.slots(lazy.parts, batch)
+        slots.place(list(range(batch)), state, list(range(batch)), 128)
+        join = []
+        for _ in range(3):  # the first item leaves and comes back: what one newcomer costs
+            slots.free([0])
+            start = time.perf_counter()
+            slots.place([0], state, [0], 128)
+            join.append(1000 * (time.perf_counter() - start))
+    return {**{f"{k} ms": statistics.median(v) for k, v in times.items()}, "join ms": statistics.median(join)}
 
 
 def summary(record: dict[str, Any]) -> dict[str, Any]:
@@ -194,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--check-alone", action="store_true",
                         help="also run each prompt alone once and count the items each method reproduces exactly")
     parser.add_argument("--profile", action="store_true", help="only time a decoding step of --slots papers by how "
-                        "many rows revive, and a regroup (benchmarks.continuous.step_profile)")
+                        "many rows revive, and a join (benchmarks.continuous.step_profile)")
     parser.add_argument("--job", action="store_true", help="time the whole job (run_pipeline, default workers) "
                         "instead of the engine in this process")
     parser.add_argument("--work", type=Path, default=Path("bench_out/continuous"))

@@ -14,8 +14,9 @@ and batch size each way runs ``--steps`` steps and the median step is kept:
 - **fixed, compiled** (per ``--compile`` mode): the same step through ``torch.compile(fullgraph=True)``; its first
   call (the compile) is timed apart.
 
-Join: with ``batch - 1`` items running, one row is freed and a prefilled item placed into it (what a newcomer costs
-now), against :meth:`BatchState.regroup` of the same rows (what a join cost before); each in plain steps.
+Join: with ``batch - 1`` items running, one row is freed and a prefilled item placed into it (what a newcomer costs),
+in plain steps of the fastest way. (Before rows were slot-resident, a join rebuilt the running set: the regroup,
+1.3-3.4 steps here; BENCHMARKS.md.)
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from lazy_core import LazyConfig, LazyLLM, load_model, load_tokenizer
 from lazy_core.attention import attention_hook
 from lazy_core.engine import BatchState, LayerLoop
 from lazy_core.plain_step import COMPILE_MODES, PlainStep
-
 
 
 def _timed(fn) -> float:
@@ -78,16 +78,13 @@ class Bench:
         tokens, positions = self._inputs("fixed")
         step(self.slots, tokens, positions, self.live)
 
-    def join_ms(self, step: PlainStep, rounds: int) -> dict[str, float]:
-        """A newcomer into a freed row of ``batch - 1`` running items, against a regroup of the same rows."""
-        place, regroup = [], []
-        others = list(range(1, self.batch))
+    def join_ms(self, rounds: int) -> dict[str, float]:
+        """A newcomer into a freed row of ``batch - 1`` running items (BatchState.place)."""
+        place = []
         for _ in range(rounds):
             self.slots.free([0])
             place.append(_timed(lambda: self.slots.place([0], self.group, [0], self.headroom)))
-            sources = [(self.slots, others), (self.group, [0])]
-            regroup.append(_timed(lambda: BatchState.regroup(sources, self.headroom)))
-        return {"place_ms": statistics.median(place), "regroup_ms": statistics.median(regroup)}
+        return {"place_ms": statistics.median(place)}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -108,19 +105,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tok = load_tokenizer(args.model)
     model = load_model(args.model, dtype=args.dtype, device="cpu", quantize=args.quantize)[0]
     lazy = LazyLLM(model, LazyConfig.default_for(model))
-    prompts = [essay_prompt_ids(tok, args.length, offset_essay=3 * b + 17 * args.seed) for b in range(max(args.batches))]
+    prompts = [essay_prompt_ids(tok, args.length, offset_essay=3 * b + 17 * args.seed)
+               for b in range(max(args.batches))]
     results: list[dict[str, Any]] = []
     with torch.inference_mode(), attention_hook(model) as inner:
         for batch in args.batches:
             headroom = args.rounds * args.steps * (2 + len(args.compile)) + len(args.compile) + 8
             bench = Bench(lazy, prompts[:batch], inner, headroom)
-            ways = {"eager (batch)": bench.eager, "fixed, eager": lambda: bench.fixed(eager_step)}
             eager_step = PlainStep(lazy.parts, inner, "off")
+            ways = {"eager (batch)": bench.eager, "fixed, eager": lambda b=bench, s=eager_step: b.fixed(s)}
             compile_s = {}
             for mode in args.compile:
                 step = PlainStep(lazy.parts, inner, mode)
-                compile_s[mode] = _timed(lambda s=step: bench.fixed(s)) / 1000
-                ways[f"fixed, {mode}"] = lambda s=step: bench.fixed(s)
+                compile_s[mode] = _timed(lambda b=bench, s=step: b.fixed(s)) / 1000
+                ways[f"fixed, {mode}"] = lambda b=bench, s=step: b.fixed(s)
             times: dict[str, list[float]] = {w: [] for w in ways}
             for _ in range(args.rounds):
                 for way, fn in ways.items():
@@ -128,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     times[way].append(statistics.median(per_step))
             row = {"batch": batch, "compile_s": compile_s,
                    "step_ms": {w: statistics.median(t) for w, t in times.items()}}
-            row.update(bench.join_ms(eager_step, args.rounds))
+            row.update(bench.join_ms(args.rounds))
             results.append(row)
             print(row, flush=True)
     payload = {"machine": machine(), "args": vars(args) | {"out": str(args.out)}, "results": results,
@@ -147,9 +145,8 @@ def markdown(payload: dict[str, Any]) -> str:
         for way, ms in r["step_ms"].items():
             rows.append([r["batch"], way, f"{ms:.1f}", f"{ms / base:.2f}x"])
         best = min(r["step_ms"].values())
-        rows.append([r["batch"], "join: place (now)", f"{r['place_ms']:.1f}", f"{r['place_ms'] / best:.2f} steps"])
-        rows.append([r["batch"], "join: regroup (before)", f"{r['regroup_ms']:.1f}",
-                     f"{r['regroup_ms'] / best:.2f} steps"])
+        rows.append([r["batch"], "join (a newcomer into a freed row)", f"{r['place_ms']:.1f}",
+                     f"{r['place_ms'] / best:.2f} steps"])
     a = payload["args"]
     head = (f"Plain decoding step, {a['model']}, {a['length']} tokens, {a['dtype']}, weights {a['quantize']}, "
             f"{a['threads']} thread(s), medians of {a['rounds']} rounds x {a['steps']} steps "

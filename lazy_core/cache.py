@@ -93,43 +93,6 @@ class LayerKV:
         cols = self._columns(positions.shape[1])
         return (self.positions[:, :end].scatter(1, cols, positions), self.valid[:, :end].scatter(1, cols, valid))
 
-    @classmethod
-    def regroup(cls, sources: list[tuple[LayerKV, torch.Tensor]], headroom: int) -> LayerKV:
-        """A layer holding the rows ``rows`` [b_i] (device long) of each source, in that order, each row's valid slots
-        moved to the front in their order (so attention sums them in the same order) and the pads cut: the slots
-        are sized by what the rows keep, plus ``headroom`` free slots for the steps to come."""
-        first = sources[0][0]
-        packed, counts = [], []
-        for kv, rows in sources:
-            valid = kv.valid[:, : kv.length][rows]  # [b, S]
-            count = valid.sum(1)
-            width = int(count.max()) if count.numel() else 0
-            # valid slots first, in their order; None when every slot is valid (the slots are copied as they are)
-            full = width == kv.length and bool((count == width).all())
-            order = None if full else torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices[:, :width]
-            packed.append((kv, rows, order, count, width))
-            counts.append(width)
-        width = max(counts)
-        batch = sum(rows.numel() for _, rows in sources)
-        out = cls(batch, first.keys.shape[1], first.keys.shape[3], width + headroom, first.keys.dtype,
-                  first.keys.device)
-        start = 0
-        for kv, rows, order, count, w in packed:
-            end = start + rows.numel()
-            # only the used slots are read ([:length] is a view; indexing the rows copies just those)
-            keys, values = kv.keys[:, :, : kv.length][rows], kv.values[:, :, : kv.length][rows]
-            positions = kv.positions[:, : kv.length][rows]
-            if order is not None:
-                index = order[:, None, :, None].expand(-1, kv.keys.shape[1], -1, kv.keys.shape[3])
-                keys, values, positions = keys.gather(2, index), values.gather(2, index), positions.gather(1, order)
-            out.keys[start:end, :, :w], out.values[start:end, :, :w] = keys, values  # pad slots stay zeros
-            out.positions[start:end, :w] = positions
-            out.valid[start:end, :w] = torch.arange(w, device=count.device)[None, :] < count[:, None]
-            start = end
-        out.length = width
-        out.fill.fill_(width)  # pads sit between a short row's slots and its next chunk, as in a static batch
-        return out
-
     def place(self, rows: list[int], source: LayerKV, source_rows: list[int], free: int,
               counts: list[int], prefix: list[bool]) -> None:
         """Write the K/V of ``source``'s rows ``source_rows`` into this layer's rows ``rows`` (free rows of a
@@ -240,16 +203,6 @@ class LazyKVCache:
         for layer, fill in zip(self.layers, fills, strict=True):
             layer.length = fill
 
-    @classmethod
-    def regroup(cls, sources: list[tuple[LazyKVCache, torch.Tensor]], headroom: int) -> LazyKVCache:
-        """The rows ``rows`` [b_i] of each source cache, in order, layer by layer (:meth:`LayerKV.regroup`)."""
-        out = cls.__new__(cls)
-        out.layers = [LayerKV.regroup([(c.layers[j], rows) for c, rows in sources], headroom)
-                      for j in range(len(sources[0][0].layers))]
-        out.computed = torch.cat([c.computed[:, rows] for c, rows in sources], 1)
-        out._staged = None
-        return out
-
 
 class AuxCache:
     """Hidden states of pruned tokens, per pruning layer: the output of layer l for each token alive at l but not at
@@ -339,43 +292,6 @@ class AuxCache:
     def free(self, rows: list[int]) -> None:
         for row_of in self.row_of.values():
             row_of[rows] = -1
-
-    @classmethod
-    def regroup(cls, sources: list[tuple[AuxCache, torch.Tensor]]) -> AuxCache:
-        """The rows ``rows`` [b_i] of each source, in order, with only the hidden states still held (a state taken
-        for revival leaves its row behind; regrouping drops those rows)."""
-        first = sources[0][0]
-        batch = sum(rows.numel() for _, rows in sources)
-        out = cls(batch, first.hidden_size, max(aux.max_positions for aux, _ in sources), first.dtype, first.device)
-        for layer in sorted({j for aux, _ in sources for j in aux.row_of}):
-            blocks = []
-            for aux, rows in sources:
-                store, row_of = aux._layer(layer)
-                row_of = row_of[rows]  # [b, P]
-                held = row_of >= 0
-                count = held.sum(1)
-                width = int(count.max()) if count.numel() else 0
-                # held positions first, in the order of their rows in the store
-                key = torch.where(held, row_of, torch.iinfo(torch.long).max)
-                order = torch.sort(key, dim=1, stable=True).indices[:, :width]  # [b, w] positions
-                src = row_of.gather(1, order).clamp(min=0)
-                hidden = store[rows].gather(1, src[..., None].expand(-1, -1, store.shape[2]))
-                ok = torch.arange(width, device=order.device)[None, :] < count[:, None]
-                blocks.append((hidden, order, ok))
-            width = max(b[0].shape[1] for b in blocks)
-            out.hidden[layer] = torch.zeros(batch, width, out.hidden_size, dtype=out.dtype, device=out.device)
-            out.row_of[layer] = torch.full((batch, out.max_positions), -1, dtype=torch.long, device=out.device)
-            start = 0
-            for hidden, order, ok in blocks:
-                end, w = start + hidden.shape[0], hidden.shape[1]
-                out.hidden[layer][start:end, :w] = hidden
-                rows_new = torch.arange(w, device=order.device)[None, :].expand_as(order)
-                spare = out.max_positions  # pad entries write into a spare last column, cut below
-                target = torch.full((end - start, spare + 1), -1, dtype=torch.long, device=out.device)
-                target.scatter_(1, torch.where(ok, order, spare), torch.where(ok, rows_new, -1))
-                out.row_of[layer][start:end] = target[:, :spare]
-                start = end
-        return out
 
     def nbytes_per_item(self) -> torch.Tensor:
         total = torch.zeros(self.batch, dtype=torch.long, device=self.device)

@@ -76,29 +76,6 @@ class BatchState:
         self.prunes: list[bool] = [True] * batch
 
     @classmethod
-    def regroup(cls, sources: list[tuple[BatchState, list[int]]], headroom: int) -> BatchState:
-        """A state holding the items ``rows`` of each source, in that order, with everything each item had: its K/V
-        (pads cut, :meth:`LayerKV.regroup`), its Aux Cache entries, its counters. How a continuous batch drops
-        finished items and takes in newly prefilled ones (:mod:`lazy_core.continuous`). ``headroom``: free K/V slots
-        per layer for the decoding steps to come."""
-        device = sources[0][0].lengths.device
-        picked = [(st, torch.tensor(rows, dtype=torch.long, device=device)) for st, rows in sources if rows]
-        out = cls.__new__(cls)
-        out.lengths = torch.cat([st.lengths[rows] for st, rows in picked])
-        out.cache = LazyKVCache.regroup([(st.cache, rows) for st, rows in picked], headroom)
-        out.aux = AuxCache.regroup([(st.aux, rows) for st, rows in picked])
-        out.revived = torch.cat([st.revived[rows] for st, rows in picked])
-        out.kept_per_layer = torch.cat([st.kept_per_layer[:, rows] for st, rows in picked], 1)
-        out.score_pairs = torch.cat([st.score_pairs[rows.cpu()] for st, rows in picked])
-        out.max_positions = max(st.max_positions for st, _ in picked)
-        out._budgets, out._budget_max = {}, {}
-        out.host_lengths = [st.host_lengths[r] for st, rows in sources for r in rows]
-        out.prunes = [st.prunes[r] for st, rows in sources for r in rows]
-        out.longest = max(out.host_lengths)
-        out.dense = len(out.host_lengths) == 1  # a lone item's slots are all its own (the pads were cut)
-        return out
-
-    @classmethod
     def slots(cls, parts: ModelParts, slots: int) -> BatchState:
         """An empty state of ``slots`` rows that items are placed into (:meth:`place`) and freed from (:meth:`free`)
         one by one: a continuous batch whose rows stay where they are (lazy_core.continuous). Every row is free."""

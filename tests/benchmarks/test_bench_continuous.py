@@ -53,5 +53,5 @@ def test_step_profile_times_each_variant():
                                                         revival={"name": "top", "top": 4}, revive_steps=3))
     g = torch.Generator().manual_seed(2)
     profile = step_profile(lazy, [torch.randint(3, 250, (n,), generator=g).tolist() for n in (30, 24)], reps=2)
-    assert set(profile) == {"no row revives ms", "one row revives ms", "every row revives ms", "regroup ms"}
+    assert set(profile) == {"no row revives ms", "one row revives ms", "every row revives ms", "join ms"}
     assert all(v > 0 for v in profile.values())

@@ -65,17 +65,20 @@ def test_capacity_buffer_only_for_a_cache_prefix_it_pays_to_read_whole():
     assert _capacity_buffer(torch.randn(B, H_KV, 50, D)[:, :, :40:2]) is None
 
 
-def test_free_slots_are_zeros_after_init_growth_and_regroup():
+def test_free_slots_are_zeros_after_init_growth_and_a_join():
     kv, key, _ = _layer(40, capacity=50)
     assert not kv.keys[:, :, 40:].any() and not kv.values[:, :, 40:].any()
     ones = torch.ones(B, H_KV, 20, D)
     kv.append(ones, ones, torch.arange(20).expand(B, -1), torch.ones(B, 20, dtype=torch.bool))  # grows by 1/4
     assert kv.keys.shape[2] == 62 and not kv.keys[:, :, 60:].any() and not kv.values[:, :, 60:].any()
-    kv.valid[0, :30] = False  # item 0 keeps 30 of 60: a pad-slotted regroup
-    out = LayerKV.regroup([(kv, torch.tensor([0, 2]))], headroom=5)
-    assert out.keys.shape[2] == 65 and out.length == 60
-    assert out.keys.isfinite().all() and out.values.isfinite().all()  # pad slots hold finite (masked) K/V
-    assert not out.keys[:, :, 60:].any() and not out.values[:, :, 60:].any()
+    kv.valid[0, :30] = False  # item 0 keeps 30 of 60
+    slots, _, _ = _layer(0, capacity=10)
+    slots.place([1, 0], kv, [0, 2], 5, [30, 60], [False, True])  # grows to hold 60 + 5
+    assert slots.keys.shape[2] == 65 and slots.length == 60 and slots.fill.tolist()[:2] == [60, 30]
+    assert torch.equal(slots.keys[1, :, :30], kv.keys[0, :, 30:60]) and torch.equal(slots.keys[0, :, :60],
+                                                                                      kv.keys[2, :, :60])
+    assert slots.keys.isfinite().all() and slots.values.isfinite().all()
+    assert not slots.keys[:, :, 60:].any() and not slots.keys[1, :, 30:].any()  # free slots stay zeros
 
 
 def test_fit_shrinks_a_buffer_to_what_it_holds_plus_the_free_slots_asked():
