@@ -40,7 +40,7 @@ from lazy_core.attention import attention_hook
 from lazy_core.decoding import DecodingOptions, token_chooser
 from lazy_core.engine import BatchState, LayerLoop
 from lazy_core.plain_step import PlainStep
-from lazy_core.rules import LogitRules
+from lazy_core.rules import LogitRules, SlotRules
 from lazy_core.stats import GenerateOutput
 
 
@@ -121,6 +121,8 @@ class SlotLoop:
         waiting.reverse()  # pop() takes the next prompt
         eos_set = set(eos)
         choose = token_chooser(options, parts.device)
+        rules = SlotRules(self.slots, eos, options.repetition_penalty, options.no_repeat_ngram_size,
+                          options.min_new_tokens, parts.device)
         held = self._held_cost(max_new)
         slots: list[_Item | None] = [None] * self.slots  # the item in each row of ``state``
         state = BatchState.slots(parts, self.slots)
@@ -148,6 +150,9 @@ class SlotLoop:
                         counters.joins += 1
                         for r, b in zip(rows, joining, strict=True):
                             slots[r] = newcomers[b]
+                            if rules.active:
+                                it = newcomers[b]
+                                rules.place(r, it.ids[0], it.tokens, it.limit - len(it.tokens))
                 rows = [r for r, it in enumerate(slots) if it is not None]
                 if not rows:
                     continue
@@ -164,7 +169,13 @@ class SlotLoop:
                     logits = plain(state, feed, positions, live)
                     counters.plain_steps += 1
                 items = [slots[r] for r in rows]
-                chosen = self._choose(logits[rows] if len(rows) < self.slots else logits, items, choose)
+                if rules.active:  # every row's rules on the device, then the live rows' choice: one host sync
+                    logits = rules.apply(logits)
+                picked = choose(logits[rows] if len(rows) < self.slots else logits)
+                if rules.active:
+                    rules.record(torch.zeros_like(feed).index_copy_(0, torch.tensor(rows, device=device), picked),
+                                 live)
+                chosen = picked.tolist()
                 counters.steps += 1
                 counters.busy_slot_steps += len(rows)
                 for it, t in zip(items, chosen, strict=True):

@@ -75,3 +75,69 @@ class LogitRules:
                 row.append(t)
                 if len(row) >= self.ngram:
                     self.seen[b].setdefault(tuple(row[-self.ngram : -1]), set()).add(t)
+
+
+class SlotRules:
+    """The same rules for the rows of a slot-resident batch (lazy_core.continuous), on the device: each row looks at
+    its own item's prompt and output, with no Python per row and no host sync; a free row's history is empty. The
+    n-gram rule matches the row's last n-1 tokens against every n-gram of its history (O(history) device work a
+    step, where :class:`LogitRules` keeps a Python table per item)."""
+
+    def __init__(self, slots: int, eos: Sequence[int], repetition_penalty: float, no_repeat_ngram_size: int,
+                 min_new_tokens: int, device: torch.device) -> None:
+        self.penalty = float(repetition_penalty)
+        self.ngram = int(no_repeat_ngram_size)
+        self.min_new = int(min_new_tokens)
+        self.eos = torch.tensor(list(eos), dtype=torch.long, device=device)
+        self.history = torch.full((slots, 1), -1, dtype=torch.long, device=device)  # [S, T]: -1 = nothing
+        self.length = torch.zeros(slots, dtype=torch.long, device=device)  # [S] tokens in each row's history
+        self.steps = torch.zeros(slots, dtype=torch.long, device=device)  # [S] tokens each row's item has chosen
+        self.rows = torch.arange(slots, device=device)
+
+    @property
+    def active(self) -> bool:
+        return self.penalty != 1.0 or self.ngram > 0 or self.min_new > 0
+
+    def place(self, row: int, ids: torch.Tensor, chosen: list[int], room: int) -> None:
+        """Row ``row`` now holds an item with prompt ``ids`` [n] that has chosen ``chosen`` and may choose ``room``
+        more tokens."""
+        need = ids.shape[0] + len(chosen) + room
+        if need > self.history.shape[1]:
+            self.history = torch.nn.functional.pad(self.history, (0, need - self.history.shape[1]), value=-1)
+        tokens = torch.cat([ids.to(self.history.device), torch.tensor(chosen, dtype=torch.long,
+                                                                      device=self.history.device)])
+        self.history[row] = -1
+        self.history[row, : tokens.shape[0]] = tokens
+        self.length[row] = tokens.shape[0]
+        self.steps[row] = len(chosen)
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits: [S, V] float32 -> the same with each row's rules applied (a new tensor)."""
+        vocab = logits.shape[1]
+        spare = torch.nn.functional.pad(logits, (0, 1))  # [S, V + 1]: banned or padding entries go to the spare column
+        if self.min_new > 0 and self.eos.numel():
+            early = (self.steps < self.min_new)[:, None]  # [S, 1]
+            spare[:, self.eos] = torch.where(early, float("-inf"), spare[:, self.eos])
+        if self.penalty != 1.0:
+            seen = torch.where(self.history < 0, vocab, self.history)
+            score = spare.gather(1, seen)
+            score = torch.where(score < 0, score * self.penalty, score / self.penalty)
+            spare.scatter_(1, seen, score)
+        if self.ngram > 0 and self.history.shape[1] >= self.ngram:
+            n = self.ngram
+            windows = self.history.unfold(1, n, 1)  # [S, W, n]
+            tail = self.length[:, None] - (n - 1) + torch.arange(n - 1, device=logits.device)  # [S, n-1]
+            last = self.history.gather(1, tail.clamp(min=0))
+            whole = torch.arange(windows.shape[1], device=logits.device)[None, :] + n <= self.length[:, None]
+            match = (windows[:, :, : n - 1] == last[:, None, :]).all(-1) & whole
+            match &= (self.length + 1 >= n)[:, None]
+            banned = torch.where(match, windows[:, :, n - 1], vocab)  # [S, W]
+            spare.scatter_(1, banned, float("-inf"))
+        return spare[:, :vocab]
+
+    def record(self, tokens: torch.Tensor, live: torch.Tensor) -> None:
+        """tokens: [S] chosen this step; live: [S] bool, the rows whose item chose one."""
+        at = self.length.clamp(max=self.history.shape[1] - 1)
+        self.history[self.rows, at] = torch.where(live, tokens, self.history[self.rows, at])
+        self.length += live.long()
+        self.steps += live.long()
