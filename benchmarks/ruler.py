@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -54,6 +55,7 @@ CHAT_MODELS = ("smollm2-135m-instruct",)
 ONE_LINE = ("niah", "qa", "entity")  # vt outputs often open with a line break: it runs to its budget
 REPORT_METHODS = ["full", "lazy", "paper"]
 MIN_FULL = 0.2  # retention counts over the tasks where the full model scores at least this
+BOOTSTRAP_REPS = 2000
 
 
 DEFAULT_RATIOS_WIDE = (0.5, 0.3, 0.15)
@@ -174,7 +176,7 @@ def summarize(records: list[dict[str, Any]], model: str, length: int, methods: l
         ids = sorted({r["id"] for r in rows if r["task"] == task and all((r["id"], m) in by for m in methods)})
         if not ids:
             continue
-        entry: dict[str, Any] = {"items": len(ids)}
+        entry: dict[str, Any] = {"items": len(ids), "ids": ids}
         for m in methods:
             entry[m] = _mean([by[(i, m)]["score"] for i in ids])
             if m != "full":
@@ -189,9 +191,41 @@ def summarize(records: list[dict[str, Any]], model: str, length: int, methods: l
         if m == "full":
             continue
         ratios = {t: e[m] / e["full"] for t, e in counted.items()}
+        scores = {t: [(by[(i, "full")]["score"], by[(i, m)]["score"]) for i in e["ids"]] for t, e in counted.items()}
+        overall, per_task = retention_intervals(scores)
+        for t, ci in per_task.items():
+            tasks[t][f"{m}_ci"] = ci
         summary[m] = {"retention": _mean(list(ratios.values())), "worst": min(ratios.items(), key=lambda kv: kv[1])
-                      if ratios else None, "counted": len(ratios)}
+                      if ratios else None, "counted": len(ratios), "ci": overall}
+    for e in tasks.values():
+        e.pop("ids")
     return summary
+
+
+def retention_intervals(scores: dict[str, list[tuple[float, float]]], reps: int = BOOTSTRAP_REPS,
+                        seed: int = 0) -> tuple[tuple[float, float] | None, dict[str, tuple[float, float]]]:
+    """95 % percentile-bootstrap intervals of the retention (mean method score / mean full score), per task and
+    averaged over the tasks: ``scores`` maps a task to its items' (full, method) scores; each replicate resamples
+    every task's items with replacement (a replicate whose full mean is 0 counts as retention 1, nothing to lose)."""
+    rng = random.Random(seed)
+    per_task: dict[str, list[float]] = {t: [] for t in scores}
+    overall: list[float] = []
+    for _ in range(reps):
+        ratios = []
+        for task, pairs in scores.items():
+            sample = [pairs[rng.randrange(len(pairs))] for _ in pairs]
+            full = sum(f for f, _ in sample)
+            ratio = sum(x for _, x in sample) / full if full else 1.0
+            per_task[task].append(ratio)
+            ratios.append(ratio)
+        if ratios:
+            overall.append(sum(ratios) / len(ratios))
+
+    def interval(values: list[float]) -> tuple[float, float]:
+        values = sorted(values)
+        return values[int(0.025 * (len(values) - 1))], values[int(0.975 * (len(values) - 1))]
+
+    return (interval(overall) if overall else None), {t: interval(v) for t, v in per_task.items() if v}
 
 
 def report_text(records: list[dict[str, Any]], methods: list[str]) -> str:
@@ -210,14 +244,19 @@ def report_text(records: list[dict[str, Any]], methods: list[str]) -> str:
             for task, e in s["tasks"].items():
                 row = [task, e["items"], f"{100 * e['full']:.0f}"]
                 for m in shown[1:]:
-                    ret = f"{100 * e[m] / e['full']:.0f} %" if e["full"] >= MIN_FULL else "n/c"
+                    ci = e.get(f"{m}_ci")
+                    ret = (f"{100 * e[m] / e['full']:.0f} % [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]"
+                           if e["full"] >= MIN_FULL and ci else "n/c")
                     row += [f"{100 * e[m]:.0f}", ret, e[f"{m}_lost"], f"{e[f'{m}_speedup']:.2f}",
                             f"{e[f'{m}_computed']:.2f}"]
                 rows.append(row)
             lines = [f"**{model}, {length} tokens**", "", md_table(header, rows), ""]
             for m in shown[1:]:
                 worst = s[m]["worst"]
-                lines.append(f"- `{m}`: retention {100 * s[m]['retention']:.1f} % averaged over the "
+                ci = s[m]["ci"]
+                lines.append(f"- `{m}`: retention {100 * s[m]['retention']:.1f} %" +
+                             (f" (95 % bootstrap interval {100 * ci[0]:.1f}-{100 * ci[1]:.1f} %)" if ci else "") +
+                             " averaged over the "
                              f"{s[m]['counted']} tasks where full scores >= {100 * MIN_FULL:.0f} %" +
                              (f"; lowest {worst[0]} {100 * worst[1]:.0f} %" if worst else ""))
             excluded = [f"{t} ({100 * e['full']:.0f})" for t, e in s["tasks"].items() if e["full"] < MIN_FULL]

@@ -143,7 +143,10 @@ def test_report_counts_retention_where_full_scores():
     assert s["lazy"]["worst"] == ("niah_single_1", 0.5)
     text = ruler.report_text(records, ["full", "lazy"])
     assert "| cwe | 2 | 10 | 0 | n/c |" in text and "not counted (full < 20 %): cwe (10)" in text
-    assert "retention 75.0 % averaged over the 2 tasks" in text
+    # items resampled within each task: niah_single_1's two items give 0, 50 or 100 %, vt's always 100 %
+    assert "retention 75.0 % (95 % bootstrap interval 50.0-100.0 %) averaged over the 2 tasks" in text
+    assert "| niah_single_1 | 2 | 100 | 50 | 50 % [0, 100] | 1 |" in text
+    assert "| vt | 2 | 60 | 60 | 100 % [100, 100] |" in text
 
 
 def test_methods_resolve_and_reject_unknown_names():
@@ -163,3 +166,15 @@ def test_curve_lists_every_method_against_full_per_family():
         "| m | RULER 13 | 4096 | 0 | lazy | 1 | 100.0 | 0.0 | 1 | 0 | 2.50 | 0.40 |",
         "| m | RULER 13 | 4096 | 0 | win32 | 1 | 100.0 | 100.0 | 0 | 0 | 2.00 | 0.40 |",
     ]
+
+
+def test_retention_intervals_bootstrap_items_within_tasks():
+    from benchmarks.ruler import retention_intervals
+
+    kept = {"a": [(1.0, 1.0)] * 20, "b": [(1.0, 1.0)] * 10 + [(0.0, 0.0)] * 10}
+    overall, per_task = retention_intervals(kept, reps=200)
+    assert overall == (1.0, 1.0) and per_task == {"a": (1.0, 1.0), "b": (1.0, 1.0)}
+    lost = {"a": [(1.0, 1.0)] * 18 + [(1.0, 0.0)] * 2}  # 2 of 20 lost: retention 90 %
+    overall, per_task = retention_intervals(lost, reps=500)
+    assert overall == per_task["a"] and overall[0] < 0.9 < overall[1] <= 1.0
+    assert retention_intervals(lost, reps=500) == retention_intervals(lost, reps=500)  # seeded
