@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 from conftest import make_tiny_model
 
 from benchmarks import ruler
@@ -178,3 +179,22 @@ def test_retention_intervals_bootstrap_items_within_tasks():
     overall, per_task = retention_intervals(lost, reps=500)
     assert overall == per_task["a"] and overall[0] < 0.9 < overall[1] <= 1.0
     assert retention_intervals(lost, reps=500) == retention_intervals(lost, reps=500)  # seeded
+
+
+def test_loss_analysis_finds_answers_and_what_each_layer_holds(tiny_tokenizer):
+    """benchmarks.ruler_losses: an answer's token positions in the prompt, and a layer's held count of them."""
+    from types import SimpleNamespace
+
+    from benchmarks.ruler_losses import answer_positions, held
+
+    prompt = tiny_tokenizer("The code for Ann is 4711. Other words follow here.")["input_ids"]
+    where = answer_positions(tiny_tokenizer, prompt, ["4711", "9999"])
+    assert where["9999"] == [] and where["4711"]
+    n = len(where["4711"])
+    assert tiny_tokenizer.decode([prompt[p] for p in where["4711"]]).strip() == "4711"
+    positions = torch.arange(len(prompt))[None]
+    valid = torch.ones_like(positions, dtype=torch.bool)
+    valid[0, where["4711"][0]] = False  # the layer dropped the answer's first token
+    layer = SimpleNamespace(positions=positions, valid=valid, length=len(prompt))
+    state = SimpleNamespace(cache=SimpleNamespace(layers=[layer]))
+    assert held(state, 0, where["4711"]) == n - 1
