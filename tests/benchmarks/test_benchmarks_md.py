@@ -1,4 +1,4 @@
-"""BENCHMARKS.md's generated blocks (short_prompts, gemma_eval, ruler) are what their ``--report-only`` writes from the
+"""BENCHMARKS.md's generated blocks (short_prompts, gemma_eval, ruler, ruler_n20) are what their ``--report-only`` writes from the
 results files now."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from benchmarks.common import BENCHMARKS_MD, RESULTS_DIR
 from lazy_core import LazyConfig
 
 
-@pytest.mark.parametrize("name", ["short", "gemma", "ruler"])
+@pytest.mark.parametrize("name", ["short", "gemma", "ruler", "ruler_n20"])
 def test_benchmarks_md_blocks_are_what_the_results_give(name):
     """BENCHMARKS.md's generated block is what ``--report-only`` writes from the results file now (not stale)."""
     if name == "short":
@@ -23,6 +23,8 @@ def test_benchmarks_md_blocks_are_what_the_results_give(name):
         body = short_prompts.section(records, threshold, short_prompts.DEFAULT_NEW_TOKENS, short_prompts.DEFAULT_OUT)
     elif name == "ruler":
         body = ruler.section(ruler.load_records(ruler.DEFAULT_OUT))
+    elif name == "ruler_n20":
+        body = ruler.section(ruler.load_records(RESULTS_DIR / "ruler-n20.jsonl"), ["full", "lazy"])
     else:
         lines = (RESULTS_DIR / "gemma_eval.jsonl").read_text(encoding="utf-8").splitlines()
         body = gemma_eval.section([json.loads(line) for line in lines if line.strip()], gemma_eval.DEFAULT_OUT)
