@@ -1,5 +1,5 @@
-"""BENCHMARKS.md's generated blocks (short_prompts, gemma_eval, ruler, ruler_n20) are what their ``--report-only`` writes from the
-results files now."""
+"""BENCHMARKS.md's generated blocks (short_prompts, gemma_eval, ruler, ruler_n20) are what their ``--report-only``
+writes from the results files now."""
 
 from __future__ import annotations
 
