@@ -18,6 +18,18 @@ import torch
 from lazy_core.packing import RowPacking
 
 
+def put_slots(buffer: torch.Tensor, cols: torch.Tensor, chunk: torch.Tensor) -> None:
+    """Write column c of row b of ``chunk`` into slot ``cols[b, c]`` of ``buffer``, in place: buffer [B, H, S, d] with
+    chunk [B, H, C, d], or buffer [B, S] with chunk [B, C]; cols [B, C] long. Point writes (``index_put_``): a CPU
+    ``scatter_`` along the slot dim walked the whole buffer (0.75 ms against 6 us for one column, 4 rows, 2K slots)."""
+    rows = torch.arange(cols.shape[0], device=cols.device)[:, None]  # [B, 1]
+    if buffer.dim() == 2:
+        buffer.index_put_((rows, cols), chunk)
+    else:
+        heads = torch.arange(buffer.shape[1], device=cols.device)[None, :, None]  # [1, H, 1]
+        buffer.index_put_((rows[:, None], heads, cols[:, None]), chunk)
+
+
 class LayerKV:
     """Keys/values of one layer for a batch. ``positions``/``valid`` say which token each slot holds."""
 
@@ -72,26 +84,32 @@ class LayerKV:
             self.positions[:, self.length : end] = positions
             self.valid[:, self.length : end] = valid
         else:
-            cols = self._columns(chunk)  # [B, C]; point writes (a CPU scatter_ walks the whole buffer)
-            rows = torch.arange(cols.shape[0], device=cols.device)[:, None]
-            heads = torch.arange(keys.shape[1], device=cols.device)[None, :, None]
-            self.keys.index_put_((rows[:, None], heads, cols[:, None]), keys)
-            self.values.index_put_((rows[:, None], heads, cols[:, None]), values)
-            self.positions.index_put_((rows, cols), positions)
-            self.valid.index_put_((rows, cols), valid)
+            cols = self._columns(chunk)  # [B, C]
+            for buffer, part in ((self.keys, keys), (self.values, values), (self.positions, positions),
+                                 (self.valid, valid)):
+                put_slots(buffer, cols, part)
         self.fill += chunk
         self.length = end
         return self.keys[:, :, :end], self.values[:, :, :end]
 
     def meta_after(self, positions: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Positions/validity [B, S + C] of the layer's slots once a chunk (positions/valid [B, C]) is appended."""
+        return self._after("positions", positions), self.valid_after(valid)
+
+    def valid_after(self, valid: torch.Tensor) -> torch.Tensor:
+        """Validity [B, S + C] of the layer's slots once a chunk (valid [B, C]) is appended."""
+        return self._after("valid", valid)
+
+    def _after(self, name: str, chunk: torch.Tensor) -> torch.Tensor:
+        """A copy of the first S + C slots of ``positions`` or ``valid`` [B, S + C] with ``chunk`` [B, C] written
+        where :meth:`append` will write it."""
         if self.aligned:
-            return (torch.cat([self.positions[:, : self.length], positions], 1),
-                    torch.cat([self.valid[:, : self.length], valid], 1))
-        end = self.length + positions.shape[1]
-        self._grow(end)
-        cols = self._columns(positions.shape[1])
-        return (self.positions[:, :end].scatter(1, cols, positions), self.valid[:, :end].scatter(1, cols, valid))
+            return torch.cat([getattr(self, name)[:, : self.length], chunk], 1)
+        end = self.length + chunk.shape[1]
+        self._grow(end)  # may replace the buffers: read them after
+        out = getattr(self, name)[:, :end].clone()
+        put_slots(out, self._columns(chunk.shape[1]), chunk)
+        return out
 
     def place(self, rows: list[int], source: LayerKV, source_rows: list[int], free: int,
               counts: list[int], prefix: list[bool]) -> None:

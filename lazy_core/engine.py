@@ -83,8 +83,6 @@ class BatchState:
         out.kept_per_layer = torch.zeros(parts.num_layers, slots, dtype=torch.long, device=parts.device)
         out.dense = False  # rows hold what their own items keep, with free slots between: always masked
         out.prunes = [False] * slots
-        for layer in out.cache.layers:
-            layer.aligned = False
         return out
 
     def place(self, rows: list[int], source: BatchState, source_rows: list[int], free: int) -> None:
@@ -313,7 +311,7 @@ class LayerLoop:
                 return None
             # batch pads and finished items leave invalid slots: mask them, nothing else (a finished or free row
             # attends every slot, so that it stays finite; its output is never used)
-            return (state.cache.keys_meta(j, pos, valid)[1] | ~valid)[:, None, None]
+            return (state.cache.layers[j].valid_after(valid) | ~valid)[:, None, None]
         k_pos, k_valid = state.cache.keys_meta(j, pos, valid)
         if visible is not None:
             k_valid = k_valid & (visible.gather(1, k_pos) | (k_pos >= state.lengths[:, None]))

@@ -6,13 +6,13 @@ revival is off), so each row is one new token attending every slot its row holds
 a slot-resident :class:`~lazy_core.engine.BatchState` (:meth:`BatchState.slots`): every row, live or free, computes;
 shapes depend only on the slot count and each layer's buffer capacity, never on the tokens.
 
-Per layer: the new token's position and validity are written at the row's fill count (a scatter, not a slice at a
-host index), the mask is the layer's validity (free rows attend every slot: finite garbage, never used), its sliding
-window from positions; the model's own decoder layer computes, its attention through the engine's hook
-(:mod:`lazy_core.attention`), its K/V written into the same slot (:class:`_SlotWriter`); then each live row's fill
-and computed count advance by one. From the embedding to float32 logits (soft-capped as the model's head does); the
-token choice and the logit rules stay outside (:mod:`lazy_core.continuous`): they are per item, and the n-gram rule
-is a Python table.
+Per layer: the new token's position and validity are written at the row's fill count (point writes,
+:func:`lazy_core.cache.put_slots`, not a slice at a host index), the mask is the layer's validity (free rows attend
+every slot: finite garbage, never used), its sliding window from positions; the model's own decoder layer computes,
+its attention through the engine's hook (:mod:`lazy_core.attention`), its K/V written into the same slot
+(:class:`_SlotWriter`); then each live row's fill and computed count advance by one. From the embedding to float32
+logits (soft-capped as the model's head does); the logit rules (:class:`lazy_core.rules.SlotRules`, on the device)
+and the token choice follow outside the graph (:mod:`lazy_core.continuous`).
 
 The host side (:meth:`PlainStep.__call__`): room for one more slot in every layer, the buffers' slot dim marked
 dynamic for the compiler (a layer's buffer grows when a newcomer or a revival needs more; with the dim static each
@@ -28,6 +28,7 @@ import torch
 
 from lazy_core.arch import ModelParts
 from lazy_core.attention import AttentionStep
+from lazy_core.cache import put_slots
 
 COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
 BACKEND = "inductor"  # torch.compile's backend (tests count graphs with dynamo's CompileCounter here)
@@ -41,12 +42,9 @@ class _SlotWriter:
         self.keys, self.values, self.at = keys, values, at
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        keys, values, at = self.keys[layer_idx], self.values[layer_idx], self.at[layer_idx]
-        # point writes (index_put_): a CPU scatter_ along the slot dim walked the whole buffer (0.75 ms vs 6 us)
-        rows = torch.arange(keys.shape[0], device=at.device)[:, None]  # [S, 1]
-        heads = torch.arange(keys.shape[1], device=at.device)[None, :]  # [1, H_kv]
-        keys.index_put_((rows, heads, at[:, None]), key_states[:, :, 0])
-        values.index_put_((rows, heads, at[:, None]), value_states[:, :, 0])
+        keys, values, at = self.keys[layer_idx], self.values[layer_idx], self.at[layer_idx][:, None]  # at: [S, 1]
+        put_slots(keys, at, key_states)
+        put_slots(values, at, value_states)
         return keys, values
 
 
@@ -62,11 +60,10 @@ def plain_step(parts: ModelParts, inner: str, tokens: torch.Tensor, positions: t
     writer = _SlotWriter(keys, values, fill)
     idle = ~live[:, None]  # [S, 1]
     step = live.long()
-    rows = torch.arange(tokens.shape[0], device=tokens.device)
     for j, layer in enumerate(parts.layers):
-        at = fill[j]  # [S]
-        key_pos[j].index_put_((rows, at), positions)
-        key_valid[j].index_put_((rows, at), live)
+        at = fill[j][:, None]  # [S, 1]
+        put_slots(key_pos[j], at, pos)
+        put_slots(key_valid[j], at, live[:, None])
         allowed = key_valid[j]
         window = parts.sliding_windows[j]
         if window is not None:
