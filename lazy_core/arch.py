@@ -42,6 +42,13 @@ class ModelParts:
         by_type = {t: self.rotary(hidden, pos, t) for t in dict.fromkeys(self.rope_types)}
         return [by_type[t] for t in self.rope_types]
 
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: [B, 1, D] (the last row of each item) -> next-token logits [B, V] float32, soft-capped as the
+        model's own head does."""
+        logits = self.lm_head(self.norm(hidden))[:, -1].float()
+        cap = self.logit_softcap
+        return logits if cap is None else torch.tanh(logits / cap) * cap
+
     @property
     def global_layers(self) -> list[int]:
         """Layers whose attention sees the whole prefix (no sliding window)."""

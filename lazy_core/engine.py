@@ -245,13 +245,7 @@ class LayerLoop:
         state.kept_per_layer = torch.stack(kept)  # [L, B]
         state.cache.fit(max(state.max_positions - width, 0))  # the pruned layers' buffers: what they keep + decoding
         last = (valid.sum(1) - 1)[:, None, None].expand(-1, 1, hidden.shape[2])
-        return self._logits(hidden.gather(1, last))
-
-    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden: [B, 1, D] -> [B, V] float32."""
-        logits = self.parts.lm_head(self.parts.norm(hidden))[:, -1].float()
-        cap = self.parts.logit_softcap
-        return logits if cap is None else torch.tanh(logits / cap) * cap
+        return self.parts.logits(hidden.gather(1, last))
 
     # ---- decode --------------------------------------------------------------------------------------------------
 
@@ -294,7 +288,7 @@ class LayerLoop:
             if visible is not None and scored is not live:  # a row that does not revive sees all it holds
                 visible = visible | ~scored[:, None]
             packing, cos_sin = self._rows_changed(hidden, pos, valid)
-        return self._logits(hidden[:, -1:])
+        return self.parts.logits(hidden[:, -1:])
 
     def reviving_rows(self, state: BatchState, steps: list[int]) -> list[bool]:
         """Per row at decoding step ``steps[b]``: whether its new token scores and revives at the pruning layers

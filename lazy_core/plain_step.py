@@ -73,9 +73,7 @@ def plain_step(parts: ModelParts, inner: str, tokens: torch.Tensor, positions: t
                        lazy_step=AttentionStep(inner=inner, mask=mask), **{parts.cache_kwarg: writer})
         fill[j].add_(step)
     computed.add_(step[None, :])
-    logits = parts.lm_head(parts.norm(hidden))[:, -1].float()
-    cap = parts.logit_softcap
-    return logits if cap is None else torch.tanh(logits / cap) * cap
+    return parts.logits(hidden)
 
 
 class PlainStep:

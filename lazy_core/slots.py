@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lazy_core.arch import model_depth, model_parts
+
 CPU_SLOTS = 4
 CPU_HELD_TOKENS = 32768
 MEMORY_SHARE = 0.9
@@ -39,20 +41,16 @@ def bytes_per_slot(model, config, prompt_tokens: int, max_new_tokens: int) -> di
     """What one item costs a GPU worker, by part: ``kv`` (every layer's K and V once ``max_new_tokens`` are decoded),
     ``aux`` (the Aux Cache: a hidden state per token pruned at each pruning layer), ``prefill`` (its activations
     while it is prefilled)."""
-    cfg = model.config
-    layers = cfg.num_hidden_layers
-    heads = cfg.num_attention_heads
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    element = torch.empty((), dtype=model.dtype).element_size()
+    parts = model_parts(model)
+    layers, element = parts.num_layers, parts.dtype.itemsize
     held = config.held_tokens(layers, prompt_tokens, max_new_tokens)
     kept = config.kept_per_layer(layers, prompt_tokens)
     pruned = sum(max(kept[j] - kept[j + 1], 0) for j in range(layers - 1)) if config.revive else 0
     return {
-        "kv": held * layers * 2 * kv_heads * head_dim * element,
-        "aux": pruned * cfg.hidden_size * element,
-        "prefill": prompt_tokens * (PREFILL_HIDDEN * cfg.hidden_size
-                                    + PREFILL_INTERMEDIATE * cfg.intermediate_size) * element,
+        "kv": held * layers * 2 * parts.num_kv_heads * parts.head_dim * element,
+        "aux": pruned * parts.hidden_size * element,
+        "prefill": prompt_tokens * (PREFILL_HIDDEN * parts.hidden_size
+                                    + PREFILL_INTERMEDIATE * model.config.intermediate_size) * element,
     }
 
 
@@ -65,7 +63,7 @@ def plan_slots(model, config, prompt_tokens: int, max_new_tokens: int, device: t
     if not 0 < memory_share <= 1:
         raise ValueError(f"memory_share must be in (0, 1], got {memory_share!r}")
     device = torch.device(device)
-    held = config.held_tokens(model.config.num_hidden_layers, prompt_tokens, max_new_tokens)
+    held = config.held_tokens(model_depth(model), prompt_tokens, max_new_tokens)
     if device.type != "cuda":
         return SlotPlan(CPU_SLOTS, CPU_HELD_TOKENS, f"{device.type}: {CPU_SLOTS} slots, the measured best of a "
                         "single-thread CPU worker (BENCHMARKS.md, batch curve)")

@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Literal, Self
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from lazy_core import DecodingOptions, LazyConfig
+from lazy_core.plain_step import COMPILE_MODES
 from workers.schema import OUTPUT_COLUMNS
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -120,7 +121,7 @@ class GenerationSettings(DecodingOptions):
         0.9, gt=0.0, le=1.0, description="GPU workers with max_batch_size unset: the share of the device's memory "
         "the model, its K/V and Aux Caches and its prefill activations may use (as vLLM's gpu_memory_utilization).",
     )
-    compile_step: Literal["off", "default", "max-autotune-no-cudagraphs", "reduce-overhead"] = Field(
+    compile_step: Literal[COMPILE_MODES] = Field(
         "off", description="Continuous batching: the decoding steps in which no item revives run as one fixed-shape "
         "step (lazy_core.plain_step); 'off' runs it eagerly, the others through torch.compile in that mode "
         "('reduce-overhead' adds CUDA graphs on a GPU). On this project's CPU the compiled step is 0.77x / 0.86x "
