@@ -33,6 +33,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
@@ -40,7 +41,7 @@ from lazy_core.attention import attention_hook
 from lazy_core.decoding import DecodingOptions, token_chooser
 from lazy_core.engine import BatchState, LayerLoop
 from lazy_core.plain_step import PlainStep
-from lazy_core.rules import LogitRules, SlotRules
+from lazy_core.rules import SlotRules
 from lazy_core.stats import GenerateOutput
 
 
@@ -80,7 +81,6 @@ class ContinuousResult:
 class _Item:
     index: int
     ids: torch.Tensor  # [1, n]
-    rules: LogitRules | None
     limit: int  # new tokens at most
     tokens: list[int] = field(default_factory=list)
     ttft_s: float = 0.0
@@ -117,12 +117,14 @@ class SlotLoop:
         counters = counters if counters is not None else SlotCounters(self.slots)
         max_new = options.max_new_tokens
         limits = _limits(stop_after, len(prompts), max_new)
-        waiting = [self._item(i, p, options, eos, limits[i]) for i, p in enumerate(prompts)]
+        waiting = [self._item(i, p, options, limits[i]) for i, p in enumerate(prompts)]
         waiting.reverse()  # pop() takes the next prompt
         eos_set = set(eos)
         choose = token_chooser(options, parts.device)
-        rules = SlotRules(self.slots, eos, options.repetition_penalty, options.no_repeat_ngram_size,
-                          options.min_new_tokens, parts.device)
+        make_rules = partial(SlotRules, eos=eos, repetition_penalty=options.repetition_penalty,
+                             no_repeat_ngram_size=options.no_repeat_ngram_size,
+                             min_new_tokens=options.min_new_tokens, device=parts.device)
+        rules = make_rules(self.slots)
         held = self._held_cost(max_new)
         slots: list[_Item | None] = [None] * self.slots  # the item in each row of ``state``
         state = BatchState.slots(parts, self.slots)
@@ -135,7 +137,7 @@ class SlotLoop:
                 running = [it for it in slots if it is not None]
                 newcomers = self._admit(waiting, running, held)
                 if newcomers:
-                    group = self._prefill(newcomers, inner, choose, max_new, pad)
+                    group = self._prefill(newcomers, inner, choose, make_rules(len(newcomers)), max_new, pad)
                     counters.prefills += 1
                     counters.prefill_s += newcomers[0].ttft_s
                     done = [b for b, it in enumerate(newcomers) if _ended(it, eos_set)]
@@ -190,15 +192,13 @@ class SlotLoop:
 
     # ---- the steps -----------------------------------------------------------------------------------------------
 
-    def _item(self, index: int, prompt, options: DecodingOptions, eos: list[int], limit: int) -> _Item:
+    def _item(self, index: int, prompt, options: DecodingOptions, limit: int) -> _Item:
         ids = prompt if isinstance(prompt, torch.Tensor) else torch.as_tensor(list(prompt), dtype=torch.long)
         if ids.dim() != 1:
             raise ValueError(f"prompt {index} must be 1-D token ids (no batch dimension, no padding), got shape "
                              f"{tuple(ids.shape)}")
-        ids, mask = self.lazy._check_batch(ids[None], None, options.max_new_tokens)  # [1, n], validated
-        rules = LogitRules(ids, mask, options.max_new_tokens, eos, options.repetition_penalty,
-                           options.no_repeat_ngram_size, options.min_new_tokens)
-        return _Item(index=index, ids=ids, rules=rules if rules.active else None, limit=limit)
+        ids, _ = self.lazy._check_batch(ids[None], None, options.max_new_tokens)  # [1, n], validated
+        return _Item(index=index, ids=ids, limit=limit)
 
     def _held_cost(self, max_new: int):
         config, layers = self.lazy.config, self.lazy.parts.num_layers
@@ -217,8 +217,9 @@ class SlotLoop:
             total += cost
         return taken
 
-    def _prefill(self, items: list[_Item], inner: str, choose, max_new: int, pad: int) -> BatchState:
-        """Prefill ``items`` as one group (each pruned by its own schedule); their first tokens go into ``tokens``."""
+    def _prefill(self, items: list[_Item], inner: str, choose, rules: SlotRules, max_new: int, pad: int) -> BatchState:
+        """Prefill ``items`` as one group (each pruned by its own schedule); their first tokens (``rules``: the logit
+        rules of as many rows as items) go into ``tokens``."""
         lazy, parts = self.lazy, self.lazy.parts
         lengths = [it.length for it in items]
         left = torch.full((len(items), max(lengths)), pad, dtype=torch.long, device=parts.device)
@@ -227,23 +228,17 @@ class SlotLoop:
         state = BatchState(parts, torch.tensor(lengths, device=parts.device), capacity=max(lengths) + max_new)
         loop = lazy.prefill_loop(state, inner)
         start = time.perf_counter()
-        first = self._choose(loop.prefill(state, left), items, choose)
+        logits = loop.prefill(state, left)
+        if rules.active:
+            for b, it in enumerate(items):
+                rules.place(b, it.ids[0], [], it.limit)
+            logits = rules.apply(logits)
+        first = choose(logits).tolist()
         now = time.perf_counter()
         for it, t in zip(items, first, strict=True):
             it.tokens.append(t)
             it.ttft_s, it.joined_at = now - start, now
         return state
-
-    def _choose(self, logits: torch.Tensor, items: list[_Item], choose) -> list[int]:
-        """logits: [B, V] -> one token per item (each item's logit rules applied to its row). One host sync."""
-        if any(it.rules is not None for it in items):
-            logits = torch.cat([it.rules.apply(logits[b : b + 1]) if it.rules is not None else logits[b : b + 1]
-                                for b, it in enumerate(items)])
-        tokens = choose(logits)
-        for b, it in enumerate(items):
-            if it.rules is not None:
-                it.rules.record(tokens[b : b + 1])
-        return tokens.tolist()
 
     def _emit(self, state: BatchState, rows: list[tuple[int, _Item]], eos: list[int]):
         """Outputs of the items at ``rows`` of ``state`` (they ended)."""
