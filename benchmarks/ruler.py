@@ -325,14 +325,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--report-only", action="store_true", help="only rewrite the BENCHMARKS.md section")
     p.add_argument("--report-methods", nargs="+", default=REPORT_METHODS)
     p.add_argument("--section", default="ruler", help="the BENCHMARKS.md block --report writes (<!-- NAME:begin -->); "
-                   "ruler_n20 holds the 20-items-per-task run of benchmarks/results/ruler-n20.jsonl")
+                   "ruler_n20 holds the 20-items-per-task runs (benchmarks/results/ruler-n20-<model>.jsonl)")
+    p.add_argument("--report-from", type=Path, nargs="+", help="results files the report reads (default: --out)")
     args = p.parse_args(argv)
     if "full" not in args.methods and not args.report_only:
         p.error("--methods must include full: retention is measured against it")
     if not args.report_only:
         measure(args)
     if args.report or args.report_only:
-        text = section(load_records(args.out), args.report_methods)
+        text = section([r for path in args.report_from or [args.out] for r in load_records(path)],
+                       args.report_methods)
         replace_section(args.section, text, BENCHMARKS_MD)
         print(text)
 
