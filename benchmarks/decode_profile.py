@@ -40,7 +40,7 @@ PROBES = (
     ("MLP", "forward", "layer: MLP"),
     ("ATTN", "forward", "layer: q/k/v/o projections, RoPE"),
     ("ATTN_FN", "lazyllm", "layer: attention kernel"),
-    ("lazy_core.engine:LayerLoop", "_logits", "lm_head + norm"),
+    ("lazy_core.arch:ModelParts", "logits", "lm_head + norm"),
     ("lazy_core.cache:LazyKVCache", "update", "bookkeeping: cache append"),
     ("lazy_core.engine:LayerLoop", "_decode_mask", "bookkeeping: masks"),
     ("lazy_core.engine:LayerLoop", "_score_inputs", "bookkeeping: scoring"),
