@@ -1,15 +1,26 @@
 """Why the default loses a fact the full model finds: for each RULER item of a results file where ``lazy`` scores below
 ``full``, where the answer's tokens fall out of the kept set, and whether revival brought them back.
 
-    .venv/bin/python -m benchmarks.ruler_losses --results benchmarks/results/ruler-n20.jsonl --model gemma3-270m
+    .venv/bin/python -m benchmarks.ruler_losses --results benchmarks/results/ruler-n20-gemma3-270m.jsonl \
+        --model gemma3-270m --out benchmarks/results/ruler-losses-gemma3-270m-4096.jsonl
+    .venv/bin/python -m benchmarks.ruler_losses --results benchmarks/results/ruler-n20-smollm2-135m-instruct.jsonl \
+        --model smollm2-135m-instruct --profile --tasks niah_single_1 niah_single_2 niah_single_3 niah_multikey_1 \
+        niah_multivalue niah_multiquery qa_1 qa_2 --out benchmarks/results/ruler-layers-smollm2-135m-instruct-4096.jsonl
+
+``--profile``: instead, for every item the full model finds, each layer's ranking of the answer's tokens under the
+full model's attention (scored as the method scores): which layers' attention singles out the answers, and so where
+pruning can afford to look.
 
 Per lost item (rebuilt from its id, run again with the method's config from the record, greedy, keeping the state):
 the answer strings' token positions in the prompt (each answer's first occurrence, tokenized as it stands in the
 prompt); per pruning layer, how many of them the layer after it holds once prefill is done (what the first token is
 chosen from); and at the end of the generation, how many the last layer holds (kept, or brought back by revival) and
-how many tokens the item revived in all. An
-answer whose tokens every layer keeps and still comes out wrong points at something other than pruning (the scores
-of the kept context, or bf16). Rank by score at the pruning layer is not computed here.
+how many tokens the item revived in all; per pruning layer, the best and the worst rank of the answer's tokens by the
+layer's score among the prompt tokens it scored, against the layer's budget, and the same ranks under the full
+model's attention (the same scoring with nothing pruned before that layer: `scoring_only`). An answer whose tokens
+every layer keeps and still comes out wrong points at something other than pruning (the scores of the kept context,
+or bf16); one whose tokens rank low under the full model's attention too is lost to the scoring itself, one that
+ranks high there and low under pruning is lost to an earlier layer's choice.
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ from benchmarks.common import QuantizedModels, md_table
 from benchmarks.ruler import ONE_LINE, load_records, stop_ids
 from benchmarks.ruler_tasks import build_item
 from lazy_core import LazyConfig, LazyLLM
+from lazy_core.scoring import AttentionPruner, ScoreInputs
 
 
 def answer_positions(tok: Any, prompt_ids: list[int], answers: list[str]) -> dict[str, list[int]]:
@@ -52,11 +64,97 @@ def held(state, layer: int, positions: list[int]) -> int:
     return sum(p in have for p in positions)
 
 
+class RankingPruner(AttentionPruner):
+    """The attention pruner, recording at each layer it scores (batch 1) the rank of every scored position: 0 = best.
+    Only the last call per layer is kept, so run it on a prefill (one token) to get the prefill's ranks."""
+
+    def __init__(self, config: LazyConfig) -> None:
+        super().__init__(config)
+        self.ranks: dict[int, dict[int, int]] = {}  # layer -> position -> rank among the scored candidates
+        self.budgets: dict[int, int] = {}
+
+    def select(self, inputs: ScoreInputs, budget: torch.Tensor, forced: torch.Tensor) -> torch.Tensor:
+        score = self.scores(inputs).float().masked_fill(~inputs.candidates, float("-inf"))
+        score = score.masked_fill(forced & inputs.candidates, float("inf"))[0]
+        order = torch.sort(score, descending=True, stable=True).indices[: int(inputs.candidates[0].sum())]
+        self.ranks[inputs.layer] = {int(inputs.key_pos[0, s]): r for r, s in enumerate(order.tolist())}
+        self.budgets[inputs.layer] = int(budget[0])
+        return super().select(inputs, budget, forced)
+
+
+def prefill_ranks(model: Any, config: LazyConfig, ids: torch.Tensor) -> RankingPruner:
+    """Ranks of every prompt position at each pruning layer of ``config`` in the prefill of ``ids`` [1, T]."""
+    pruner = RankingPruner(config)
+    LazyLLM(model, config, pruner=pruner).generate(ids, max_new_tokens=1, eos_token_id=[])
+    return pruner
+
+
+def rank_summary(pruner: RankingPruner, positions: list[int]) -> dict[int, dict[str, int | None]]:
+    """Per scored layer: the best and worst rank of ``positions`` (None where the layer no longer held them) and the
+    layer's budget (ranks below it are kept)."""
+    out = {}
+    for layer, ranks in sorted(pruner.ranks.items()):
+        found = [ranks[p] for p in positions if p in ranks]
+        out[layer] = {"best": min(found) if found else None, "worst": max(found) if found else None,
+                      "scored": len(found), "budget": pruner.budgets[layer]}
+    return out
+
+
+def scoring_only(config: LazyConfig, prompt_tokens: int) -> LazyConfig:
+    """``config`` scoring at every one of its pruning layers but keeping every token there, except one at the last
+    (a schedule that drops nothing is not run as one)."""
+    ratios = [1.0] * (len(config.keep_ratios) - 1) + [(prompt_tokens - 1.5) / prompt_tokens]
+    return LazyConfig(**{**config.model_dump(), "keep_ratios": ratios})
+
+
+def every_layer(config: LazyConfig, num_layers: int, prompt_tokens: int) -> LazyConfig:
+    """``config``'s scoring at every layer from 1 to the last but one, keeping (almost) every token: what each layer's
+    attention would rank, with nothing pruned before it."""
+    layers = list(range(1, num_layers - 1))
+    return scoring_only(LazyConfig(**{**config.model_dump(), "prune_layers": layers,
+                                      "keep_ratios": [1.0] * len(layers)}), prompt_tokens)
+
+
+def layer_profile(model: Any, tok: Any, config: LazyConfig, items: list) -> list[dict[str, Any]]:
+    """Per item: for each layer, the worst rank of each answer's tokens under the full model's attention scored as
+    ``config`` scores, as a fraction of the prompt (0 = the very top; a layer keeping a share r of the prompt keeps the
+    answer whole when it is below r)."""
+    depth = model.config.num_hidden_layers
+    out = []
+    for item in items:
+        ids = torch.tensor([item.prompt_ids])
+        ranks = prefill_ranks(model, every_layer(config, depth, ids.shape[1]), ids)
+        where = answer_positions(tok, item.prompt_ids, item.answers)
+        per_answer = {answer: {layer: max(r[p] for p in positions) / ids.shape[1]
+                               for layer, r in sorted(ranks.ranks.items())}
+                      for answer, positions in where.items() if positions}
+        out.append({"id": item.id, "task": item.task, "prompt_tokens": ids.shape[1], "worst_rank_share": per_answer})
+    return out
+
+
+def profile_table(profiles: list[dict[str, Any]], shares: tuple[float, ...] = (0.1, 0.2, 0.4)) -> str:
+    """Per layer: the median worst-rank share of the answers, and how many answers a layer keeping each share keeps."""
+    per_layer: dict[int, list[float]] = {}
+    for prof in profiles:
+        for answer in prof["worst_rank_share"].values():
+            for layer, share in answer.items():
+                per_layer.setdefault(int(layer), []).append(share)
+    rows = []
+    for layer, values in sorted(per_layer.items()):
+        values.sort()
+        rows.append([layer, f"{values[len(values) // 2]:.3f}",
+                     *[f"{sum(v < s for v in values)}/{len(values)}" for s in shares]])
+    return md_table(["layer", "median worst rank / prompt", *[f"kept whole at {s:.0%}" for s in shares]], rows)
+
+
 def analyse(lazy: LazyLLM, tok: Any, item, eos: list[int], lines: list[int], max_new: int = 64) -> dict[str, Any]:
     ids = torch.tensor([item.prompt_ids])
     one_line = bool(lines) and item.task.split("_")[0] in ONE_LINE
     lazy.generate(ids, max_new_tokens=1, eos_token_id=[])
     prefilled = lazy.last_state  # each layer's kept set once prefill is done
+    model = lazy.model
+    pruned = prefill_ranks(model, lazy.config, ids)
+    unpruned = prefill_ranks(model, scoring_only(lazy.config, ids.shape[1]), ids)
     out = lazy.generate(ids, max_new_tokens=min(item.max_new_tokens, max_new),
                         eos_token_id=eos + (lines if one_line else []))
     state, stats = lazy.last_state, out.stats[0]
@@ -72,7 +170,9 @@ def analyse(lazy: LazyLLM, tok: Any, item, eos: list[int], lines: list[int], max
         kept_prefill = [stats.kept_per_layer[j + 1] for j in prune_layers if j + 1 <= last]
         per_answer[answer] = {"in_prompt": True, "tokens": len(positions), "first_position": positions[0],
                               "held_after_each_pruning_layer": after, "layer_sizes": kept_prefill,
-                              "held_at_last_layer": held(state, last, positions)}
+                              "held_at_last_layer": held(state, last, positions),
+                              "rank_pruned": rank_summary(pruned, positions),
+                              "rank_full": rank_summary(unpruned, positions)}
     text = tok.decode(out.sequences[0, ids.shape[1]: ids.shape[1] + stats.new_tokens], skip_special_tokens=True)
     return {"id": item.id, "task": item.task, "prompt_tokens": len(item.prompt_ids), "answers": per_answer,
             "revived_tokens": stats.revived_tokens, "output": text}
@@ -85,8 +185,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--method", default="lazy")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path)
+    p.add_argument("--profile", action="store_true",
+                   help="instead: each layer's ranking of the answers of the items the full model finds")
+    p.add_argument("--tasks", nargs="+", help="only these tasks")
     args = p.parse_args(argv)
-    records = [r for r in load_records(args.results) if r["model"] == args.model]
+    records = [r for r in load_records(args.results) if r["model"] == args.model
+               and (not args.tasks or r["task"] in args.tasks)]
+    if args.profile:
+        return profile_main(args, records)
     by = {(r["id"], r["method"]): r for r in records}
     lost = [r for r in records if r["method"] == args.method and (r["id"], "full") in by
             and by[(r["id"], "full")]["score"] > r["score"]]
@@ -96,8 +202,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     lines = stop_ids(tok) if not lost or not lost[0].get("chat") else []
     results = []
     for r in lost:
-        item = build_item(tok, r["task"], r["length"], int(r["id"].split("-")[2]), r.get("seed", 0), r.get("chat",
-                                                                                                          False))
+        item = _item(tok, r)
         lazy = LazyLLM(model, LazyConfig(**r["config"]), keep_state=True)
         res = analyse(lazy, tok, item, eos, lines)
         res.update(full_score=by[(r["id"], "full")]["score"], score=r["score"])
@@ -109,18 +214,52 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     return results
 
 
+def _item(tok: Any, record: dict[str, Any]):
+    return build_item(tok, record["task"], record["length"], int(record["id"].split("-")[2]), record.get("seed", 0),
+                      record.get("chat", False))
+
+
+def profile_main(args: argparse.Namespace, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    found = [r for r in records if r["method"] == "full" and r["score"] == 1.0]
+    config = next(LazyConfig(**r["config"]) for r in records if r["method"] == args.method)
+    models = QuantizedModels(args.model, args.threads, found[0]["dtype"] if found else "bfloat16")
+    model, tok = models.get("none"), models.tokenizer
+    profiles = []
+    for r in found:
+        profiles += layer_profile(model, tok, config, [_item(tok, r)])
+        print(json.dumps(profiles[-1]), flush=True)
+    if args.out:
+        args.out.write_text("\n".join(json.dumps(p) for p in profiles) + "\n")
+    print(profile_table(profiles))
+    return profiles
+
+
 def markdown(results: list[dict[str, Any]]) -> str:
     rows = []
     for r in results:
         for answer, a in r["answers"].items():
             if not a["in_prompt"]:
-                rows.append([r["id"], answer, "not in the prompt", "", "", r["revived_tokens"], r["output"][:30]])
+                rows.append([r["id"], answer, "not in the prompt", "", "", "", r["revived_tokens"], r["output"][:30]])
                 continue
             after = ", ".join(f"{layer}: {n}/{a['tokens']}" for layer, n in a["held_after_each_pruning_layer"].items())
             rows.append([r["id"], answer, f"{a['first_position']} / {r['prompt_tokens']}", after,
-                         f"{a['held_at_last_layer']}/{a['tokens']}", r["revived_tokens"], r["output"][:30]])
+                         _ranks(a), f"{a['held_at_last_layer']}/{a['tokens']}", r["revived_tokens"],
+                         r["output"][:30].replace("\n", " ")])
     return md_table(["item", "answer", "position / prompt", "after prefill, held by the layer after each pruning "
-                     "layer", "last layer, end of generation", "revived (all)", "output"], rows)
+                     "layer", "worst rank of its tokens at each pruning layer (full model's) / budget",
+                     "last layer, end of generation", "revived (all)", "output"], rows)
+
+
+def _ranks(answer: dict[str, Any]) -> str:
+    pruned, full = answer.get("rank_pruned"), answer.get("rank_full")
+    if not pruned:
+        return ""
+    cells = []
+    for layer, r in pruned.items():
+        f = full.get(layer, {}) if full else {}
+        mine = "gone" if r["worst"] is None else str(r["worst"])
+        cells.append(f"{layer}: {mine} ({f.get('worst')}) / {r['budget']}")
+    return ", ".join(cells)
 
 
 if __name__ == "__main__":
