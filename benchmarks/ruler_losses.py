@@ -17,7 +17,7 @@ prompt); per pruning layer, how many of them the layer after it holds once prefi
 chosen from); and at the end of the generation, how many the last layer holds (kept, or brought back by revival) and
 how many tokens the item revived in all; per pruning layer, the best and the worst rank of the answer's tokens by the
 layer's score among the prompt tokens it scored, against the layer's budget, and the same ranks under the full
-model's attention (the same scoring with nothing pruned before that layer: `scoring_only`). An answer whose tokens
+model's attention (the same scoring with nothing pruned before that layer: `lazy_core.profile`). An answer whose tokens
 every layer keeps and still comes out wrong points at something other than pruning (the scores of the kept context,
 or bf16); one whose tokens rank low under the full model's attention too is lost to the scoring itself, one that
 ranks high there and low under pruning is lost to an earlier layer's choice.
@@ -35,26 +35,14 @@ import torch
 from benchmarks.common import QuantizedModels, md_table
 from benchmarks.ruler import ONE_LINE, load_records, stop_ids
 from benchmarks.ruler_tasks import build_item
-from lazy_core import LazyConfig, LazyLLM
-from lazy_core.scoring import AttentionPruner, ScoreInputs
+from lazy_core import LazyConfig, LazyLLM, profile
+from lazy_core.profile import RankingPruner, prefill_ranks, scoring_only
 
 
 def answer_positions(tok: Any, prompt_ids: list[int], answers: list[str]) -> dict[str, list[int]]:
-    """Per answer: its tokens' positions in the prompt (first occurrence, tried with and without a leading space);
-    empty when the answer is not in the prompt as tokens (a count or a word the model must produce)."""
-    out = {}
-    for answer in answers:
-        found: list[int] = []
-        for text in (f" {answer}", answer):
-            ids = tok(text, add_special_tokens=False)["input_ids"]
-            for start in range(len(prompt_ids) - len(ids) + 1):
-                if ids and prompt_ids[start : start + len(ids)] == ids:
-                    found = list(range(start, start + len(ids)))
-                    break
-            if found:
-                break
-        out[answer] = found
-    return out
+    """Per answer: its tokens' positions in the prompt (:func:`lazy_core.profile.answer_positions`); empty when the
+    answer is not in the prompt as tokens (a count or a word the model must produce)."""
+    return {answer: profile.answer_positions(tok, prompt_ids, answer) for answer in answers}
 
 
 def held(state, layer: int, positions: list[int]) -> int:
@@ -62,31 +50,6 @@ def held(state, layer: int, positions: list[int]) -> int:
     kv = state.cache.layers[layer]
     have = set(kv.positions[0, : kv.length][kv.valid[0, : kv.length]].tolist())
     return sum(p in have for p in positions)
-
-
-class RankingPruner(AttentionPruner):
-    """The attention pruner, recording at each layer it scores (batch 1) the rank of every scored position: 0 = best.
-    Only the last call per layer is kept, so run it on a prefill (one token) to get the prefill's ranks."""
-
-    def __init__(self, config: LazyConfig) -> None:
-        super().__init__(config)
-        self.ranks: dict[int, dict[int, int]] = {}  # layer -> position -> rank among the scored candidates
-        self.budgets: dict[int, int] = {}
-
-    def select(self, inputs: ScoreInputs, budget: torch.Tensor, forced: torch.Tensor) -> torch.Tensor:
-        score = self.scores(inputs).float().masked_fill(~inputs.candidates, float("-inf"))
-        score = score.masked_fill(forced & inputs.candidates, float("inf"))[0]
-        order = torch.sort(score, descending=True, stable=True).indices[: int(inputs.candidates[0].sum())]
-        self.ranks[inputs.layer] = {int(inputs.key_pos[0, s]): r for r, s in enumerate(order.tolist())}
-        self.budgets[inputs.layer] = int(budget[0])
-        return super().select(inputs, budget, forced)
-
-
-def prefill_ranks(model: Any, config: LazyConfig, ids: torch.Tensor) -> RankingPruner:
-    """Ranks of every prompt position at each pruning layer of ``config`` in the prefill of ``ids`` [1, T]."""
-    pruner = RankingPruner(config)
-    LazyLLM(model, config, pruner=pruner).generate(ids, max_new_tokens=1, eos_token_id=[])
-    return pruner
 
 
 def rank_summary(pruner: RankingPruner, positions: list[int]) -> dict[int, dict[str, int | None]]:
@@ -100,35 +63,15 @@ def rank_summary(pruner: RankingPruner, positions: list[int]) -> dict[int, dict[
     return out
 
 
-def scoring_only(config: LazyConfig, prompt_tokens: int) -> LazyConfig:
-    """``config`` scoring at every one of its pruning layers but keeping every token there, except one at the last
-    (a schedule that drops nothing is not run as one)."""
-    ratios = [1.0] * (len(config.keep_ratios) - 1) + [(prompt_tokens - 1.5) / prompt_tokens]
-    return LazyConfig(**{**config.model_dump(), "keep_ratios": ratios})
-
-
-def every_layer(config: LazyConfig, num_layers: int, prompt_tokens: int) -> LazyConfig:
-    """``config``'s scoring at every layer from 1 to the last but one, keeping (almost) every token: what each layer's
-    attention would rank, with nothing pruned before it."""
-    layers = list(range(1, num_layers - 1))
-    return scoring_only(LazyConfig(**{**config.model_dump(), "prune_layers": layers,
-                                      "keep_ratios": [1.0] * len(layers)}), prompt_tokens)
-
-
 def layer_profile(model: Any, tok: Any, config: LazyConfig, items: list) -> list[dict[str, Any]]:
-    """Per item: for each layer, the worst rank of each answer's tokens under the full model's attention scored as
-    ``config`` scores, as a fraction of the prompt (0 = the very top; a layer keeping a share r of the prompt keeps the
-    answer whole when it is below r)."""
-    depth = model.config.num_hidden_layers
+    """Per item: for each prunable layer, the worst rank of each answer's tokens under the full model's attention
+    scored as ``config`` scores, as a fraction of the prompt (:func:`lazy_core.profile.worst_rank_shares`)."""
     out = []
     for item in items:
-        ids = torch.tensor([item.prompt_ids])
-        ranks = prefill_ranks(model, every_layer(config, depth, ids.shape[1]), ids)
-        where = answer_positions(tok, item.prompt_ids, item.answers)
-        per_answer = {answer: {layer: max(r[p] for p in positions) / ids.shape[1]
-                               for layer, r in sorted(ranks.ranks.items())}
-                      for answer, positions in where.items() if positions}
-        out.append({"id": item.id, "task": item.task, "prompt_tokens": ids.shape[1], "worst_rank_share": per_answer})
+        where = {a: p for a, p in answer_positions(tok, item.prompt_ids, item.answers).items() if p}
+        shares = profile.worst_rank_shares(model, config, item.prompt_ids, list(where.values()))
+        out.append({"id": item.id, "task": item.task, "prompt_tokens": len(item.prompt_ids),
+                    "worst_rank_share": dict(zip(where, shares, strict=True))})
     return out
 
 

@@ -165,10 +165,8 @@ def place_schedule(model_or_num_layers: Any, fractions: tuple[float, ...],
     hybrid model (sliding-window and global layers) each layer moves to the nearest global layer that can prune
     (ties: the later one), and layers that meet keep the smaller ratio."""
     num = model_depth(model_or_num_layers)
-    config = getattr(model_or_num_layers, "config", model_or_num_layers)
-    windows = [None] * num if isinstance(config, int) else [sliding_window_of(config, j) for j in range(num)]
-    usable = [j for j in hybrid_global_layers(windows) or [] if j <= num - 2]
-    if not usable or len(usable) == num - 1:  # not hybrid, or every layer that can prune is global
+    usable = prunable_layers(model_or_num_layers)
+    if len(usable) == num - 1:  # not hybrid, or every layer that can prune is global
         layers = layers_at(num, fractions)
         return layers, list(ratios[: len(layers)])
     merged: dict[int, float] = {}
@@ -177,6 +175,16 @@ def place_schedule(model_or_num_layers: Any, fractions: tuple[float, ...],
         snapped = min(usable, key=lambda g, layer=layer: (abs(g - layer), -g))
         merged[snapped] = min(ratio, merged.get(snapped, 1.0))
     return sorted(merged), [merged[layer] for layer in sorted(merged)]
+
+
+def prunable_layers(model_or_num_layers: Any) -> list[int]:
+    """The layers a schedule may prune after: every layer but the last; on a hybrid model (sliding-window and global
+    layers) only its global ones (when it has any before the last)."""
+    num = model_depth(model_or_num_layers)
+    config = getattr(model_or_num_layers, "config", model_or_num_layers)
+    windows = [None] * num if isinstance(config, int) else [sliding_window_of(config, j) for j in range(num)]
+    usable = [j for j in hybrid_global_layers(windows) or [] if j <= num - 2]
+    return usable or list(range(num - 1))
 
 
 def layers_at(model_or_num_layers: Any, fractions: tuple[float, ...]) -> list[int]:

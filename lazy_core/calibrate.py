@@ -6,6 +6,11 @@ decoding, and the first whose score stays within ``max_drop`` of the full model'
 fastest candidate that keeps the quality, measured on the user's data. Deterministic: greedy decoding, a fixed
 candidate order, ties broken by that order.
 
+Where to prune: the placements of ``PLACEMENTS``, and, when samples' references stand in their prompts (extractive
+answers), the same schedules with each pruning layer moved to the nearby layer whose attention ranks those answers
+high enough to keep them (:mod:`lazy_core.profile`; the evidence the default's placement was chosen on, BENCHMARKS.md
+"Why the default loses facts"): one extra prefill per such sample.
+
 Score of one sample: word-level F1 (lower case, no punctuation or articles) of the generated text against the sample's
 reference when given, else against the full model's own output (the full model then scores 1.0 by definition).
 """
@@ -25,6 +30,7 @@ import torch
 from lazy_core.arch import model_depth, place_schedule
 from lazy_core.config import PLACEMENTS, LazyConfig
 from lazy_core.generate import LazyLLM
+from lazy_core.profile import answer_positions, profiled_layers, worst_rank_shares
 from lazy_core.stats import FlopModel
 
 # where to prune (lazy_core.config.PLACEMENTS: fractions of the depth) x how much to keep (cumulative ratios)
@@ -64,14 +70,18 @@ class CalibrationResult:
     config: LazyConfig
     full: CandidateResult
     tried: list[CandidateResult]
+    answers_profiled: int = 0  # samples whose reference stood in the prompt: the layers were also placed by them
 
 
-def candidate_schedules(model_or_num_layers: Any) -> list[LazyConfig]:
+def candidate_schedules(model_or_num_layers: Any, answer_shares: Sequence[dict[int, float]] = ()) -> list[LazyConfig]:
     """The default search space for a model (or its config, or a depth): ``LazyConfig.default_for`` itself, then
     ``PLACEMENTS`` x ``KEEP_RATIOS`` with its scoring (query window, max over heads/queries, pooling, kept tail), plus
     the paper's own scoring (``LazyConfig.paper``). Every schedule is placed by ``place_schedule``, as the presets are
-    (on a hybrid model: at the nearest global layers). Duplicates (shallow models, or placements that snap to the
-    same layers) are dropped; order is deterministic."""
+    (on a hybrid model: at the nearest global layers). With ``answer_shares`` (per answer standing in a sample's
+    prompt, :func:`~lazy_core.profile.worst_rank_shares` under the default's scoring), each of those schedules also
+    comes with its layers moved to where the model's attention ranks the answers high enough to keep them
+    (:func:`~lazy_core.profile.profiled_layers`). Duplicates (shallow models, or placements that snap to the same
+    layers) are dropped; order is deterministic."""
     base = LazyConfig.default_for(model_or_num_layers)
     out: list[LazyConfig] = []
     if model_depth(model_or_num_layers) >= 4:
@@ -80,6 +90,9 @@ def candidate_schedules(model_or_num_layers: Any) -> list[LazyConfig]:
             for ratios in KEEP_RATIOS:
                 layers, kept = place_schedule(model_or_num_layers, fractions, ratios)
                 out.append(LazyConfig(**{**base.model_dump(), "prune_layers": layers, "keep_ratios": kept}))
+        if answer_shares:
+            out += [cfg.model_copy(update={"prune_layers": profiled_layers(cfg, model_or_num_layers, answer_shares)})
+                    for cfg in out]
         out.append(LazyConfig.paper(model_or_num_layers))
     unique: list[LazyConfig] = []
     for cfg in out:
@@ -126,7 +139,8 @@ def calibrate_report(
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     parsed = _parse_samples(tokenizer, samples)
-    cands = list(candidates) if candidates is not None else candidate_schedules(model)
+    shares = _answer_shares(model, tokenizer, parsed) if candidates is None else []
+    cands = list(candidates) if candidates is not None else candidate_schedules(model, shares)
     for i, cfg in enumerate(cands):
         if not isinstance(cfg, LazyConfig):
             raise TypeError(f"candidates[{i}] is a {type(cfg).__name__}, expected a LazyConfig")
@@ -156,7 +170,7 @@ def calibrate_report(
         if result.drop <= max_drop + 1e-12:
             chosen = result.config
             break
-    return CalibrationResult(config=chosen, full=full, tried=tried)
+    return CalibrationResult(config=chosen, full=full, tried=tried, answers_profiled=len(shares))
 
 
 # ---- internals -----------------------------------------------------------------------------------------------------
@@ -187,6 +201,20 @@ def _parse_samples(tokenizer: Any, samples: Sequence[Any]) -> list[Sample]:
             raise ValueError(f"samples[{i}] is an empty prompt")
         parsed.append(Sample(prompt_ids=ids, reference=reference))
     return parsed
+
+
+def _answer_shares(model: Any, tokenizer: Any, samples: list[Sample]) -> list[dict[int, float]]:
+    """Per sample whose reference stands in its prompt: each layer's worst rank share of the reference's tokens under
+    the default's scoring (lazy_core.profile)."""
+    if model_depth(model) < 4:
+        return []
+    config = LazyConfig.default_for(model)
+    shares = []
+    for sample in samples:
+        positions = answer_positions(tokenizer, sample.prompt_ids, sample.reference.strip()) if sample.reference else []
+        if positions:
+            shares += worst_rank_shares(model, config, sample.prompt_ids, [positions])
+    return shares
 
 
 def _run(

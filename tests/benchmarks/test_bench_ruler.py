@@ -200,41 +200,14 @@ def test_loss_analysis_finds_answers_and_what_each_layer_holds(tiny_tokenizer):
     assert held(state, 0, where["4711"]) == n - 1
 
 
-def test_loss_analysis_ranks_are_the_pruners_choice():
-    """benchmarks.ruler_losses.RankingPruner: at each pruning layer, the positions ranked below the budget are exactly
-    those the layer after it holds; under scoring_only every prompt position is ranked at every layer."""
-    from benchmarks.ruler_losses import prefill_ranks, rank_summary, scoring_only
-    from lazy_core import LazyConfig, LazyLLM
-
-    model = make_tiny_model("llama", num_layers=6).float()
-    config = LazyConfig(prune_layers=[1, 3], keep_ratios=[0.5, 0.25], min_keep_tokens=4, query_window=4,
-                        head_reduce="max", query_reduce="mean", pool_kernel=3, keep_tail=2)
-    ids = torch.randint(3, 200, (1, 80), generator=torch.Generator().manual_seed(0))
-    pruner = prefill_ranks(model, config, ids)
-    lazy = LazyLLM(model, config, keep_state=True)
-    lazy.generate(ids, max_new_tokens=1, eos_token_id=[])
-    for layer, ranks in pruner.ranks.items():
-        kv = lazy.last_state.cache.layers[layer + 1]
-        held = set(kv.positions[0, : kv.length][kv.valid[0, : kv.length]].tolist())
-        chosen = {p for p, r in ranks.items() if r < pruner.budgets[layer]}
-        assert chosen == held
-    assert sorted(pruner.ranks) == [1, 3] and pruner.budgets == {1: 40, 3: 20}
-    assert len(pruner.ranks[3]) == 40  # layer 3 ranks what layer 1 kept
-    full = prefill_ranks(model, scoring_only(config, 80), ids)
-    assert sorted(full.ranks) == [1, 3] and full.budgets == {1: 80, 3: 79}
-    assert all(len(r) == 80 for r in full.ranks.values())
-    summary = rank_summary(pruner, [0, 79])
-    assert summary[1]["worst"] == max(pruner.ranks[1][0], pruner.ranks[1][79]) and summary[1]["scored"] == 2
-    assert summary[1]["best"] < 2  # position 79 is in the forced tail of 2: ranked among the first 2
-
-
 def test_layer_profile_ranks_the_answer_at_every_layer(tiny_tokenizer):
-    """benchmarks.ruler_losses.layer_profile: every layer from 1 to the last but one ranks the whole prompt; the
-    answer's worst rank share is the rank of its worst token over the prompt length; the table counts per share."""
+    """benchmarks.ruler_losses.layer_profile: per answer standing in the prompt, its worst rank share at every prunable
+    layer (lazy_core.profile); an answer not in the prompt is left out; the table counts per share."""
     from types import SimpleNamespace
 
-    from benchmarks.ruler_losses import answer_positions, every_layer, layer_profile, prefill_ranks, profile_table
+    from benchmarks.ruler_losses import layer_profile, profile_table
     from lazy_core import LazyConfig
+    from lazy_core.profile import answer_positions, worst_rank_shares
 
     model = make_tiny_model("llama", num_layers=6).float()
     config = LazyConfig(prune_layers=[2], keep_ratios=[0.5], min_keep_tokens=4, query_window=4)
@@ -243,10 +216,8 @@ def test_layer_profile_ranks_the_answer_at_every_layer(tiny_tokenizer):
                            answers=["4711", "not there"])
     (prof,) = layer_profile(model, tiny_tokenizer, config, [item])
     shares = prof["worst_rank_share"]
-    assert set(shares) == {"4711"} and sorted(shares["4711"]) == [1, 2, 3, 4]
-    n = len(item.prompt_ids)
-    ranks = prefill_ranks(model, every_layer(config, 6, n), torch.tensor([item.prompt_ids])).ranks
-    positions = answer_positions(tiny_tokenizer, item.prompt_ids, ["4711"])["4711"]
-    assert shares["4711"][3] == max(ranks[3][p] for p in positions) / n
+    assert set(shares) == {"4711"} and sorted(shares["4711"]) == [0, 1, 2, 3, 4]
+    positions = answer_positions(tiny_tokenizer, item.prompt_ids, "4711")
+    assert shares["4711"] == worst_rank_shares(model, config, item.prompt_ids, [positions])[0]
     table = profile_table([prof, prof], shares=(1.01,))
-    assert table.count("| 2/2 |") == 4  # every answer ranks below the whole prompt, at each of the 4 layers
+    assert table.count("| 2/2 |") == 5  # every answer ranks below the whole prompt, at each of the 5 layers

@@ -162,3 +162,31 @@ def test_calibrate_benchmark_writes_every_tried_candidate(tiny_model_dir, tmp_pa
     assert payload["chosen_config"] == (tried[-1]["config"] if last_ok else LazyConfig.off().model_dump())
     text = _markdown(payload)
     assert payload["chosen"] in text and text.count("\n|") == len(tried) + 2
+
+
+def test_answers_in_the_prompts_also_place_the_layers():
+    """candidate_schedules with answer shares: every schedule of the plain search, and each also with its layers moved
+    by lazy_core.profile.profiled_layers; without shares the plain search alone."""
+    from lazy_core.profile import profiled_layers
+
+    plain = candidate_schedules(30)
+    good = {6: 0.05, 17: 0.05, 21: 0.05}  # only layers 6, 17 and 21 single the answers out
+    shares = [{j: good.get(j, 0.9) for j in range(29)}] * 2
+    placed = candidate_schedules(30, shares)
+    assert placed[: len(plain) - 1] == plain[:-1] and placed[-1] == plain[-1]  # the paper's scoring stays last
+    moved = [c.model_copy(update={"prune_layers": profiled_layers(c, 30, shares)}) for c in plain[:-1]]
+    assert all(c in placed for c in moved)
+    assert LazyConfig.default_for(30).model_copy(update={"prune_layers": [6, 17, 21]}) in placed
+    assert len(placed) == len(set(map(repr, placed)))
+
+
+def test_calibrate_profiles_the_samples_whose_reference_stands_in_the_prompt(tiny_tokenizer):
+    model = make_tiny_model("llama", num_layers=8)
+    prompts = [TEXT + f" The code of item {i} is 47{i}1. Question: the code of item {i}?" for i in range(2)]
+    with_refs = [{"prompt": p, "reference": f"47{i}1"} for i, p in enumerate(prompts)]
+    report = calibrate_report(model, tiny_tokenizer, with_refs, max_drop=1.0)
+    assert report.answers_profiled == 2
+    elsewhere = [{"prompt": p, "reference": "not in it"} for p in prompts]
+    assert calibrate_report(model, tiny_tokenizer, elsewhere, max_drop=1.0).answers_profiled == 0
+    given = calibrate_report(model, tiny_tokenizer, with_refs, max_drop=1.0, candidates=_cands())
+    assert given.answers_profiled == 0  # the caller's candidates are tried as given
