@@ -29,17 +29,26 @@ from benchmarks.common import RESULTS_DIR, QuantizedModels, context_limit, machi
 from benchmarks.data import TASKS, EvalItem, SuiteSpec, build_suite
 from lazy_core import LazyConfig, LazyLLM
 from lazy_core.arch import place_schedule
-from lazy_core.config import EARLY_FRACTIONS, LATE_FRACTIONS
+from lazy_core.config import DEFAULT_RATIOS, EARLY_FRACTIONS, LATE_FRACTIONS, MID14_FRACTIONS
 from lazy_core.revival import FLAT_REVIVAL_KEYS, POLICIES, SelectRevival, TopRevival, revival_from_flat_keys
 
 # The default's scoring before its 8-query window (method "lazy_w1"): the last prompt token as the only query.
 LAST_TOKEN_SCORING = {"query_window": 1, "query_reduce": "max"}
 
 
+def before_losses(model: Any, **update: Any) -> LazyConfig:
+    """The default before the loss analysis of 2026-12-05 (``lazy_mid14``: the middle pruning layer at 15/30 of the
+    depth, max-pool over 31), with these fields changed (validated). The candidates measured against that default
+    vary it, so their names keep the meaning their records have."""
+    layers, ratios = place_schedule(model, MID14_FRACTIONS, DEFAULT_RATIOS)
+    return LazyConfig(**{**LazyConfig.default_for(model).model_dump(), "pool_kernel": 31, "prune_layers": layers,
+                         "keep_ratios": ratios, **update})
+
+
 def _default(model: Any, **update: Any) -> LazyConfig:
-    """The default as the top* variants ran (LazyConfig.default_for(model) with ``LAST_TOKEN_SCORING``) with these
-    fields changed (validated)."""
-    return LazyConfig(**{**LazyConfig.default_for(model).model_dump(), **LAST_TOKEN_SCORING, **update})
+    """The default as the top* variants ran (``before_losses`` with ``LAST_TOKEN_SCORING``) with these fields changed
+    (validated)."""
+    return before_losses(model, **{**LAST_TOKEN_SCORING, **update})
 
 
 def _select_default(model: Any, **update: Any) -> LazyConfig:
@@ -77,6 +86,8 @@ METHODS: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
                        lambda m: _select_default(m, revive_steps=16)),
     "lazy_w1": ("the default before RULER: the last prompt token as the only query (records run as lazy)",
                 lambda m: _default(m)),
+    "lazy_mid14": ("the default before the loss analysis: the middle pruning layer at 14 of 30, max-pool over 31",
+                   lambda m: before_losses(m)),
     "top32": ("default, revive the pruned among each step's top 32, every step",
               lambda m: _default(m, revival=TopRevival(top=32), revive_steps=None)),
     "top64": ("default, revive the pruned among each step's top 64, every step",

@@ -44,11 +44,11 @@ from benchmarks.common import (
     replace_section,
     split_quant,
 )
-from benchmarks.eval import LAST_TOKEN_SCORING
+from benchmarks.eval import LAST_TOKEN_SCORING, before_losses
 from benchmarks.ruler_tasks import TASK_NAMES, RulerItem, build_items, score
 from lazy_core import LazyConfig, LazyLLM
 from lazy_core.arch import place_schedule
-from lazy_core.config import DEFAULT_FRACTIONS
+from lazy_core.config import DEFAULT_RATIOS, MID14_FRACTIONS
 
 DEFAULT_OUT = RESULTS_DIR / "ruler.jsonl"
 CHAT_MODELS = ("smollm2-135m-instruct",)
@@ -59,15 +59,14 @@ BOOTSTRAP_REPS = 2000
 
 
 DEFAULT_RATIOS_WIDE = (0.5, 0.3, 0.15)
+MID17_FRACTIONS = (8 / 30, 18 / 30, 22 / 30)  # the candidate that became DEFAULT_FRACTIONS
 
 
-def _default(model: Any, **update: Any) -> LazyConfig:
-    return LazyConfig(**{**LazyConfig.default_for(model).model_dump(), **update})
-
-
-def _placed(model: Any, ratios: tuple[float, ...]) -> dict[str, Any]:
-    """The default's pruning layers with other keep ratios."""
-    layers, kept = place_schedule(model, DEFAULT_FRACTIONS, ratios)
+def _placed(model: Any, ratios: tuple[float, ...],
+            fractions: tuple[float, ...] = MID14_FRACTIONS) -> dict[str, Any]:
+    """The pruning layers of the default the candidates were measured against (or those at ``fractions`` of the
+    depth) with these keep ratios."""
+    layers, kept = place_schedule(model, fractions, ratios)
     return {"prune_layers": layers, "keep_ratios": kept}
 
 
@@ -77,19 +76,32 @@ CANDIDATES: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
     "lazy": ("the default (LazyConfig.default_for)", lambda m: LazyConfig.default_for(m)),
     "paper": ("the paper's scoring (LazyConfig.paper)", lambda m: LazyConfig.paper(m)),
     "lazy_w1": ("the default before this round: the last prompt token as the only query",
-                lambda m: _default(m, **LAST_TOKEN_SCORING)),
-    # candidate defaults (BENCHMARKS.md, "RULER"): the scoring query, the pooling, the keep ratios. The one that won,
+                lambda m: before_losses(m, **LAST_TOKEN_SCORING)),
+    # candidate defaults (BENCHMARKS.md, "RULER"), each a change of the default they were measured against (lazy_w1,
+    # i.e. lazy_mid14 scored by the last token): the scoring query, the pooling, the keep ratios. The one that won,
     # the last 8 prompt tokens as queries with their mean ("win8"), is now the default: its records became "lazy".
     "win32": ("default, the last 32 prompt tokens (the question) as queries, mean over them (SnapKV's window)",
-              lambda m: _default(m, query_window=32, query_reduce="mean")),
+              lambda m: before_losses(m, query_window=32, query_reduce="mean")),
     "win32max": ("default, the last 32 prompt tokens as queries, max over them",
-                 lambda m: _default(m, query_window=32, query_reduce="max")),
+                 lambda m: before_losses(m, query_window=32, query_reduce="max")),
     "kvgroup": ("default, heads reduced per KV group (mean within, max across) instead of max over heads",
-                lambda m: _default(m, head_reduce="kv_group")),
-    "sink4": ("default, the first 4 prompt tokens always kept (attention sinks)", lambda m: _default(m, keep_head=4)),
-    "pool15": ("default, max-pool over 15 positions (not 31)", lambda m: _default(m, pool_kernel=15)),
+                lambda m: before_losses(m, **LAST_TOKEN_SCORING, head_reduce="kv_group")),
+    "sink4": ("default, the first 4 prompt tokens always kept (attention sinks)",
+              lambda m: before_losses(m, **LAST_TOKEN_SCORING, keep_head=4)),
+    "pool15": ("default, max-pool over 15 positions (not 31)",
+               lambda m: before_losses(m, **LAST_TOKEN_SCORING, pool_kernel=15)),
     "wide": ("default placement, keeping 50/30/15 % (not 40/20/10)",
-             lambda m: _default(m, **_placed(m, DEFAULT_RATIOS_WIDE))),
+             lambda m: before_losses(m, **LAST_TOKEN_SCORING, **_placed(m, DEFAULT_RATIOS_WIDE))),
+    # remedies of the loss analysis (BENCHMARKS.md, "Why the default loses facts"), each a change of the default
+    # before it ("lazy_mid14"): where SmolLM2's attention ranks the answers well (benchmarks.ruler_losses --profile),
+    # and a pool wide enough for the UUID needles (34 tokens; a 31-wide pool keeps 15 on either side of a peak)
+    "lazy_mid14": ("the default before the loss analysis: the middle pruning layer at 15/30 of the depth (14 of 30), "
+                   "max-pool over 31 positions (records before 2026-12-05 20:00 ran it as lazy)", before_losses),
+    "mid17": ("lazy_mid14 with the middle pruning layer at 18/30 of the depth (17 of 30)",
+              lambda m: before_losses(m, **_placed(m, DEFAULT_RATIOS, MID17_FRACTIONS))),
+    "pool63": ("lazy_mid14 with max-pool over 63 positions", lambda m: before_losses(m, pool_kernel=63)),
+    "mid17_pool63": ("lazy_mid14 with both: layer 17 and a 63-wide pool (the default since; the same config as lazy)",
+                     lambda m: before_losses(m, pool_kernel=63, **_placed(m, DEFAULT_RATIOS, MID17_FRACTIONS))),
 }
 
 
@@ -269,7 +281,8 @@ def report_text(records: list[dict[str, Any]], methods: list[str]) -> str:
 def curve_text(records: list[dict[str, Any]]) -> str:
     """Every method against full on the items it ran, per (model, task family, length, seed): the accuracy / speed
     curve (choose on one seed, confirm on another).
-    Score = mean over those items; lost / gained = items where it scores below / above full; TTFT x = median of
+    Score = mean over those items; lost / gained = items where it scores below / above full; kept of full's = what
+    it keeps of what full finds (gains not counted); TTFT x = median of
     full / method per item (runs at different times: a candidate run later than full is noisier than the
     interleaved full / lazy / paper); computed = median computed-token fraction."""
     rows = []
@@ -289,10 +302,17 @@ def curve_text(records: list[dict[str, Any]]) -> str:
                          f"{100 * _mean([f['score'] for f, _ in pairs]):.1f}",
                          f"{100 * _mean([m['score'] for _, m in pairs]):.1f}",
                          sum(f["score"] > m["score"] for f, m in pairs), sum(f["score"] < m["score"] for f, m in pairs),
-                         f"{statistics.median(f['ttft_s'] / m['ttft_s'] for f, m in pairs):.2f}",
+                         _kept(pairs), f"{statistics.median(f['ttft_s'] / m['ttft_s'] for f, m in pairs):.2f}",
                          f"{statistics.median(m['computed_token_fraction'] for _, m in pairs):.2f}"])
     return md_table(["model", "items", "tokens", "seed", "method", "n", "full score", "score", "lost", "gained",
-                     "TTFT x", "computed"], rows)
+                     "kept of full's", "TTFT x", "computed"], rows)
+
+
+def _kept(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> str:
+    """What the method keeps of what the full model finds: sum over items of min(full, method) / sum of full (no
+    credit for items it scores above full)."""
+    found = sum(f["score"] for f, _ in pairs)
+    return f"{100 * sum(min(f['score'], m['score']) for f, m in pairs) / found:.1f} %" if found else "n/c"
 
 
 def section(records: list[dict[str, Any]], methods: list[str] = REPORT_METHODS) -> str:

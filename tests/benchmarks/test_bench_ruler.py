@@ -163,9 +163,9 @@ def test_curve_lists_every_method_against_full_per_family():
                _record("entity_3", 0, "lazy", 1.0, 4.0), _record("entity_3", 1, "lazy", 1.0, 4.0)]
     lines = ruler.curve_text(records).splitlines()
     assert lines[2:] == [
-        "| m | entity_3 | 4096 | 0 | lazy | 1 | 100.0 | 100.0 | 0 | 0 | 2.00 | 0.40 |",
-        "| m | RULER 13 | 4096 | 0 | lazy | 1 | 100.0 | 0.0 | 1 | 0 | 2.50 | 0.40 |",
-        "| m | RULER 13 | 4096 | 0 | win32 | 1 | 100.0 | 100.0 | 0 | 0 | 2.00 | 0.40 |",
+        "| m | entity_3 | 4096 | 0 | lazy | 1 | 100.0 | 100.0 | 0 | 0 | 100.0 % | 2.00 | 0.40 |",
+        "| m | RULER 13 | 4096 | 0 | lazy | 1 | 100.0 | 0.0 | 1 | 0 | 0.0 % | 2.50 | 0.40 |",
+        "| m | RULER 13 | 4096 | 0 | win32 | 1 | 100.0 | 100.0 | 0 | 0 | 100.0 % | 2.00 | 0.40 |",
     ]
 
 

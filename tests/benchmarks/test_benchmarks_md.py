@@ -1,5 +1,5 @@
-"""BENCHMARKS.md's generated blocks (short_prompts, gemma_eval, ruler, ruler_n20) are what their ``--report-only``
-writes from the results files now."""
+"""BENCHMARKS.md's generated blocks (short_prompts, gemma_eval, ruler, ruler_n20, ruler_remedies*) are what their
+``--report-only`` writes from the results files now."""
 
 from __future__ import annotations
 
@@ -13,7 +13,12 @@ from benchmarks.common import BENCHMARKS_MD, RESULTS_DIR
 from lazy_core import LazyConfig
 
 
-@pytest.mark.parametrize("name", ["short", "gemma", "ruler", "ruler_n20"])
+REMEDIES = {"ruler_remedies": "ruler-remedies-smollm2-135m-instruct.jsonl",
+            "ruler_remedies_s1": "ruler-remedies-smollm2-135m-instruct-s1.jsonl",
+            "ruler_remedies_gemma": "ruler-remedies-gemma3-270m.jsonl"}
+
+
+@pytest.mark.parametrize("name", ["short", "gemma", "ruler", "ruler_n20", *REMEDIES])
 def test_benchmarks_md_blocks_are_what_the_results_give(name):
     """BENCHMARKS.md's generated block is what ``--report-only`` writes from the results file now (not stale)."""
     if name == "short":
@@ -27,6 +32,8 @@ def test_benchmarks_md_blocks_are_what_the_results_give(name):
         records = [r for model in ("gemma3-270m", "smollm2-135m-instruct")
                    for r in ruler.load_records(RESULTS_DIR / f"ruler-n20-{model}.jsonl")]
         body = ruler.section(records, ["full", "lazy"])
+    elif name in REMEDIES:
+        body = ruler.section(ruler.load_records(RESULTS_DIR / REMEDIES[name]), ["full", "lazy_mid14", "mid17_pool63"])
     else:
         lines = (RESULTS_DIR / "gemma_eval.jsonl").read_text(encoding="utf-8").splitlines()
         body = gemma_eval.section([json.loads(line) for line in lines if line.strip()], gemma_eval.DEFAULT_OUT)

@@ -15,7 +15,7 @@ from lazy_core.revival import SelectRevival, TopRevival
 
 
 def test_default_for_scales_with_depth(tiny_llama):
-    assert LazyConfig.default_for(30).prune_layers == [7, 14, 21]
+    assert LazyConfig.default_for(30).prune_layers == [7, 17, 21]
     for depth in (4, 12, 24, 32, 80):
         cfg = LazyConfig.default_for(depth)
         cfg.check_depth(depth)

@@ -38,7 +38,7 @@ def test_off_equals_model_generate_on_default_model(real_model):
 
 
 def test_default_schedule_retrieves_a_passkey(real_model):
-    """A passkey at 70 % depth of ~2.2K tokens of real essays: the default schedule computes about 43 % of the
+    """A passkey at 70 % depth of ~2.2K tokens of real essays: the default schedule computes about 45 % of the
     prompt's token-layers and still answers like the full model. (One fixed item; the retrieval rate over depths and
     lengths is measured by benchmarks.eval, see BENCHMARKS.md.)"""
     model, tok = real_model
@@ -60,7 +60,8 @@ def test_default_schedule_retrieves_a_passkey(real_model):
     layers = model.config.num_hidden_layers
     assert s.kept_per_layer == config.kept_per_layer(layers, s.prompt_tokens)  # the schedule, to the token
     assert s.kept_per_layer[:8] == [s.prompt_tokens] * 8 and s.kept_per_layer[-1] == -(-s.prompt_tokens // 10)
-    assert s.computed_token_fraction == sum(s.kept_per_layer) / (layers * s.prompt_tokens) < 0.45
+    # 8 layers whole, 10 at 40 %, 4 at 20 %, 8 at 10 %: 13.6 / 30
+    assert s.computed_token_fraction == sum(s.kept_per_layer) / (layers * s.prompt_tokens) < 0.46
     assert s.est_speedup > 2.3
     assert s.revived_tokens > 0  # decoding steps select the needle again and revive it
 
