@@ -387,6 +387,34 @@ def build_report(eval_paths: list[Path], ttft_path: Path, out_dir: Path) -> str:
     return text
 
 
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a binomial proportion (0, 0 for no trials)."""
+    if n == 0:
+        return 0.0, 0.0
+    p = successes / n
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+
+
+def agreement_text(paths: list[Path]) -> str:
+    """Per method of these eval records (as run, whatever the method's config is now), against the full model on the
+    same items: first-token agreement with its Wilson interval, the task score, and the gold answer's
+    log-likelihood change (mean and median)."""
+    rows = score_records(load_records(paths))
+    table = []
+    for method in sorted({r["method"] for r in rows} - {"full"}):
+        mine = [r for r in rows if r["method"] == method]
+        agree = sum(r["first_token_agrees"] for r in mine)
+        lo, hi = wilson(agree, len(mine))
+        full = {r["item_id"]: r["score"] for r in rows if r["method"] == "full"}
+        dll = [r["dloglik"] for r in mine if not math.isnan(r["dloglik"])]
+        table.append([method, mine[0]["schedule"], len(mine), f"{agree}/{len(mine)} [{100 * lo:.0f}, {100 * hi:.0f}] %",
+                      f"{_mean([full[r['item_id']] for r in mine]):.3f}", f"{_mean([r['score'] for r in mine]):.3f}",
+                      f"{_mean(dll):+.3f}" if dll else "", f"{median(dll):+.3f}" if dll else ""])
+    return md_table(["method", "schedule", "items", "first token = full's [95 % interval]", "full score", "score",
+                     "Δ gold loglik (mean)", "(median)"], table)
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--eval", type=Path, nargs="+", default=None, help="default: benchmarks/results/eval*.jsonl")
@@ -394,7 +422,13 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--run", action="store_true", help="run `python -m benchmarks.eval` (default size) first")
     parser.add_argument("--no-md", action="store_true", help="do not rewrite the eval section of BENCHMARKS.md")
+    parser.add_argument("--agreement", action="store_true",
+                        help="only print each method's first-token agreement with full (Wilson interval), score and "
+                        "gold log-likelihood change on the --eval files, as run")
     args = parser.parse_args(argv)
+    if args.agreement:
+        print(agreement_text(args.eval or sorted(RESULTS_DIR.glob("eval*.jsonl"))))
+        return args.out_dir / "report.md"
     if args.run:
         from benchmarks.eval import main as run_eval
 

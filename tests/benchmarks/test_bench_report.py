@@ -152,3 +152,19 @@ def test_missing_full_records_is_an_error(tmp_path):
         load_records([path])
     with pytest.raises(FileNotFoundError, match="benchmarks.eval"):
         load_records([tmp_path / "nope.jsonl"])
+
+
+def test_agreement_counts_first_tokens_with_a_wilson_interval(tmp_path):
+    from benchmarks.report import agreement_text, wilson
+
+    lo, hi = wilson(45, 50)
+    assert 0.78 < lo < 0.79 and 0.95 < hi < 0.96  # 90 % of 50: the textbook 95 % Wilson interval [78.6, 95.7]
+    assert wilson(0, 0) == (0.0, 0.0) and wilson(10, 10)[1] == pytest.approx(1.0)
+    path = tmp_path / "eval.jsonl"
+    recs = [_rec("full", "q1", "multidoc_qa", "Paris", [5, 6], ["Paris"], 2.0, loglik=-1.0),
+            _rec("full", "q2", "multidoc_qa", "Rome", [7], ["Rome"], 2.0, loglik=-2.0),
+            _rec("lazy", "q1", "multidoc_qa", "Paris", [5, 9], ["Paris"], 1.0, loglik=-1.5),
+            _rec("lazy", "q2", "multidoc_qa", "Milan", [8], ["Rome"], 1.0, loglik=-3.0)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    line = next(x for x in agreement_text([path]).splitlines() if x.startswith("| lazy |"))
+    assert "| 2 | 1/2 [" in line and "| 1.000 | 0.500 |" in line and "| -0.750 | -0.750 |" in line
