@@ -59,7 +59,7 @@ BOOTSTRAP_REPS = 2000
 
 
 DEFAULT_RATIOS_WIDE = (0.5, 0.3, 0.15)
-MID17_FRACTIONS = (8 / 30, 18 / 30, 22 / 30)  # the candidate that became DEFAULT_FRACTIONS
+MID17_FRACTIONS = (8 / 30, 18 / 30, 22 / 30)  # the candidate that became DEFAULT_FRACTIONS (lazy_core.config)
 
 
 def _placed(model: Any, ratios: tuple[float, ...],
@@ -97,10 +97,11 @@ CANDIDATES: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
     # and a pool wide enough for the UUID needles (34 tokens; a 31-wide pool keeps 15 on either side of a peak)
     "lazy_mid14": ("the default before the loss analysis: the middle pruning layer at 15/30 of the depth (14 of 30), "
                    "max-pool over 31 positions (records before 2026-12-05 20:00 ran it as lazy)", before_losses),
-    "mid17": ("lazy_mid14 with the middle pruning layer at 18/30 of the depth (17 of 30)",
+    "mid17": ("lazy_mid14 with the middle pruning layer at 18/30 of the depth (17 of 30): the default since (the "
+              "same config as lazy)",
               lambda m: before_losses(m, **_placed(m, DEFAULT_RATIOS, MID17_FRACTIONS))),
     "pool63": ("lazy_mid14 with max-pool over 63 positions", lambda m: before_losses(m, pool_kernel=63)),
-    "mid17_pool63": ("lazy_mid14 with both: layer 17 and a 63-wide pool (the default since; the same config as lazy)",
+    "mid17_pool63": ("lazy_mid14 with both: layer 17 and a 63-wide pool (loses single facts: BENCHMARKS.md)",
                      lambda m: before_losses(m, pool_kernel=63, **_placed(m, DEFAULT_RATIOS, MID17_FRACTIONS))),
 }
 

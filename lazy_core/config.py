@@ -30,7 +30,6 @@ EARLY_FRACTIONS = (3 / 30, 15 / 30, 22 / 30)
 PAPER_FRACTIONS = (9 / 30, 19 / 30, 28 / 30)  # paper: about 1/3, 2/3 and the end of the depth
 PLACEMENTS: dict[str, tuple[float, ...]] = {"default": DEFAULT_FRACTIONS, "late": LATE_FRACTIONS,
                                             "early": EARLY_FRACTIONS}
-DEFAULT_POOL = 63  # default_for's max-pool width: a kept token keeps 31 neighbours on either side
 
 
 class LazyConfig(BaseModel):
@@ -180,13 +179,12 @@ class LazyConfig(BaseModel):
 
         Prunes after 8/30, 18/30 and 22/30 of the depth (0-based layers 7, 17, 21 of 30; on a hybrid model the nearest
         global layers) keeping 40 % / 20 % / 10 % of the prompt; scores with the queries of the last 8 prompt tokens
-        (the end of the question), mean over them, max over heads, max-pooled over 63 positions; always keeps the last
+        (the end of the question), mean over them, max over heads, max-pooled over 31 positions; always keeps the last
         32 prompt tokens. Decoding revives with ``TopRevival(top=128)`` during the first 32 steps. Prompts under 1000
         tokens are computed in full. Models with fewer than 4 layers get :meth:`off`. Why these values: BENCHMARKS.md,
         "Default schedule: how it was chosen", "Revival policies: how the decoding default was chosen", "Short prompts:
         where pruning stops paying", "RULER and entity-bound needles" (the 8-query window) and "Why the default loses
-        facts" (the middle layer, where SmolLM2's attention ranks the answers better than at 14, and the pool wide
-        enough for a 34-token UUID).
+        facts" (the middle layer, where SmolLM2's attention ranks the answers better than at 14).
         """
         if model_depth(model_or_num_layers) < 4:
             return cls.off()
@@ -202,7 +200,7 @@ class LazyConfig(BaseModel):
             query_window=8,
             head_reduce="max",
             query_reduce="mean",
-            pool_kernel=DEFAULT_POOL,
+            pool_kernel=31,
             keep_tail=32,
         )
 

@@ -13,9 +13,12 @@ from benchmarks.common import BENCHMARKS_MD, RESULTS_DIR
 from lazy_core import LazyConfig
 
 
-REMEDIES = {"ruler_remedies": "ruler-remedies-smollm2-135m-instruct.jsonl",
-            "ruler_remedies_s1": "ruler-remedies-smollm2-135m-instruct-s1.jsonl",
-            "ruler_remedies_gemma": "ruler-remedies-gemma3-270m.jsonl"}
+REMEDIES = {  # block -> (results file, methods of its per-task table)
+    "ruler_remedies": ("ruler-remedies-smollm2-135m-instruct.jsonl", ["full", "lazy_mid14", "mid17"]),
+    "ruler_remedies_s1": ("ruler-remedies-smollm2-135m-instruct-s1.jsonl", ["full", "lazy_mid14", "mid17"]),
+    "ruler_remedies_gemma": ("ruler-remedies-gemma3-270m.jsonl", ["full", "lazy_mid14", "mid17_pool63"]),
+    "ruler_entity": ("ruler-entity-smollm2-135m-instruct.jsonl", ["full", "lazy_mid14", "mid17"]),
+}
 
 
 @pytest.mark.parametrize("name", ["short", "gemma", "ruler", "ruler_n20", *REMEDIES])
@@ -33,7 +36,8 @@ def test_benchmarks_md_blocks_are_what_the_results_give(name):
                    for r in ruler.load_records(RESULTS_DIR / f"ruler-n20-{model}.jsonl")]
         body = ruler.section(records, ["full", "lazy"])
     elif name in REMEDIES:
-        body = ruler.section(ruler.load_records(RESULTS_DIR / REMEDIES[name]), ["full", "lazy_mid14", "mid17_pool63"])
+        path, methods = REMEDIES[name]
+        body = ruler.section(ruler.load_records(RESULTS_DIR / path), methods)
     else:
         lines = (RESULTS_DIR / "gemma_eval.jsonl").read_text(encoding="utf-8").splitlines()
         body = gemma_eval.section([json.loads(line) for line in lines if line.strip()], gemma_eval.DEFAULT_OUT)
