@@ -12,7 +12,6 @@ from benchmarks import gemma_eval, ruler, short_prompts
 from benchmarks.common import BENCHMARKS_MD, RESULTS_DIR
 from lazy_core import LazyConfig
 
-
 REMEDIES = {  # block -> (results file, methods of its per-task table)
     "ruler_remedies": ("ruler-remedies-smollm2-135m-instruct.jsonl", ["full", "lazy_mid14", "mid17"]),
     "ruler_remedies_s1": ("ruler-remedies-smollm2-135m-instruct-s1.jsonl", ["full", "lazy_mid14", "mid17"]),
