@@ -8,7 +8,7 @@ import importlib.util
 import pytest
 import torch
 
-from benchmarks.eval import LAST_TOKEN_SCORING
+from benchmarks.eval import LAST_TOKEN_SCORING, before_losses
 from lazy_core import DecodingOptions, LazyConfig, LazyLLM
 
 pytestmark = pytest.mark.slow
@@ -66,8 +66,9 @@ def test_default_schedule_retrieves_a_passkey(real_model):
     assert s.revived_tokens > 0  # decoding steps select the needle again and revive it
 
 
-# The empty case below is real under LAST_TOKEN_SCORING, the default's scoring before its 8-query window (the window
-# happens to keep this one item's output); the guard and the fallback must hold for any scoring a user configures.
+# The empty case below is real under LAST_TOKEN_SCORING, the default's scoring before its 8-query window, with the
+# default's layers before the loss analysis (7/14/21: ``before_losses``); the window, or the middle layer at 17, happen
+# to keep this one item's output. The guard and the fallback must hold for any schedule a user configures.
 
 
 def _plate_tectonics_prompt(tok) -> list[int]:
@@ -88,11 +89,11 @@ def test_short_prompt_that_pruning_empties_is_computed_in_full(real_model):
     ids = torch.tensor([_plate_tectonics_prompt(tok)])
     default = LazyConfig.default_for(model)
     assert ids.shape[1] < default.min_prompt_tokens
-    unguarded = default.model_copy(update={"min_prompt_tokens": 0, **LAST_TOKEN_SCORING})
+    unguarded = before_losses(model, min_prompt_tokens=0, **LAST_TOKEN_SCORING)
     pruned = LazyLLM(model, unguarded).generate(ids, max_new_tokens=24)
     assert pruned.stats[0].pruned and pruned.stats[0].new_tokens == 1
     assert tok.decode(pruned.sequences[0, ids.shape[1]:], skip_special_tokens=True).strip() == ""
-    guarded = LazyLLM(model, default.model_copy(update=LAST_TOKEN_SCORING)).generate(ids, max_new_tokens=24)
+    guarded = LazyLLM(model, before_losses(model, **LAST_TOKEN_SCORING)).generate(ids, max_new_tokens=24)
     ref = model.generate(ids, max_new_tokens=24, do_sample=False)
     assert guarded.sequences.tolist() == ref.tolist() and not guarded.stats[0].pruned
     assert len(tok.decode(ref[0, ids.shape[1]:], skip_special_tokens=True).split()) >= 5
@@ -104,8 +105,7 @@ def test_worker_falls_back_on_the_real_empty_case(real_model):
 
     model, tok = real_model
     ids = _plate_tectonics_prompt(tok)
-    update = {"min_prompt_tokens": 0, **LAST_TOKEN_SCORING}
-    unguarded = LazyConfig.default_for(model).model_copy(update=update).model_dump()
+    unguarded = before_losses(model, min_prompt_tokens=0, **LAST_TOKEN_SCORING).model_dump()
     # float32, as real_model: the empty case is a fact of the fp32 model (bf16 may pick another first token)
     spec = WorkerSpec(model="smollm2-135m-instruct", lazy=unguarded, decoding=DecodingOptions(max_new_tokens=16),
                       dtype="float32")

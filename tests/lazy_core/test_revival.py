@@ -143,8 +143,9 @@ def test_old_flat_revival_keys_load_with_their_meaning():
                     min_prompt_tokens=1000, revive=True, revive_per_step=None, revive_policy="top", revive_top=128,
                     revive_hysteresis=0.0, revive_steps=32, query_window=1, head_reduce="max", query_reduce="max",
                     pool_kernel=31, keep_tail=32, seed=0)
-    before_window = {"query_window": 1, "query_reduce": "max"}  # the default's scoring until its 8-query window
-    assert LazyConfig(**old_dump) == LazyConfig.default_for(30).model_copy(update=before_window)
+    # the default's scoring until its 8-query window, and its middle layer until the loss analysis
+    before = {"query_window": 1, "query_reduce": "max", "prune_layers": [7, 14, 21]}
+    assert LazyConfig(**old_dump) == LazyConfig.default_for(30).model_copy(update=before)
     assert LazyConfig(**{**old_dump, "revive_policy": "select"}).revival == SelectRevival()  # top 128 was inert
     with pytest.raises(ValueError, match=r"revive_top=6 only applies to revive_policy='top'.*'name': 'top', 'top': 6"):
         LazyConfig(revive_policy="select", revive_top=6)
