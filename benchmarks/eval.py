@@ -87,7 +87,7 @@ METHODS: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
     "lazy_w1": ("the default before RULER: the last prompt token as the only query (records run as lazy)",
                 lambda m: _default(m)),
     "lazy_mid14": ("the default before the loss analysis: the middle pruning layer at 14 of 30, max-pool over 31",
-                   lambda m: before_losses(m)),
+                   before_losses),
     "top32": ("default, revive the pruned among each step's top 32, every step",
               lambda m: _default(m, revival=TopRevival(top=32), revive_steps=None)),
     "top64": ("default, revive the pruned among each step's top 64, every step",

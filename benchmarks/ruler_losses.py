@@ -76,27 +76,25 @@ def layer_profile(model: Any, tok: Any, config: LazyConfig, items: list) -> list
 
 
 def profile_table(profiles: list[dict[str, Any]], shares: tuple[float, ...] = (0.1, 0.2, 0.4)) -> str:
-    """Per layer: the median worst-rank share of the answers, and how many answers a layer keeping each share keeps."""
-    per_layer: dict[int, list[float]] = {}
-    for prof in profiles:
-        for answer in prof["worst_rank_share"].values():
-            for layer, share in answer.items():
-                per_layer.setdefault(int(layer), []).append(share)
+    """Per layer: the median worst-rank share of the answers, and how many answers a layer keeping each share keeps
+    (:func:`lazy_core.profile.layer_hits`)."""
+    answers = [{int(layer): v for layer, v in answer.items()}  # JSON records have string keys
+               for prof in profiles for answer in prof["worst_rank_share"].values()]
+    hits = {s: profile.layer_hits(answers, s) for s in shares}
     rows = []
-    for layer, values in sorted(per_layer.items()):
-        values.sort()
+    for layer in sorted({layer for answer in answers for layer in answer}):
+        values = sorted(answer[layer] for answer in answers)
         rows.append([layer, f"{values[len(values) // 2]:.3f}",
-                     *[f"{sum(v < s for v in values)}/{len(values)}" for s in shares]])
+                     *[f"{round(hits[s][layer] * len(answers))}/{len(answers)}" for s in shares]])
     return md_table(["layer", "median worst rank / prompt", *[f"kept whole at {s:.0%}" for s in shares]], rows)
 
 
 def analyse(lazy: LazyLLM, tok: Any, item, eos: list[int], lines: list[int], max_new: int = 64) -> dict[str, Any]:
     ids = torch.tensor([item.prompt_ids])
     one_line = bool(lines) and item.task.split("_")[0] in ONE_LINE
-    lazy.generate(ids, max_new_tokens=1, eos_token_id=[])
-    prefilled = lazy.last_state  # each layer's kept set once prefill is done
     model = lazy.model
-    pruned = prefill_ranks(model, lazy.config, ids)
+    pruned = prefill_ranks(model, lazy.config, ids, keep_state=True)
+    prefilled = pruned.state  # each layer's kept set once prefill is done
     unpruned = prefill_ranks(model, scoring_only(lazy.config, ids.shape[1]), ids)
     out = lazy.generate(ids, max_new_tokens=min(item.max_new_tokens, max_new),
                         eos_token_id=eos + (lines if one_line else []))

@@ -31,20 +31,29 @@ class RankingPruner(AttentionPruner):
         super().__init__(config)
         self.ranks: dict[int, dict[int, int]] = {}  # layer -> position -> rank among the scored candidates
         self.budgets: dict[int, int] = {}
+        self.state: Any = None  # the prefilled BatchState, when prefill_ranks keeps it
+
+    def scores(self, inputs: ScoreInputs) -> torch.Tensor:
+        self._scored = super().scores(inputs)  # [B, S]: what select ranks, kept so it is computed once
+        return self._scored
 
     def select(self, inputs: ScoreInputs, budget: torch.Tensor, forced: torch.Tensor) -> torch.Tensor:
-        score = self.scores(inputs).float().masked_fill(~inputs.candidates, float("-inf"))
+        keep = super().select(inputs, budget, forced)
+        score = self._scored.float().masked_fill(~inputs.candidates, float("-inf"))
         score = score.masked_fill(forced & inputs.candidates, float("inf"))[0]
         order = torch.sort(score, descending=True, stable=True).indices[: int(inputs.candidates[0].sum())]
         self.ranks[inputs.layer] = {int(inputs.key_pos[0, s]): r for r, s in enumerate(order.tolist())}
         self.budgets[inputs.layer] = int(budget[0])
-        return super().select(inputs, budget, forced)
+        return keep
 
 
-def prefill_ranks(model: Any, config: LazyConfig, ids: torch.Tensor) -> RankingPruner:
-    """Ranks of every prompt position at each pruning layer of ``config`` in the prefill of ``ids`` [1, T]."""
+def prefill_ranks(model: Any, config: LazyConfig, ids: torch.Tensor, keep_state: bool = False) -> RankingPruner:
+    """Ranks of every prompt position at each pruning layer of ``config`` in the prefill of ``ids`` [1, T];
+    ``keep_state``: the prefilled state (each layer's kept set) as ``pruner.state``."""
     pruner = RankingPruner(config)
-    LazyLLM(model, config, pruner=pruner).generate(ids, max_new_tokens=1, eos_token_id=[])
+    lazy = LazyLLM(model, config, pruner=pruner, keep_state=keep_state)
+    lazy.generate(ids, max_new_tokens=1, eos_token_id=[])
+    pruner.state = lazy.last_state if keep_state else None
     return pruner
 
 
