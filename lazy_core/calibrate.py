@@ -89,7 +89,7 @@ def candidate_schedules(model_or_num_layers: Any, answer_shares: Sequence[dict[i
         for fractions in PLACEMENTS.values():
             for ratios in KEEP_RATIOS:
                 layers, kept = place_schedule(model_or_num_layers, fractions, ratios)
-                out.append(LazyConfig(**{**base.model_dump(), "prune_layers": layers, "keep_ratios": kept}))
+                out.append(base.rescheduled(layers, kept))
         if answer_shares:
             out += [cfg.model_copy(update={"prune_layers": profiled_layers(cfg, model_or_num_layers, answer_shares)})
                     for cfg in out]

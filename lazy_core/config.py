@@ -102,6 +102,19 @@ class LazyConfig(BaseModel):
         description="Odd width of a 1-D max-pool over token positions applied to the scores, so a kept token keeps its "
         "neighbours (1 = no pooling, the paper).",
     )
+    pool_kernels: list[int] | None = Field(
+        None,
+        description="Odd pool widths per pruning layer, one per entry of prune_layers, in place of pool_kernel there "
+        "(e.g. a wide pool where the budget is wide, so a long value around a peak is kept whole, and a narrow one "
+        "where it is tight). None = pool_kernel at every layer.",
+    )
+    pool_shift: int = Field(
+        0,
+        ge=0,
+        description="How far the pool reaches further forward than back: a scored token keeps pool_kernel // 2 + "
+        "pool_shift tokens after it and pool_kernel // 2 - pool_shift before it (at most pool_kernel // 2), so the "
+        "value that follows a key the question matches is kept with it (0 = centred).",
+    )
     keep_tail: int = Field(
         1, ge=1, description="The last keep_tail prompt tokens are always kept (the last token always is)."
     )
@@ -145,6 +158,20 @@ class LazyConfig(BaseModel):
             )
         if self.pool_kernel % 2 == 0:
             raise ValueError(f"pool_kernel must be odd so the pool is centred on each token, got {self.pool_kernel}")
+        if self.pool_kernels is not None:
+            if len(self.pool_kernels) != len(self.prune_layers):
+                raise ValueError(
+                    f"pool_kernels has {len(self.pool_kernels)} entries but prune_layers has {len(self.prune_layers)}; "
+                    "give one pool width per pruning layer, or None for pool_kernel at every layer"
+                )
+            if any(k < 1 or k % 2 == 0 for k in self.pool_kernels):
+                raise ValueError(f"pool_kernels must be odd and >= 1 (centred on each token), got {self.pool_kernels}")
+        narrowest = min([self.pool_kernel, *(self.pool_kernels or [])])
+        if self.pool_shift > narrowest // 2:
+            raise ValueError(
+                f"pool_shift {self.pool_shift} moves the pool past the scored token itself: it may be at most half the "
+                f"narrowest pool width ({narrowest} // 2 = {narrowest // 2}); widen the pool or shift it less"
+            )
         return self
 
     # ---- presets -------------------------------------------------------------------------------------------------
@@ -184,7 +211,9 @@ class LazyConfig(BaseModel):
         tokens are computed in full. Models with fewer than 4 layers get :meth:`off`. Why these values: BENCHMARKS.md,
         "Default schedule: how it was chosen", "Revival policies: how the decoding default was chosen", "Short prompts:
         where pruning stops paying", "RULER and entity-bound needles" (the 8-query window) and "Why the default loses
-        facts" (the middle layer, where SmolLM2's attention ranks the answers better than at 14).
+        facts" (the middle layer, where SmolLM2's attention ranks the answers better than at 14) and "A wide first
+        pool and the first tokens" (a per-layer pool that keeps UUIDs whole, measured and not adopted: it revives more
+        tokens in decoding and costs the job 8-12 % docs/s).
         """
         if model_depth(model_or_num_layers) < 4:
             return cls.off()
@@ -224,6 +253,22 @@ class LazyConfig(BaseModel):
         )
 
     # ---- schedule arithmetic -------------------------------------------------------------------------------------
+
+    def rescheduled(self, prune_layers: list[int], keep_ratios: list[float]) -> LazyConfig:
+        """This config's scoring on other pruning layers (validated). A per-layer pool keeps its shape: the first
+        pruning layer takes the first width of ``pool_kernels``, every later one the last (wide where the budget is)."""
+        pools = self.pool_kernels
+        if pools is not None:
+            pools = ([pools[0]] + [pools[-1]] * (len(prune_layers) - 1))[: len(prune_layers)]
+        return LazyConfig(**{**self.model_dump(), "prune_layers": prune_layers, "keep_ratios": keep_ratios,
+                             "pool_kernels": pools})
+
+    def pool_at(self, layer: int) -> int:
+        """The max-pool width scoring uses at ``layer``: its entry of ``pool_kernels`` at a pruning layer, else
+        ``pool_kernel``."""
+        if self.pool_kernels is not None and layer in self.prune_layers:
+            return self.pool_kernels[self.prune_layers.index(layer)]
+        return self.pool_kernel
 
     def keep_budget(self, step: int, prompt_tokens: int) -> int:
         """Tokens of a ``prompt_tokens``-long prompt alive after pruning step ``step`` (index into prune_layers)."""

@@ -66,9 +66,11 @@ def scoring_only(config: LazyConfig, prompt_tokens: int) -> LazyConfig:
 
 def every_layer(config: LazyConfig, model_or_num_layers: Any, prompt_tokens: int) -> LazyConfig:
     """``config``'s scoring at every layer a schedule may prune after (:func:`~lazy_core.arch.prunable_layers`),
-    keeping (almost) every token: what each layer's attention ranks, with nothing pruned before it."""
+    keeping (almost) every token: what each layer's attention ranks, with nothing pruned before it. Each layer pools
+    as ``config`` pools there (``pool_at``)."""
     layers = prunable_layers(model_or_num_layers)
-    return scoring_only(LazyConfig(**{**config.model_dump(), "prune_layers": layers,
+    pools = [config.pool_at(layer) for layer in layers] if config.pool_kernels is not None else None
+    return scoring_only(LazyConfig(**{**config.model_dump(), "prune_layers": layers, "pool_kernels": pools,
                                       "keep_ratios": [1.0] * len(layers)}), prompt_tokens)
 
 

@@ -110,10 +110,16 @@ class AttentionPruner(TokenPruner):
             count = inputs.query_valid.sum(1).clamp(min=1)
             score = per_query.sum(1) / count[:, None]
         score = score * inputs.candidates
-        if cfg.pool_kernel > 1:  # over token positions, so the result does not depend on the cache's slot order
+        kernel = cfg.pool_at(inputs.layer)
+        if kernel > 1:  # over token positions, so the result does not depend on the cache's slot order
             dense = torch.zeros(score.shape[0], inputs.position_bound, dtype=score.dtype, device=score.device)
             dense.scatter_reduce_(1, inputs.key_pos, score * inputs.key_valid, reduce="amax")
-            dense = F.max_pool1d(dense[:, None], cfg.pool_kernel, stride=1, padding=cfg.pool_kernel // 2)[:, 0]
+            if cfg.pool_shift:  # a score at position j reaches j + shift - kernel // 2 ... j + shift + kernel // 2
+                back, ahead = kernel // 2 + cfg.pool_shift, kernel // 2 - cfg.pool_shift
+                padded = F.pad(dense[:, None], (back, ahead), value=float("-inf"))
+                dense = F.max_pool1d(padded, kernel, stride=1)[:, 0]
+            else:
+                dense = F.max_pool1d(dense[:, None], kernel, stride=1, padding=kernel // 2)[:, 0]
             score = dense.gather(1, inputs.key_pos)
         return score
 

@@ -41,6 +41,31 @@ def test_min_prompt_tokens_presets_and_validation():
         LazyConfig(min_prompt_tokens=-1)
 
 
+def test_pool_kernels_one_odd_width_per_pruning_layer():
+    config = LazyConfig(**PRUNE, pool_kernel=31, pool_kernels=[63, 15])
+    assert [config.pool_at(layer) for layer in (0, 1, 2)] == [63, 31, 15]  # layer 1 does not prune: pool_kernel
+    assert LazyConfig(**PRUNE, pool_kernel=31).pool_at(0) == 31
+    with pytest.raises(ValidationError, match="one pool width per pruning layer"):
+        LazyConfig(**PRUNE, pool_kernels=[63])
+    with pytest.raises(ValidationError, match="pool_kernels must be odd"):
+        LazyConfig(**PRUNE, pool_kernels=[63, 30])
+    with pytest.raises(ValidationError, match="narrowest pool width"):  # a pool must still hold its own token
+        LazyConfig(**PRUNE, pool_kernel=31, pool_kernels=[63, 15], pool_shift=8)
+    assert LazyConfig(**PRUNE, pool_kernel=31, pool_kernels=[63, 15], pool_shift=7).pool_shift == 7
+
+
+def test_rescheduled_keeps_a_per_layer_pool_wide_first():
+    """rescheduled: the same scoring on other layers; a per-layer pool (BENCHMARKS.md, "A wide first pool and the first
+    tokens") keeps its first width at the first layer and its last at the others, whatever the count."""
+    wide_first = LazyConfig.default_for(30).model_copy(update={"pool_kernels": [63, 31, 31], "keep_head": 4})
+    assert [wide_first.pool_at(layer) for layer in (6, 7, 17, 21)] == [31, 63, 31, 31]
+    two = wide_first.rescheduled([5, 11], [0.4, 0.1])
+    assert two.pool_kernels == [63, 31] and two.prune_layers == [5, 11] and two.keep_head == 4
+    assert wide_first.rescheduled([3], [0.2]).pool_kernels == [63]
+    assert LazyConfig(**PRUNE).rescheduled([1], [0.5]).pool_kernels is None
+    assert LazyConfig.default_for(30).pool_kernels is None and LazyConfig.default_for(30).keep_head == 0
+
+
 def test_resolve_names_the_pipelines_schedules(tiny_llama):
     """LazyConfig.resolve: what the worker and the driver's batch budget both read a `lazy` setting as."""
     assert LazyConfig.resolve("default", tiny_llama) == LazyConfig.default_for(tiny_llama)

@@ -53,6 +53,14 @@ def test_scoring_only_ranks_the_whole_prompt_at_every_layer(model):
     assert every.ranks[3] == full.ranks[3]  # nothing pruned before: the same attention, the same ranks
 
 
+def test_every_layer_pools_each_layer_as_the_config_does(model):
+    """A per-layer pool (pool_kernels) carries over: the pruning layers keep theirs, the others take pool_kernel."""
+    config = LazyConfig(**{**CONFIG.model_dump(), "pool_kernels": [5, 1]})
+    every = every_layer(config, model, 80)
+    assert [every.pool_at(layer) for layer in range(5)] == [3, 5, 3, 1, 3]
+    assert every_layer(CONFIG, model, 80).pool_kernels is None
+
+
 def test_worst_rank_shares_and_hits(model):
     ids = _ids()[0].tolist()
     (shares,) = worst_rank_shares(model, CONFIG, ids, [[10, 11, 12]])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import make_tiny_model
 from helpers import PROMPTS, PRUNE, RecordingPruner, encode
 
@@ -22,6 +21,7 @@ from lazy_core.scoring import make_pruner
         dict(query_window=4, head_reduce="max", query_reduce="max", pool_kernel=3),
         dict(query_window=3, head_reduce="mean", query_reduce="mean", pool_kernel=1),
         dict(query_window=2, head_reduce="kv_group", query_reduce="mean", pool_kernel=1),  # 4 heads, 2 KV heads
+        dict(query_window=2, head_reduce="max", query_reduce="mean", pool_kernel=5, pool_shift=2),  # reaching ahead
     ],
 )
 def test_scores_equal_eager_attention_reference(tiny_tokenizer, scoring):
@@ -39,11 +39,29 @@ def test_scores_equal_eager_attention_reference(tiny_tokenizer, scoring):
     else:
         heads = window.mean(1) if scoring["head_reduce"] == "mean" else window.amax(1)
     ref = heads.mean(1) if scoring["query_reduce"] == "mean" else heads.amax(1)
-    if scoring["pool_kernel"] > 1:
-        k = scoring["pool_kernel"]
-        ref = F.max_pool1d(ref[:, None], k, stride=1, padding=k // 2)[:, 0]
+    if scoring["pool_kernel"] > 1:  # token i takes the best score of the tokens j whose pool reaches it
+        k, shift = scoring["pool_kernel"], scoring.get("pool_shift", 0)
+        n = ref.shape[1]
+        reaches = [[j for j in range(n) if j + shift - k // 2 <= i <= j + shift + k // 2] for i in range(n)]
+        ref = torch.stack([torch.stack([max(ref[0, j] for j in js) for js in reaches])])
     got = pruner.calls[0]["scores"]
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_pool_kernels_pool_each_pruning_layer_by_its_own_width(tiny_tokenizer):
+    """pool_kernels: each pruning layer's scores are those of a single-width config of that layer's width, on the same
+    inputs (a wide pool where the budget is wide, the narrow one elsewhere)."""
+    model = make_tiny_model("llama")
+    enc = encode(tiny_tokenizer, PROMPTS[:1])
+    config = LazyConfig(**PRUNE, query_window=2, pool_kernel=1, pool_kernels=[5, 3])
+    pruner = RecordingPruner(config)
+    LazyLLM(model, config, pruner=pruner).generate(enc.input_ids, max_new_tokens=1)
+    assert [call["inputs"].layer for call in pruner.calls] == PRUNE["prune_layers"]
+    for call, width in zip(pruner.calls, [5, 3], strict=True):
+        alone = make_pruner(LazyConfig(**PRUNE, query_window=2, pool_kernel=width)).scores(call["inputs"])
+        narrow = make_pruner(LazyConfig(**PRUNE, query_window=2, pool_kernel=1)).scores(call["inputs"])
+        torch.testing.assert_close(call["scores"], alone, atol=0, rtol=0)
+        assert not torch.equal(call["scores"], narrow)  # the pool acted
 
 
 def test_kept_tokens_are_top_scored_nested_and_keep_positions(tiny_tokenizer):
