@@ -41,8 +41,24 @@ def before_losses(model: Any, **update: Any) -> LazyConfig:
     depth, max-pool over 31), with these fields changed (validated). The candidates measured against that default
     vary it, so their names keep the meaning their records have."""
     layers, ratios = place_schedule(model, MID14_FRACTIONS, DEFAULT_RATIOS)
-    return LazyConfig(**{**LazyConfig.default_for(model).model_dump(), "pool_kernel": 31, "prune_layers": layers,
-                         "keep_ratios": ratios, **update})
+    return LazyConfig(**{**LazyConfig.default_for(model).model_dump(), "pool_kernel": 31, "pool_kernels": None,
+                         "keep_head": 0, "prune_layers": layers, "keep_ratios": ratios, **update})
+
+
+MID17_FRACTIONS = (8 / 30, 18 / 30, 22 / 30)  # the placement that became DEFAULT_FRACTIONS (lazy_core.config)
+
+
+def mid17(model: Any, **update: Any) -> LazyConfig:
+    """``mid17``, the default since 2026-12-05 20:00 (``before_losses`` with the middle layer at 17 of 30), with these
+    fields changed (validated)."""
+    layers, ratios = place_schedule(model, MID17_FRACTIONS, DEFAULT_RATIOS)
+    return before_losses(model, prune_layers=layers, keep_ratios=ratios, **update)
+
+
+def first_pool(config: LazyConfig, width: int) -> LazyConfig:
+    """``config`` with a ``width``-wide pool at its first pruning layer, its own pool at the others."""
+    pools = [width] + [config.pool_kernel] * (len(config.prune_layers) - 1)
+    return LazyConfig(**{**config.model_dump(), "pool_kernels": pools})
 
 
 def _default(model: Any, **update: Any) -> LazyConfig:
@@ -88,6 +104,11 @@ METHODS: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
                 lambda m: _default(m)),
     "lazy_mid14": ("the default before the loss analysis: the middle pruning layer at 14 of 30, max-pool over 31",
                    before_losses),
+    # the default's neighbours on the curve of 2026-12-05 (BENCHMARKS.md, "A wide first pool"); mid17's records ran as
+    # lazy
+    "mid17": ("the default since 2026-12-05 20:00: lazy_mid14 with the middle layer at 17 of 30", mid17),
+    "first47_sink4": ("mid17 with a 47-wide pool at the first pruning layer and the first 4 tokens kept",
+                      lambda m: first_pool(mid17(m, keep_head=4), 47)),
     "top32": ("default, revive the pruned among each step's top 32, every step",
               lambda m: _default(m, revival=TopRevival(top=32), revive_steps=None)),
     "top64": ("default, revive the pruned among each step's top 64, every step",

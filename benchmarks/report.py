@@ -116,7 +116,11 @@ def schedule_text(config: dict[str, Any]) -> str:
     elif (config.get("revival") or {}).get("name", config.get("revive_policy")) == "top":  # or the old flat keys
         text += f", revive top {(config.get('revival') or {}).get('top', config.get('revive_top'))}"
         text += f" in the first {config['revive_steps']} steps" if config.get("revive_steps") else ""
-    return text + f", window {config.get('query_window')}, pool {config.get('pool_kernel')}"
+    pools = config.get("pool_kernels")
+    pool = "/".join(map(str, pools)) if pools else config.get("pool_kernel")
+    text += f", window {config.get('query_window')}, pool {pool}"
+    text += f" shifted {config['pool_shift']}" if config.get("pool_shift") else ""
+    return text + (f", first {config['keep_head']} kept" if config.get("keep_head") else "")
 
 
 def _mean(values: list[float]) -> float:

@@ -44,7 +44,7 @@ from benchmarks.common import (
     replace_section,
     split_quant,
 )
-from benchmarks.eval import LAST_TOKEN_SCORING, before_losses
+from benchmarks.eval import LAST_TOKEN_SCORING, MID17_FRACTIONS, before_losses, first_pool, mid17
 from benchmarks.ruler_tasks import TASK_NAMES, RulerItem, build_items, score
 from lazy_core import LazyConfig, LazyLLM
 from lazy_core.arch import place_schedule
@@ -59,7 +59,6 @@ BOOTSTRAP_REPS = 2000
 
 
 DEFAULT_RATIOS_WIDE = (0.5, 0.3, 0.15)
-MID17_FRACTIONS = (8 / 30, 18 / 30, 22 / 30)  # the candidate that became DEFAULT_FRACTIONS (lazy_core.config)
 
 
 def _placed(model: Any, ratios: tuple[float, ...],
@@ -97,12 +96,29 @@ CANDIDATES: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
     # and a pool wide enough for the UUID needles (34 tokens; a 31-wide pool keeps 15 on either side of a peak)
     "lazy_mid14": ("the default before the loss analysis: the middle pruning layer at 15/30 of the depth (14 of 30), "
                    "max-pool over 31 positions (records before 2026-12-05 20:00 ran it as lazy)", before_losses),
-    "mid17": ("lazy_mid14 with the middle pruning layer at 18/30 of the depth (17 of 30): the default since (the "
-              "same config as lazy)",
-              lambda m: before_losses(m, **_placed(m, DEFAULT_RATIOS, MID17_FRACTIONS))),
+    "mid17": ("lazy_mid14 with the middle pruning layer at 18/30 of the depth (17 of 30): the default of "
+              "2026-12-05 20:00 on (the same config as lazy)",
+              mid17),
     "pool63": ("lazy_mid14 with max-pool over 63 positions", lambda m: before_losses(m, pool_kernel=63)),
     "mid17_pool63": ("lazy_mid14 with both: layer 17 and a 63-wide pool (loses single facts: BENCHMARKS.md)",
                      lambda m: before_losses(m, pool_kernel=63, **_placed(m, DEFAULT_RATIOS, MID17_FRACTIONS))),
+    # the pool by layer: wide where the budget is (the first pruning layer keeps 40 %, where the UUIDs fall out),
+    # the default's 31 where it is tight (the 63-wide pool everywhere lost single facts)
+    "first63": ("mid17 with max-pool over 63 positions at the first pruning layer only",
+                lambda m: first_pool(mid17(m), 63)),
+    # the wide pool dropped the chat template's first tokens (where attention sinks) on the single facts it lost:
+    # they are kept whatever their score
+    "first63_sink4": ("first63, the first 4 prompt tokens always kept (the default for an hour: BENCHMARKS.md)",
+                      lambda m: first_pool(mid17(m, keep_head=4), 63)),
+    "first47_sink4": ("first63_sink4 with a 47-wide first pool", lambda m: first_pool(mid17(m, keep_head=4), 47)),
+    "pool63_sink4": ("mid17 with max-pool over 63 positions at every layer, the first 4 prompt tokens always kept",
+                     lambda m: mid17(m, pool_kernel=63, keep_head=4)),
+    # the pool reaching forward: the peak sits on the key 3-4 tokens before its value (a UUID's 33-36 tokens rank low
+    # themselves), so a token keeps what follows it rather than as much before
+    "fwd31": ("mid17 with its 31-wide pool reaching 27 tokens ahead and 3 back (pool_shift 12)",
+              lambda m: mid17(m, pool_shift=12)),
+    "fwd41": ("mid17 with a 41-wide pool reaching 36 tokens ahead and 4 back (pool_shift 16)",
+              lambda m: mid17(m, pool_kernel=41, pool_shift=16)),
 }
 
 

@@ -8,7 +8,16 @@ import math
 
 import pytest
 
-from benchmarks.report import build_report, choose, current_only, load_records, score_records, summarise
+from benchmarks.report import (
+    build_report,
+    choose,
+    current_only,
+    load_records,
+    schedule_text,
+    score_records,
+    summarise,
+)
+from lazy_core import LazyConfig
 
 
 def _config(method):
@@ -168,3 +177,12 @@ def test_agreement_counts_first_tokens_with_a_wilson_interval(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     line = next(x for x in agreement_text([path]).splitlines() if x.startswith("| lazy |"))
     assert "| 2 | 1/2 [" in line and "| 1.000 | 0.500 |" in line and "| -0.750 | -0.750 |" in line
+
+
+def test_schedule_text_names_the_pool_per_layer_and_the_kept_first_tokens():
+    wide = LazyConfig.default_for(30).model_copy(update={"pool_kernels": [63, 31, 31], "keep_head": 4})
+    assert schedule_text(wide.model_dump()).endswith("window 8, pool 63/31/31, first 4 kept")
+    assert schedule_text(LazyConfig.default_for(30).model_dump()).endswith("window 8, pool 31")
+    shifted = LazyConfig(prune_layers=[1], keep_ratios=[0.5], pool_kernel=5, pool_shift=2).model_dump()
+    assert schedule_text(shifted).endswith("window 1, pool 5 shifted 2")
+    assert schedule_text(LazyConfig.off().model_dump()) == "no pruning"

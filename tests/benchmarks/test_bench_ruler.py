@@ -155,6 +155,10 @@ def test_methods_resolve_and_reject_unknown_names():
     assert not ruler.method_config("full", model).enabled
     with pytest.raises(ValueError, match="unknown method 'fast'"):
         ruler.method_config("fast", model)
+    # the candidate that became the default names the same config as lazy; the others stay as they ran
+    assert ruler.method_config("mid17", 30) == ruler.method_config("lazy", 30)
+    wide = ruler.method_config("first63_sink4", 30)
+    assert wide.pool_kernels == [63, 31, 31] and wide.keep_head == 4 and wide.prune_layers == [7, 17, 21]
 
 
 def test_curve_lists_every_method_against_full_per_family():

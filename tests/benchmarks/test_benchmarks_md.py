@@ -13,10 +13,11 @@ from benchmarks.common import BENCHMARKS_MD, RESULTS_DIR
 from lazy_core import LazyConfig
 
 REMEDIES = {  # block -> (results file, methods of its per-task table)
-    "ruler_remedies": ("ruler-remedies-smollm2-135m-instruct.jsonl", ["full", "lazy_mid14", "mid17"]),
-    "ruler_remedies_s1": ("ruler-remedies-smollm2-135m-instruct-s1.jsonl", ["full", "lazy_mid14", "mid17"]),
-    "ruler_remedies_gemma": ("ruler-remedies-gemma3-270m.jsonl", ["full", "lazy_mid14", "mid17_pool63"]),
-    "ruler_entity": ("ruler-entity-smollm2-135m-instruct.jsonl", ["full", "lazy_mid14", "mid17"]),
+    "ruler_remedies": ("ruler-remedies-smollm2-135m-instruct.jsonl", ["full", "mid17", "first63_sink4"]),
+    "ruler_remedies_s1": ("ruler-remedies-smollm2-135m-instruct-s1.jsonl", ["full", "mid17", "first63_sink4"]),
+    "ruler_remedies_gemma": ("ruler-remedies-gemma3-270m.jsonl", ["full", "lazy_mid14", "first63_sink4"]),
+    "ruler_entity": ("ruler-entity-smollm2-135m-instruct.jsonl", ["full", "mid17", "first63_sink4"]),
+    "ruler_gemma_8k": ("ruler-n20-gemma3-270m-8192.jsonl", ["full", "lazy_mid14", "first63_sink4"]),
 }
 
 
