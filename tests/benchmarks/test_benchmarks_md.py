@@ -12,8 +12,9 @@ from benchmarks import gemma_eval, ruler, short_prompts
 from benchmarks.common import BENCHMARKS_MD, RESULTS_DIR
 from lazy_core import LazyConfig
 
-REMEDIES = {  # block -> (results file, methods of its per-task table)
-    "ruler_remedies": ("ruler-remedies-smollm2-135m-instruct.jsonl", ["full", "mid17", "first63_sink4"]),
+REMEDIES = {  # block -> (results file or files, methods of its per-task table)
+    "ruler_remedies": (("ruler-remedies-smollm2-135m-instruct.jsonl",  # the second round's candidates: -round2
+                        "ruler-remedies-smollm2-135m-instruct-round2.jsonl"), ["full", "mid17", "first63_sink4"]),
     "ruler_remedies_s1": ("ruler-remedies-smollm2-135m-instruct-s1.jsonl", ["full", "mid17", "first63_sink4"]),
     "ruler_remedies_gemma": ("ruler-remedies-gemma3-270m.jsonl", ["full", "lazy_mid14", "first63_sink4"]),
     "ruler_entity": ("ruler-entity-smollm2-135m-instruct.jsonl", ["full", "mid17", "first63_sink4"]),
@@ -36,8 +37,9 @@ def test_benchmarks_md_blocks_are_what_the_results_give(name):
                    for r in ruler.load_records(RESULTS_DIR / f"ruler-n20-{model}.jsonl")]
         body = ruler.section(records, ["full", "lazy"])
     elif name in REMEDIES:
-        path, methods = REMEDIES[name]
-        body = ruler.section(ruler.load_records(RESULTS_DIR / path), methods)
+        paths, methods = REMEDIES[name]
+        paths = (paths,) if isinstance(paths, str) else paths
+        body = ruler.section([r for path in paths for r in ruler.load_records(RESULTS_DIR / path)], methods)
     else:
         lines = (RESULTS_DIR / "gemma_eval.jsonl").read_text(encoding="utf-8").splitlines()
         body = gemma_eval.section([json.loads(line) for line in lines if line.strip()], gemma_eval.DEFAULT_OUT)
