@@ -405,12 +405,12 @@ def agreement_text(paths: list[Path]) -> str:
     same items: first-token agreement with its Wilson interval, the task score, and the gold answer's
     log-likelihood change (mean and median)."""
     rows = score_records(load_records(paths))
+    full = {r["item_id"]: r["score"] for r in rows if r["method"] == "full"}
     table = []
     for method in sorted({r["method"] for r in rows} - {"full"}):
         mine = [r for r in rows if r["method"] == method]
         agree = sum(r["first_token_agrees"] for r in mine)
         lo, hi = wilson(agree, len(mine))
-        full = {r["item_id"]: r["score"] for r in rows if r["method"] == "full"}
         dll = [r["dloglik"] for r in mine if not math.isnan(r["dloglik"])]
         table.append([method, mine[0]["schedule"], len(mine), f"{agree}/{len(mine)} [{100 * lo:.0f}, {100 * hi:.0f}] %",
                       f"{_mean([full[r['item_id']] for r in mine]):.3f}", f"{_mean([r['score'] for r in mine]):.3f}",

@@ -44,11 +44,11 @@ from benchmarks.common import (
     replace_section,
     split_quant,
 )
-from benchmarks.eval import LAST_TOKEN_SCORING, MID17_FRACTIONS, before_losses, first_pool, mid17
+from benchmarks.eval import LAST_TOKEN_SCORING, before_losses, first_pool, mid17
 from benchmarks.ruler_tasks import TASK_NAMES, RulerItem, build_items, score
 from lazy_core import LazyConfig, LazyLLM
 from lazy_core.arch import place_schedule
-from lazy_core.config import DEFAULT_RATIOS, MID14_FRACTIONS
+from lazy_core.config import MID14_FRACTIONS
 
 DEFAULT_OUT = RESULTS_DIR / "ruler.jsonl"
 CHAT_MODELS = ("smollm2-135m-instruct",)
@@ -61,11 +61,9 @@ BOOTSTRAP_REPS = 2000
 DEFAULT_RATIOS_WIDE = (0.5, 0.3, 0.15)
 
 
-def _placed(model: Any, ratios: tuple[float, ...],
-            fractions: tuple[float, ...] = MID14_FRACTIONS) -> dict[str, Any]:
-    """The pruning layers of the default the candidates were measured against (or those at ``fractions`` of the
-    depth) with these keep ratios."""
-    layers, kept = place_schedule(model, fractions, ratios)
+def _placed(model: Any, ratios: tuple[float, ...]) -> dict[str, Any]:
+    """The pruning layers of the default the candidates were measured against with these keep ratios."""
+    layers, kept = place_schedule(model, MID14_FRACTIONS, ratios)
     return {"prune_layers": layers, "keep_ratios": kept}
 
 
@@ -101,7 +99,7 @@ CANDIDATES: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
               mid17),
     "pool63": ("lazy_mid14 with max-pool over 63 positions", lambda m: before_losses(m, pool_kernel=63)),
     "mid17_pool63": ("lazy_mid14 with both: layer 17 and a 63-wide pool (loses single facts: BENCHMARKS.md)",
-                     lambda m: before_losses(m, pool_kernel=63, **_placed(m, DEFAULT_RATIOS, MID17_FRACTIONS))),
+                     lambda m: mid17(m, pool_kernel=63)),
     # the pool by layer: wide where the budget is (the first pruning layer keeps 40 %, where the UUIDs fall out),
     # the default's 31 where it is tight (the 63-wide pool everywhere lost single facts)
     "first63": ("mid17 with max-pool over 63 positions at the first pruning layer only",
