@@ -42,7 +42,8 @@ def before_losses(model: Any, **update: Any) -> LazyConfig:
     vary it, so their names keep the meaning their records have."""
     layers, ratios = place_schedule(model, MID14_FRACTIONS, DEFAULT_RATIOS)
     return LazyConfig(**{**LazyConfig.default_for(model).model_dump(), "pool_kernel": 31, "pool_kernels": None,
-                         "keep_head": 0, "prune_layers": layers, "keep_ratios": ratios, **update})
+                         "decode_pool_kernel": None, "keep_head": 0, "prune_layers": layers, "keep_ratios": ratios,
+                         **update})
 
 
 MID17_FRACTIONS = (8 / 30, 18 / 30, 22 / 30)  # the placement that became DEFAULT_FRACTIONS (lazy_core.config)
@@ -59,6 +60,12 @@ def first_pool(config: LazyConfig, width: int) -> LazyConfig:
     """``config`` with a ``width``-wide pool at its first pruning layer, its own pool at the others."""
     pools = [width] + [config.pool_kernel] * (len(config.prune_layers) - 1)
     return LazyConfig(**{**config.model_dump(), "pool_kernels": pools})
+
+
+def first63_sink4(model: Any, **update: Any) -> LazyConfig:
+    """``mid17`` with a 63-wide pool at the first pruning layer and the first 4 prompt tokens always kept (keeps the
+    UUID needles whole: BENCHMARKS.md, "A wide first pool and the first tokens"), with these fields changed."""
+    return first_pool(mid17(model, keep_head=4, **update), 63)
 
 
 def _default(model: Any, **update: Any) -> LazyConfig:
@@ -107,6 +114,10 @@ METHODS: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
     # the default's neighbours on the curve of 2026-12-05 (BENCHMARKS.md, "A wide first pool"); mid17's records ran as
     # lazy
     "mid17": ("the default since 2026-12-05 20:00: lazy_mid14 with the middle layer at 17 of 30", mid17),
+    "first63_sink4": ("mid17 with a 63-wide pool at the first pruning layer and the first 4 tokens kept (records "
+                      "run as lazy while it was the default, relabelled)", first63_sink4),
+    "first63_sink4_dec31": ("first63_sink4, decoding scoring its revivals with a 31-wide pool",
+                            lambda m: first63_sink4(m, decode_pool_kernel=31)),
     "first47_sink4": ("mid17 with a 47-wide pool at the first pruning layer and the first 4 tokens kept",
                       lambda m: first_pool(mid17(m, keep_head=4), 47)),
     "top32": ("default, revive the pruned among each step's top 32, every step",

@@ -2,14 +2,15 @@
 
     .venv/bin/python -m benchmarks.schedule_cost --against lazy_mid14 --papers 12 --rounds 4
     .venv/bin/python -m benchmarks.schedule_cost --against lazy_mid14 --papers 12 --rounds 4 --seed 1
+    .venv/bin/python -m benchmarks.schedule_cost --method first63_sink4_dec31 --against lazy_mid14 --papers 8
 
 A worker's work, as the job does it on a CPU: the pipeline's prompts (template, middle cut) of ``--papers`` ACL papers,
 ``LazyLLM.generate_continuous`` with 4 slots, one torch thread, bf16 with int4 decoding weights (``quantize="auto"``
-here), the job's generation rules. The default (``lazy``) and ``--against`` (a method of ``benchmarks.ruler``) take
-turns, ABBA over ``--rounds``, so both meet the same load; per round, the ratio of their docs/s and of their new
-tokens per second (the outputs differ in length), and the report takes the medians. ``run_pipeline`` through Ray
-(``benchmarks.summarize_job``) measures the same with process start-up and a shard's output lengths on top, and
-its run-to-run noise on this shared VM was larger than the difference measured here.
+here), the job's generation rules. ``--method`` (the default, ``lazy``, unless named) and ``--against`` (methods of
+``benchmarks.ruler``) take turns, ABBA over ``--rounds``, so both meet the same load; per round, the ratio of their
+docs/s and of their new tokens per second (the outputs differ in length), and the report takes the medians.
+``run_pipeline`` through Ray (``benchmarks.summarize_job``) measures the same with process start-up and a shard's
+output lengths on top, and its run-to-run noise on this shared VM was larger than the difference measured here.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from benchmarks.common import RESULTS_DIR, machine, md_table
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--method", default="lazy", help="a method of benchmarks.ruler.CANDIDATES (lazy: the default)")
     parser.add_argument("--against", default="lazy_mid14", help="a method of benchmarks.ruler.CANDIDATES")
     parser.add_argument("--papers", type=int, default=12)
     parser.add_argument("--prompt-tokens", type=int, default=4096)
@@ -46,12 +48,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from benchmarks.peer import _prompts
     from benchmarks.ruler import method_config
     from benchmarks.summarize_job import choose_papers
-    from lazy_core import DecodingOptions, LazyConfig, LazyLLM, load_model
+    from lazy_core import DecodingOptions, LazyLLM, load_model
     from pipeline import PipelineConfig
 
     torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model, dtype="auto", device="cpu", quantize=args.quantize)
-    engines = {"lazy": LazyLLM(model, LazyConfig.default_for(model)),
+    if args.method == args.against:
+        parser.error(f"--method and --against are both {args.method!r}: name two methods to compare")
+    engines = {args.method: LazyLLM(model, method_config(args.method, model)),
                args.against: LazyLLM(model, method_config(args.against, model))}
     plan = PipelineConfig(input="unused", output="unused", max_prompt_tokens=args.prompt_tokens,
                           max_new_tokens=args.max_new_tokens)
@@ -59,8 +63,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     prompts = sorted(_prompts(tokenizer, papers, plan), key=len, reverse=True)
     options = DecodingOptions(max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty,
                               no_repeat_ngram_size=args.no_repeat_ngram_size)
-    engines["lazy"].generate(torch.tensor([prompts[-1][:64]]), max_new_tokens=2)  # warm-up
-    name = f"schedule_cost-{args.against}-{args.prompt_tokens}-p{len(prompts)}-s{args.seed}"
+    engines[args.method].generate(torch.tensor([prompts[-1][:64]]), max_new_tokens=2)  # warm-up
+    pair = args.against if args.method == "lazy" else f"{args.method}-vs-{args.against}"
+    name = f"schedule_cost-{pair}-{args.prompt_tokens}-p{len(prompts)}-s{args.seed}"
     out = args.out or RESULTS_DIR / f"{name}.jsonl"
     settings = {k: v for k, v in vars(args).items() if k != "out"}
     rounds = []
@@ -76,20 +81,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rounds.append(runs)
         with out.open("a", encoding="utf-8") as f:
             f.write(json.dumps({"round": r, "settings": settings, "machine": machine(), "runs": runs}) + "\n")
-    result = summarize(rounds, args.against)
+    result = summarize(rounds, args.against, args.method)
     out.with_suffix(".md").write_text(report(result, args, out) + "\n", encoding="utf-8")
     print(report(result, args, out))
     return result
 
 
-def summarize(rounds: list[dict[str, dict[str, Any]]], against: str) -> dict[str, Any]:
-    """Medians over rounds of lazy / ``against`` for docs/s and new tokens per second, and each method's medians."""
+def summarize(rounds: list[dict[str, dict[str, Any]]], against: str, method: str = "lazy") -> dict[str, Any]:
+    """Medians over rounds of ``method`` / ``against`` for docs/s and new tokens per second, and each method's
+    medians."""
     def ratio(key: str) -> float:
-        return statistics.median(r["lazy"][key] / r[against][key] for r in rounds)
+        return statistics.median(r[method][key] / r[against][key] for r in rounds)
 
     methods = {m: {k: statistics.median(r[m][k] for r in rounds) for k in ("wall_s", "docs_per_s", "tokens_per_s",
                                                                           "new_tokens", "prefill_s")}
-               for m in ("lazy", against)}
+               for m in (method, against)}
     return {"rounds": len(rounds), "docs_per_s_ratio": ratio("docs_per_s"),
             "tokens_per_s_ratio": ratio("tokens_per_s"), "methods": methods}
 
@@ -100,7 +106,8 @@ def report(result: dict[str, Any], args: argparse.Namespace, out: Path) -> str:
     return (f"{args.papers} papers at {args.prompt_tokens} tokens (seed {args.seed}), {args.rounds} rounds ABBA, "
             f"{args.slots} slots, {args.threads} thread, quantize {args.quantize} (`{out.name}`)\n\n"
             + md_table(["method", "docs/s (median)", "new tokens/s", "new tokens", "prefill s"], rows)
-            + f"\n\ndefault / {args.against}: docs/s **{result['docs_per_s_ratio']:.3f}x**, new tokens/s "
+            + f"\n\n{'default' if args.method == 'lazy' else args.method} / {args.against}: docs/s"
+            f" **{result['docs_per_s_ratio']:.3f}x**, new tokens/s "
             f"{result['tokens_per_s_ratio']:.3f}x (medians of the rounds' ratios)")
 
 

@@ -108,6 +108,12 @@ class LazyConfig(BaseModel):
         "(e.g. a wide pool where the budget is wide, so a long value around a peak is kept whole, and a narrow one "
         "where it is tight). None = pool_kernel at every layer.",
     )
+    decode_pool_kernel: int | None = Field(
+        None,
+        description="Odd pool width a decoding step's new token scores with at every pruning layer (which prompt "
+        "tokens it revives), in place of the prefill's width there: a wide pool that keeps a long value whole in "
+        "prefill need not widen each step's revivals. None = the prefill's width at each layer.",
+    )
     pool_shift: int = Field(
         0,
         ge=0,
@@ -166,7 +172,10 @@ class LazyConfig(BaseModel):
                 )
             if any(k < 1 or k % 2 == 0 for k in self.pool_kernels):
                 raise ValueError(f"pool_kernels must be odd and >= 1 (centred on each token), got {self.pool_kernels}")
-        narrowest = min([self.pool_kernel, *(self.pool_kernels or [])])
+        if self.decode_pool_kernel is not None and (self.decode_pool_kernel < 1 or self.decode_pool_kernel % 2 == 0):
+            raise ValueError(f"decode_pool_kernel must be odd and >= 1 (centred on each token), got "
+                             f"{self.decode_pool_kernel}; or None for the prefill's width")
+        narrowest = min([self.pool_kernel, *(self.pool_kernels or []), self.decode_pool_kernel or self.pool_kernel])
         if self.pool_shift > narrowest // 2:
             raise ValueError(
                 f"pool_shift {self.pool_shift} moves the pool past the scored token itself: it may be at most half the "
@@ -263,9 +272,11 @@ class LazyConfig(BaseModel):
         return LazyConfig(**{**self.model_dump(), "prune_layers": prune_layers, "keep_ratios": keep_ratios,
                              "pool_kernels": pools})
 
-    def pool_at(self, layer: int) -> int:
-        """The max-pool width scoring uses at ``layer``: its entry of ``pool_kernels`` at a pruning layer, else
-        ``pool_kernel``."""
+    def pool_at(self, layer: int, decoding: bool = False) -> int:
+        """The max-pool width scoring uses at ``layer``: ``decode_pool_kernel`` when a decoding step scores (if set),
+        else its entry of ``pool_kernels`` at a pruning layer, else ``pool_kernel``."""
+        if decoding and self.decode_pool_kernel is not None:
+            return self.decode_pool_kernel
         if self.pool_kernels is not None and layer in self.prune_layers:
             return self.pool_kernels[self.prune_layers.index(layer)]
         return self.pool_kernel

@@ -178,10 +178,10 @@ class LayerLoop:
         return window if window is not None and max_pos >= window else None
 
     def _score_inputs(self, state: BatchState, j: int, query, query_pos, query_valid, live, span: int,
-                      visible=None) -> ScoreInputs:
+                      visible=None, decoding: bool = False) -> ScoreInputs:
         """What the scorer sees at layer j: the layer's prompt slots (those in ``visible`` [B, P] by position, if
         given, of the items in ``live`` [B]) against the captured queries [B, H, W, d] at query_pos/query_valid [B, W].
-        ``span``: positions the queries can reach (for a sliding window)."""
+        ``span``: positions the queries can reach (for a sliding window); ``decoding``: a decoding step scores."""
         kv = state.cache.layers[j]
         key_pos, key_valid = kv.positions[:, : kv.length], kv.valid[:, : kv.length]
         candidates = key_valid & (key_pos < state.lengths[:, None]) & live[:, None]
@@ -190,7 +190,7 @@ class LayerLoop:
         return ScoreInputs(
             layer=j, query=query, query_pos=query_pos, query_valid=query_valid, keys=kv.keys[:, :, : kv.length],
             key_pos=key_pos, key_valid=key_valid, candidates=candidates, scaling=self.scaling,
-            window=self._window_active(j, span), position_bound=state.max_positions,
+            window=self._window_active(j, span), position_bound=state.max_positions, decoding=decoding,
         )
 
     def select(self, state: BatchState, inputs: ScoreInputs) -> torch.Tensor:
@@ -280,7 +280,8 @@ class LayerLoop:
             hidden, query = self._run_layer(state, j, hidden, pos, valid, mask, cos_sin, rows, packing)
             if not scoring:
                 continue
-            inputs = self._score_inputs(state, j, query, pos[:, -1:], scored[:, None], scored, span, visible)
+            inputs = self._score_inputs(state, j, query, pos[:, -1:], scored[:, None], scored, span, visible,
+                                        decoding=True)
             revived = self.config.revival.revive(self, state, inputs, StepRows(hidden, pos, valid, visible))
             if revived is None:  # the rows stay as they are
                 continue

@@ -33,6 +33,7 @@ class ScoreInputs:
     budget_bound: int | None = None  # >= every budget of the call, known on the host (saves a sync); None = compute
     bonus: torch.Tensor | None = None  # [B] added to the scores of the slots in bonus_slots before ranking
     bonus_slots: torch.Tensor | None = None  # [B, S]
+    decoding: bool = False  # a decoding step's new token scores (which tokens to revive), not prefill's last ones
 
 
 class TokenPruner:
@@ -110,7 +111,7 @@ class AttentionPruner(TokenPruner):
             count = inputs.query_valid.sum(1).clamp(min=1)
             score = per_query.sum(1) / count[:, None]
         score = score * inputs.candidates
-        kernel = cfg.pool_at(inputs.layer)
+        kernel = cfg.pool_at(inputs.layer, inputs.decoding)
         if kernel > 1:  # over token positions, so the result does not depend on the cache's slot order
             dense = torch.zeros(score.shape[0], inputs.position_bound, dtype=score.dtype, device=score.device)
             dense.scatter_reduce_(1, inputs.key_pos, score * inputs.key_valid, reduce="amax")

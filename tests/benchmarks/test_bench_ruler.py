@@ -159,6 +159,9 @@ def test_methods_resolve_and_reject_unknown_names():
     assert ruler.method_config("mid17", 30) == ruler.method_config("lazy", 30)
     wide = ruler.method_config("first63_sink4", 30)
     assert wide.pool_kernels == [63, 31, 31] and wide.keep_head == 4 and wide.prune_layers == [7, 17, 21]
+    assert wide.decode_pool_kernel is None
+    narrow_revivals = ruler.method_config("first63_sink4_dec31", 30)
+    assert narrow_revivals == wide.model_copy(update={"decode_pool_kernel": 31})
 
 
 def test_curve_lists_every_method_against_full_per_family():

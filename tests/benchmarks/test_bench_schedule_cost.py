@@ -22,6 +22,18 @@ def test_ratios_are_medians_of_each_rounds_ratio():
     assert abs(result["tokens_per_s_ratio"] - 0.9) < 1e-12  # median of 0.9, 0.8, 0.909
     assert result["methods"]["lazy"]["wall_s"] == 11.0 and result["rounds"] == 3
     args = Namespace(papers=4, prompt_tokens=4096, seed=0, rounds=3, slots=4, threads=1, quantize="auto",
-                     against="old")
+                     against="old", method="lazy")
     text = report(result, args, Path("x.jsonl"))
     assert "docs/s **0.909x**" in text and "| old |" in text and "| lazy |" in text
+    assert "default / old: docs/s" in text
+
+
+def test_a_named_method_against_another():
+    """--method: a candidate measured against another without being the default."""
+    rounds = [{"cand": _run(10.0, 400), "old": _run(8.0, 400)}, {"cand": _run(9.0, 400), "old": _run(9.0, 400)}]
+    result = summarize(rounds, "old", "cand")
+    assert abs(result["docs_per_s_ratio"] - 0.9) < 1e-12  # median of 0.8 and 1.0
+    assert set(result["methods"]) == {"cand", "old"}
+    args = Namespace(papers=4, prompt_tokens=4096, seed=0, rounds=2, slots=4, threads=1, quantize="auto",
+                     against="old", method="cand")
+    assert "cand / old: docs/s **0.900x**" in report(result, args, Path("x.jsonl"))

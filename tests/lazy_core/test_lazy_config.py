@@ -54,6 +54,21 @@ def test_pool_kernels_one_odd_width_per_pruning_layer():
     assert LazyConfig(**PRUNE, pool_kernel=31, pool_kernels=[63, 15], pool_shift=7).pool_shift == 7
 
 
+def test_decode_pool_kernel_replaces_every_layers_width_when_decoding():
+    config = LazyConfig(**PRUNE, pool_kernel=31, pool_kernels=[63, 15], decode_pool_kernel=7)
+    assert [config.pool_at(layer) for layer in (0, 1, 2)] == [63, 31, 15]  # prefill: the per-layer widths
+    assert [config.pool_at(layer, decoding=True) for layer in (0, 1, 2)] == [7, 7, 7]
+    unset = LazyConfig(**PRUNE, pool_kernel=31, pool_kernels=[63, 15])
+    assert [unset.pool_at(layer, decoding=True) for layer in (0, 1, 2)] == [63, 31, 15]  # None: as prefill
+    with pytest.raises(ValidationError, match="decode_pool_kernel must be odd"):
+        LazyConfig(**PRUNE, decode_pool_kernel=30)
+    with pytest.raises(ValidationError, match="decode_pool_kernel must be odd"):
+        LazyConfig(**PRUNE, decode_pool_kernel=0)
+    with pytest.raises(ValidationError, match="narrowest pool width"):  # the shift must fit decoding's pool too
+        LazyConfig(**PRUNE, pool_kernel=31, decode_pool_kernel=5, pool_shift=3)
+    assert LazyConfig.default_for(30).decode_pool_kernel is None
+
+
 def test_rescheduled_keeps_a_per_layer_pool_wide_first():
     """rescheduled: the same scoring on other layers; a per-layer pool (BENCHMARKS.md, "A wide first pool and the first
     tokens") keeps its first width at the first layer and its last at the others, whatever the count."""

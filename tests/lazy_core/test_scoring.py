@@ -64,6 +64,32 @@ def test_pool_kernels_pool_each_pruning_layer_by_its_own_width(tiny_tokenizer):
         assert not torch.equal(call["scores"], narrow)  # the pool acted
 
 
+@pytest.mark.parametrize("decode_pool", [None, 1])
+def test_decode_pool_kernel_pools_only_decodings_scores(tiny_tokenizer, decode_pool):
+    """decode_pool_kernel: a decoding step's new token scores its revivals with that width at every pruning layer;
+    prefill keeps the per-layer widths (None: decoding pools as prefill does, layer by layer)."""
+    from lazy_core import TopRevival
+
+    model = make_tiny_model("llama")
+    enc = encode(tiny_tokenizer, PROMPTS[:1])
+    scoring = dict(**PRUNE, query_window=2, revive=True, revival=TopRevival(top=6))
+    config = LazyConfig(**scoring, pool_kernel=1, pool_kernels=[5, 3], decode_pool_kernel=decode_pool)
+    pruner = RecordingPruner(config)
+    LazyLLM(model, config, pruner=pruner).generate(enc.input_ids, max_new_tokens=3)
+    prefill = [call for call in pruner.calls if not call["inputs"].decoding]
+    decoding = [call for call in pruner.calls if call["inputs"].decoding]
+    assert [call["inputs"].layer for call in prefill] == PRUNE["prune_layers"]
+    assert len(decoding) == 2 * len(PRUNE["prune_layers"])  # two decoding steps after the first token
+    for call in prefill + decoding:
+        layer_width = dict(zip(PRUNE["prune_layers"], [5, 3], strict=True))[call["inputs"].layer]
+        width = decode_pool if call["inputs"].decoding and decode_pool is not None else layer_width
+        alone = make_pruner(LazyConfig(**scoring, pool_kernel=width)).scores(call["inputs"])
+        torch.testing.assert_close(call["scores"], alone, atol=0, rtol=0)
+        if width != layer_width:  # the decoding pool acted in place of the layer's
+            wide = make_pruner(LazyConfig(**scoring, pool_kernel=layer_width)).scores(call["inputs"])
+            assert not torch.equal(call["scores"], wide)
+
+
 def test_kept_tokens_are_top_scored_nested_and_keep_positions(tiny_tokenizer):
     model = make_tiny_model("qwen2")
     enc = encode(tiny_tokenizer)
