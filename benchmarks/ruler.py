@@ -112,6 +112,13 @@ CANDIDATES: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
     # job 8-12 % docs/s: decoding scores its revivals with the default's 31, prefill keeps the wide pool's choice
     "first63_sink4_dec31": ("first63_sink4, decoding scoring its revivals with a 31-wide pool at every layer",
                             lambda m: first63_sink4(m, decode_pool_kernel=31)),
+    # first63_sink4_dec31 held 29 of a UUID's ~36 tokens after prefill and revived the rest only within 31 of the
+    # step's peak and the first 32 steps, while the answer ends near step 50: a first pool wide enough to hold the
+    # value whole (the peak sits 3-4 tokens before it), or revival for longer
+    "first81_sink4_dec31": ("first63_sink4_dec31 with an 81-wide first pool (40 tokens either side of a peak)",
+                            lambda m: first_pool(mid17(m, keep_head=4, decode_pool_kernel=31), 81)),
+    "first63_sink4_dec31_r48": ("first63_sink4_dec31 reviving during the first 48 decoding steps (not 32)",
+                                lambda m: first63_sink4(m, decode_pool_kernel=31, revive_steps=48)),
     "first47_sink4": ("first63_sink4 with a 47-wide first pool", lambda m: first_pool(mid17(m, keep_head=4), 47)),
     "pool63_sink4": ("mid17 with max-pool over 63 positions at every layer, the first 4 prompt tokens always kept",
                      lambda m: mid17(m, pool_kernel=63, keep_head=4)),
@@ -150,10 +157,10 @@ def run_item(lazy: LazyLLM, tok: Any, item: RulerItem, max_new: int, eos: list[i
             "new_tokens": st.new_tokens}
 
 
-def _done(path: Path) -> set[tuple[str, str, str]]:
-    if not path.exists():
-        return set()
-    return {(r["model"], r["id"], r["method"]) for r in map(json.loads, path.read_text().splitlines()) if r}
+def measured(*paths: Path) -> set[tuple[str, str, str]]:
+    """(model, item id, method) of every record in these results files (missing files hold none): what a run does
+    not measure again."""
+    return {(r["model"], r["id"], r["method"]) for path in paths for r in load_records(path)}
 
 
 def measure(args: argparse.Namespace) -> None:
@@ -164,7 +171,7 @@ def measure(args: argparse.Namespace) -> None:
     limit = int(getattr(model.config, "max_position_embeddings", 1 << 30))
     lengths = [min(length, limit) for length in args.lengths]
     items = build_items(tok, args.tasks, lengths, args.count, args.seed, chat)
-    done = _done(args.out)
+    done = measured(args.out, *args.measured_in)
     engines = {quant_label(name, q): LazyLLM(models.get(q), method_config(name, models.get(q)))
                for q in args.quantize for name in args.methods}
     labels = list(engines)
@@ -366,6 +373,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--section", default="ruler", help="the BENCHMARKS.md block --report writes (<!-- NAME:begin -->); "
                    "ruler_n20 holds the 20-items-per-task runs (benchmarks/results/ruler-n20-<model>.jsonl)")
     p.add_argument("--report-from", type=Path, nargs="+", help="results files the report reads (default: --out)")
+    p.add_argument("--measured-in", type=Path, nargs="+", default=[],
+                   help="results files whose records are not measured again (e.g. full's, in an earlier round's "
+                   "file), so a new round's file holds only its own methods; report with --report-from both")
     args = p.parse_args(argv)
     if "full" not in args.methods and not args.report_only:
         p.error("--methods must include full: retention is measured against it")

@@ -7,6 +7,10 @@
         --model smollm2-135m-instruct --profile --tasks niah_single_1 niah_single_2 niah_single_3 niah_multikey_1 \
         niah_multivalue niah_multiquery qa_1 qa_2 --out benchmarks/results/ruler-layers-smollm2-135m-instruct-4096.jsonl
 
+``--bound``: also the asked key (where the task names one) and every number or UUID the output wrote that stands in
+the prompt but is not the answer: whether the loss is a fact dropped or another value chosen while the answer was held
+(and where that value sits, and whether decoding revived it).
+
 ``--profile``: instead, for every item the full model finds, each layer's ranking of the answer's tokens under the
 full model's attention (scored as the method scores): which layers' attention singles out the answers, and so where
 pruning can afford to look.
@@ -26,7 +30,9 @@ ranks high there and low under pruning is lost to an earlier layer's choice.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +49,22 @@ def answer_positions(tok: Any, prompt_ids: list[int], answers: list[str]) -> dic
     """Per answer: its tokens' positions in the prompt (:func:`lazy_core.profile.answer_positions`); empty when the
     answer is not in the prompt as tokens (a count or a word the model must produce)."""
     return {answer: profile.answer_positions(tok, prompt_ids, answer) for answer in answers}
+
+
+VALUE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|\d{5,}")  # UUIDs, 5+ digit numbers
+
+
+def bound_strings(item: Any, output: str, prompt: str) -> dict[str, str]:
+    """What ``--bound`` adds to an item's answers, by role: the asked key (``item.meta["query"]``, when the task asks
+    by one), and each value the output wrote that stands in the prompt and is not an answer."""
+    roles = {}
+    key = item.meta.get("query")
+    if isinstance(key, str) and key in prompt and key not in item.answers:
+        roles[key] = "key"
+    for value in VALUE.findall(output):
+        if value in prompt and value not in item.answers:
+            roles.setdefault(value, "written")
+    return roles
 
 
 def held(state, layer: int, positions: list[int]) -> int:
@@ -129,6 +151,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--profile", action="store_true",
                    help="instead: each layer's ranking of the answers of the items the full model finds")
     p.add_argument("--tasks", nargs="+", help="only these tasks")
+    p.add_argument("--bound", action="store_true",
+                   help="also the asked key and the values the output wrote in the answer's place")
     args = p.parse_args(argv)
     records = [r for r in load_records(args.results) if r["model"] == args.model
                and (not args.tasks or r["task"] in args.tasks)]
@@ -144,9 +168,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     results = []
     for r in lost:
         item = _item(tok, r)
+        roles = bound_strings(item, r["text"], tok.decode(item.prompt_ids)) if args.bound else {}
+        item = dataclasses.replace(item, answers=item.answers + list(roles))
         lazy = LazyLLM(model, LazyConfig(**r["config"]), keep_state=True)
         res = analyse(lazy, tok, item, eos, lines)
-        res.update(full_score=by[(r["id"], "full")]["score"], score=r["score"])
+        res.update(full_score=by[(r["id"], "full")]["score"], score=r["score"], roles=roles)
         results.append(res)
         print(json.dumps(res), flush=True)
     if args.out:
@@ -178,7 +204,9 @@ def profile_main(args: argparse.Namespace, records: list[dict[str, Any]]) -> lis
 def markdown(results: list[dict[str, Any]]) -> str:
     rows = []
     for r in results:
-        for answer, a in r["answers"].items():
+        for text, a in r["answers"].items():
+            role = r.get("roles", {}).get(text)
+            answer = f"{role}: {text}" if role else text
             if not a["in_prompt"]:
                 rows.append([r["id"], answer, "not in the prompt", "", "", "", r["revived_tokens"], r["output"][:30]])
                 continue

@@ -222,7 +222,9 @@ class LazyConfig(BaseModel):
         where pruning stops paying", "RULER and entity-bound needles" (the 8-query window) and "Why the default loses
         facts" (the middle layer, where SmolLM2's attention ranks the answers better than at 14) and "A wide first
         pool and the first tokens" (a per-layer pool that keeps UUIDs whole, measured and not adopted: it revives more
-        tokens in decoding and costs the job 8-12 % docs/s).
+        tokens in decoding and costs the job 8-12 % docs/s) and "Decoding's own pool" (the same prefill with decoding
+        scoring its revivals over 31: the default's job cost, about half of the UUIDs kept, Gemma's and HotpotQA's
+        targets missed).
         """
         if model_depth(model_or_num_layers) < 4:
             return cls.off()

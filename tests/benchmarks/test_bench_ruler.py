@@ -3,6 +3,7 @@ retention report of benchmarks/ruler.py on records written here."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -164,6 +165,18 @@ def test_methods_resolve_and_reject_unknown_names():
     assert narrow_revivals == wide.model_copy(update={"decode_pool_kernel": 31})
 
 
+def test_measured_reads_every_file_a_run_resumes_from(tmp_path):
+    """--measured-in: a new round's file skips the full model's records of an earlier round's file."""
+    earlier, new = tmp_path / "round1.jsonl", tmp_path / "round2.jsonl"
+    earlier.write_text("\n".join(json.dumps(r) for r in [_record("niah_single_1", 0, "full", 1.0, 10.0),
+                                                         _record("niah_single_1", 1, "full", 0.0, 10.0)]) + "\n")
+    new.write_text(json.dumps(_record("niah_single_1", 0, "cand", 1.0, 4.0)) + "\n")
+    assert ruler.measured(new) == {("m", "niah_single_1-4096-0", "cand")}
+    assert ruler.measured(new, earlier, tmp_path / "missing.jsonl") == {
+        ("m", "niah_single_1-4096-0", "cand"), ("m", "niah_single_1-4096-0", "full"),
+        ("m", "niah_single_1-4096-1", "full")}
+
+
 def test_curve_lists_every_method_against_full_per_family():
     records = [_record("niah_single_1", 0, "full", 1.0, 10.0), _record("niah_single_1", 0, "lazy", 0.0, 4.0),
                _record("niah_single_1", 0, "win32", 1.0, 5.0), _record("entity_3", 0, "full", 1.0, 8.0),
@@ -205,6 +218,22 @@ def test_loss_analysis_finds_answers_and_what_each_layer_holds(tiny_tokenizer):
     layer = SimpleNamespace(positions=positions, valid=valid, length=len(prompt))
     state = SimpleNamespace(cache=SimpleNamespace(layers=[layer]))
     assert held(state, 0, where["4711"]) == n - 1
+
+
+def test_bound_strings_name_the_asked_key_and_the_values_written_instead():
+    """ruler_losses --bound: the asked key, and the numbers / UUIDs the output wrote that stand in the prompt (not the
+    answer, not a number the prompt lacks)."""
+    from benchmarks.ruler_losses import bound_strings
+    from benchmarks.ruler_tasks import RulerItem
+
+    prompt = ("One of the special magic numbers for mighty-shortwave is: 8790733. One of the special magic numbers "
+              "for other-key is: 1700939. A uuid: 3b04c52d-2e9f-44b7-b67c-03ba6270f965.")
+    item = RulerItem("niah_multikey_2", 4096, 3, 0, [], ["8790733"], "all", 64, {"query": "mighty-shortwave"})
+    written = ": 1700939, 8790733, 5555555 and 3b04c52d-2e9f-44b7-b67c-03ba6270f965"
+    assert bound_strings(item, written, prompt) == {"mighty-shortwave": "key", "1700939": "written",
+                                                    "3b04c52d-2e9f-44b7-b67c-03ba6270f965": "written"}
+    no_key = RulerItem("fwe", 4096, 0, 0, [], ["a"], "part", 64, {"query": 3})
+    assert bound_strings(no_key, "nothing", prompt) == {}
 
 
 def test_layer_profile_ranks_the_answer_at_every_layer(tiny_tokenizer):

@@ -19,6 +19,13 @@ REMEDIES = {  # block -> (results file or files, methods of its per-task table)
     "ruler_remedies_gemma": ("ruler-remedies-gemma3-270m.jsonl", ["full", "lazy_mid14", "first63_sink4"]),
     "ruler_entity": ("ruler-entity-smollm2-135m-instruct.jsonl", ["full", "mid17", "first63_sink4"]),
     "ruler_gemma_8k": ("ruler-n20-gemma3-270m-8192.jsonl", ["full", "lazy_mid14", "first63_sink4"]),
+    "ruler_dec31": (("ruler-remedies-smollm2-135m-instruct.jsonl", "ruler-remedies-smollm2-135m-instruct-round2.jsonl",
+                     "ruler-remedies-smollm2-135m-instruct-round3.jsonl"),
+                    ["full", "mid17", "first63_sink4", "first63_sink4_dec31"]),
+    "ruler_dec31_s1": (("ruler-remedies-smollm2-135m-instruct-s1.jsonl",
+                        "ruler-remedies-smollm2-135m-instruct-s1-round3.jsonl"),
+                       ["full", "mid17", "first63_sink4", "first63_sink4_dec31"]),
+    "ruler_entity_gemma": ("ruler-entity-gemma3-270m.jsonl", ["full", "lazy_mid14"]),
 }
 
 
