@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    if args.method == args.against:
+        parser.error(f"--method and --against are both {args.method!r}: name two methods to compare")
 
     import torch
 
@@ -53,8 +55,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model, dtype="auto", device="cpu", quantize=args.quantize)
-    if args.method == args.against:
-        parser.error(f"--method and --against are both {args.method!r}: name two methods to compare")
     engines = {args.method: LazyLLM(model, method_config(args.method, model)),
                args.against: LazyLLM(model, method_config(args.against, model))}
     plan = PipelineConfig(input="unused", output="unused", max_prompt_tokens=args.prompt_tokens,
