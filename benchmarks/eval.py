@@ -68,6 +68,16 @@ def first63_sink4(model: Any, **update: Any) -> LazyConfig:
     return first_pool(mid17(model, keep_head=4, **update), 63)
 
 
+def first63_sink4_dec31(model: Any, **update: Any) -> LazyConfig:
+    """``first63_sink4`` with decoding scoring its revivals over 31 (BENCHMARKS.md, "Decoding's own pool")."""
+    return first63_sink4(model, decode_pool_kernel=31, **update)
+
+
+def first47_sink4(model: Any) -> LazyConfig:
+    """``mid17`` with a 47-wide pool at the first pruning layer and the first 4 prompt tokens always kept."""
+    return first_pool(mid17(model, keep_head=4), 47)
+
+
 def _default(model: Any, **update: Any) -> LazyConfig:
     """The default as the top* variants ran (``before_losses`` with ``LAST_TOKEN_SCORING``) with these fields changed
     (validated)."""
@@ -116,10 +126,9 @@ METHODS: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
     "mid17": ("the default since 2026-12-05 20:00: lazy_mid14 with the middle layer at 17 of 30", mid17),
     "first63_sink4": ("mid17 with a 63-wide pool at the first pruning layer and the first 4 tokens kept (records "
                       "run as lazy while it was the default, relabelled)", first63_sink4),
-    "first63_sink4_dec31": ("first63_sink4, decoding scoring its revivals with a 31-wide pool",
-                            lambda m: first63_sink4(m, decode_pool_kernel=31)),
+    "first63_sink4_dec31": ("first63_sink4, decoding scoring its revivals with a 31-wide pool", first63_sink4_dec31),
     "first47_sink4": ("mid17 with a 47-wide pool at the first pruning layer and the first 4 tokens kept",
-                      lambda m: first_pool(mid17(m, keep_head=4), 47)),
+                      first47_sink4),
     "top32": ("default, revive the pruned among each step's top 32, every step",
               lambda m: _default(m, revival=TopRevival(top=32), revive_steps=None)),
     "top64": ("default, revive the pruned among each step's top 64, every step",

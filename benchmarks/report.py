@@ -120,6 +120,7 @@ def schedule_text(config: dict[str, Any]) -> str:
     pool = "/".join(map(str, pools)) if pools else config.get("pool_kernel")
     text += f", window {config.get('query_window')}, pool {pool}"
     text += f" shifted {config['pool_shift']}" if config.get("pool_shift") else ""
+    text += f" ({config['decode_pool_kernel']} when decoding)" if config.get("decode_pool_kernel") else ""
     return text + (f", first {config['keep_head']} kept" if config.get("keep_head") else "")
 
 

@@ -44,7 +44,15 @@ from benchmarks.common import (
     replace_section,
     split_quant,
 )
-from benchmarks.eval import LAST_TOKEN_SCORING, before_losses, first63_sink4, first_pool, mid17
+from benchmarks.eval import (
+    LAST_TOKEN_SCORING,
+    before_losses,
+    first47_sink4,
+    first63_sink4,
+    first63_sink4_dec31,
+    first_pool,
+    mid17,
+)
 from benchmarks.ruler_tasks import TASK_NAMES, RulerItem, build_items, score
 from lazy_core import LazyConfig, LazyLLM
 from lazy_core.arch import place_schedule
@@ -111,15 +119,15 @@ CANDIDATES: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
     # first63_sink4 revived 20 % more tokens in decoding (each step's top 128 pooled 63 wide at layer 7) and cost the
     # job 8-12 % docs/s: decoding scores its revivals with the default's 31, prefill keeps the wide pool's choice
     "first63_sink4_dec31": ("first63_sink4, decoding scoring its revivals with a 31-wide pool at every layer",
-                            lambda m: first63_sink4(m, decode_pool_kernel=31)),
+                            first63_sink4_dec31),
     # first63_sink4_dec31 held 29 of a UUID's ~36 tokens after prefill and revived the rest only within 31 of the
     # step's peak and the first 32 steps, while the answer ends near step 50: a first pool wide enough to hold the
     # value whole (the peak sits 3-4 tokens before it), or revival for longer
     "first81_sink4_dec31": ("first63_sink4_dec31 with an 81-wide first pool (40 tokens either side of a peak)",
                             lambda m: first_pool(mid17(m, keep_head=4, decode_pool_kernel=31), 81)),
     "first63_sink4_dec31_r48": ("first63_sink4_dec31 reviving during the first 48 decoding steps (not 32)",
-                                lambda m: first63_sink4(m, decode_pool_kernel=31, revive_steps=48)),
-    "first47_sink4": ("first63_sink4 with a 47-wide first pool", lambda m: first_pool(mid17(m, keep_head=4), 47)),
+                                lambda m: first63_sink4_dec31(m, revive_steps=48)),
+    "first47_sink4": ("first63_sink4 with a 47-wide first pool", first47_sink4),
     "pool63_sink4": ("mid17 with max-pool over 63 positions at every layer, the first 4 prompt tokens always kept",
                      lambda m: mid17(m, pool_kernel=63, keep_head=4)),
     # the pool reaching forward: the peak sits on the key 3-4 tokens before its value (a UUID's 33-36 tokens rank low

@@ -182,6 +182,8 @@ def test_agreement_counts_first_tokens_with_a_wilson_interval(tmp_path):
 def test_schedule_text_names_the_pool_per_layer_and_the_kept_first_tokens():
     wide = LazyConfig.default_for(30).model_copy(update={"pool_kernels": [63, 31, 31], "keep_head": 4})
     assert schedule_text(wide.model_dump()).endswith("window 8, pool 63/31/31, first 4 kept")
+    narrow_revivals = wide.model_copy(update={"decode_pool_kernel": 31}).model_dump()
+    assert schedule_text(narrow_revivals).endswith("window 8, pool 63/31/31 (31 when decoding), first 4 kept")
     assert schedule_text(LazyConfig.default_for(30).model_dump()).endswith("window 8, pool 31")
     shifted = LazyConfig(prune_layers=[1], keep_ratios=[0.5], pool_kernel=5, pool_shift=2).model_dump()
     assert schedule_text(shifted).endswith("window 1, pool 5 shifted 2")
