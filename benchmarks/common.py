@@ -87,6 +87,32 @@ def machine() -> dict[str, Any]:
     }
 
 
+def threads_of(record: dict[str, Any]) -> int | None:
+    """The torch thread count a results record was measured with (``machine()``'s, or the record's own field), None
+    when it was not recorded."""
+    threads = (record.get("machine") or {}).get("torch_threads", record.get("torch_threads"))
+    return int(threads) if threads is not None else None
+
+
+def threads_text(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]]) -> str:
+    """The torch thread counts of (reference, method) record pairs: "2" when each pair ran at 2 threads, "1, 2" when
+    each pair ran at one count (some at 1, some at 2), "2 / 1" when every reference ran at 2 and the method at 1,
+    "K of N at two counts" otherwise, "?" where the counts were not recorded. On CPUs whose bf16 matrix products
+    split their rows by thread (AMX here), an output depends on the thread count, so a pair measured at two counts
+    can differ where the methods do not."""
+    known = [(threads_of(ref), threads_of(rec)) for ref, rec in pairs]
+    known = [(a, b) for a, b in known if a is not None and b is not None]
+    if not known:
+        return "?"
+    unknown = f" ({len(pairs) - len(known)} unrecorded)" if len(known) < len(pairs) else ""
+    differing = [(a, b) for a, b in known if a != b]
+    if not differing:
+        return ", ".join(str(t) for t in sorted({a for a, _ in known})) + unknown
+    if len(differing) == len(known) and len(set(differing)) == 1:
+        return f"{differing[0][0]} / {differing[0][1]}" + unknown
+    return f"{len(differing)} of {len(known)} at two counts" + unknown
+
+
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 

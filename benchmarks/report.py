@@ -18,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS_DIR, md_table, median, replace_section
+from benchmarks.common import RESULTS_DIR, md_table, median, replace_section, threads_text
 from benchmarks.metrics import exact_match, first_line, first_token_agrees, task_score
 
 TASK_NAMES = {
@@ -404,8 +404,9 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
 def agreement_text(paths: list[Path]) -> str:
     """Per method of these eval records (as run, whatever the method's config is now), against the full model on the
     same items: first-token agreement with its Wilson interval, the task score, and the gold answer's
-    log-likelihood change (mean and median)."""
-    rows = score_records(load_records(paths))
+    log-likelihood change (mean and median), and the thread counts the pairs ran at (compare at equal counts)."""
+    records = load_records(paths)
+    rows = score_records(records)
     full = {r["item_id"]: r["score"] for r in rows if r["method"] == "full"}
     table = []
     for method in sorted({r["method"] for r in rows} - {"full"}):
@@ -415,9 +416,10 @@ def agreement_text(paths: list[Path]) -> str:
         dll = [r["dloglik"] for r in mine if not math.isnan(r["dloglik"])]
         table.append([method, mine[0]["schedule"], len(mine), f"{agree}/{len(mine)} [{100 * lo:.0f}, {100 * hi:.0f}] %",
                       f"{_mean([full[r['item_id']] for r in mine]):.3f}", f"{_mean([r['score'] for r in mine]):.3f}",
-                      f"{_mean(dll):+.3f}" if dll else "", f"{median(dll):+.3f}" if dll else ""])
+                      f"{_mean(dll):+.3f}" if dll else "", f"{median(dll):+.3f}" if dll else "",
+                      threads_text([(records["full"][r["item_id"]], records[method][r["item_id"]]) for r in mine])])
     return md_table(["method", "schedule", "items", "first token = full's [95 % interval]", "full score", "score",
-                     "Δ gold loglik (mean)", "(median)"], table)
+                     "Δ gold loglik (mean)", "(median)", "threads (full / it)"], table)
 
 
 def main(argv: list[str] | None = None) -> Path:

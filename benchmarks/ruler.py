@@ -43,6 +43,7 @@ from benchmarks.common import (
     quant_label,
     replace_section,
     split_quant,
+    threads_text,
 )
 from benchmarks.eval import (
     LAST_TOKEN_SCORING,
@@ -318,7 +319,8 @@ def curve_text(records: list[dict[str, Any]]) -> str:
     Score = mean over those items; lost / gained = items where it scores below / above full; kept of full's = what
     it keeps of what full finds (gains not counted); TTFT x = median of
     full / method per item (runs at different times: a candidate run later than full is noisier than the
-    interleaved full / lazy / paper); computed = median computed-token fraction."""
+    interleaved full / lazy / paper); computed = median computed-token fraction; threads = the torch thread counts of
+    full's and the method's runs (:func:`benchmarks.common.threads_text`: compare methods at equal counts)."""
     rows = []
     def family_of(task: str) -> str:
         return task if task.startswith("entity") else "ruler"
@@ -337,9 +339,10 @@ def curve_text(records: list[dict[str, Any]]) -> str:
                          f"{100 * _mean([m['score'] for _, m in pairs]):.1f}",
                          sum(f["score"] > m["score"] for f, m in pairs), sum(f["score"] < m["score"] for f, m in pairs),
                          _kept(pairs), f"{statistics.median(f['ttft_s'] / m['ttft_s'] for f, m in pairs):.2f}",
-                         f"{statistics.median(m['computed_token_fraction'] for _, m in pairs):.2f}"])
+                         f"{statistics.median(m['computed_token_fraction'] for _, m in pairs):.2f}",
+                         threads_text(pairs)])
     return md_table(["model", "items", "tokens", "seed", "method", "n", "full score", "score", "lost", "gained",
-                     "kept of full's", "TTFT x", "computed"], rows)
+                     "kept of full's", "TTFT x", "computed", "threads (full / it)"], rows)
 
 
 def _kept(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> str:

@@ -176,7 +176,12 @@ def test_agreement_counts_first_tokens_with_a_wilson_interval(tmp_path):
             _rec("lazy", "q2", "multidoc_qa", "Milan", [8], ["Rome"], 1.0, loglik=-3.0)]
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     line = next(x for x in agreement_text([path]).splitlines() if x.startswith("| lazy |"))
-    assert "| 2 | 1/2 [" in line and "| 1.000 | 0.500 |" in line and "| -0.750 | -0.750 |" in line
+    assert "| 2 | 1/2 [" in line and "| 1.000 | 0.500 |" in line and "| -0.750 | -0.750 | ? |" in line
+    for rec, threads in zip(recs, (2, 2, 1, 2), strict=True):  # lazy's q1 at 1 thread against full's 2, its q2 at 2
+        rec["torch_threads"] = threads
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    line = next(x for x in agreement_text([path]).splitlines() if x.startswith("| lazy |"))
+    assert line.endswith("| 1 of 2 at two counts |")
 
 
 def test_schedule_text_names_the_pool_per_layer_and_the_kept_first_tokens():

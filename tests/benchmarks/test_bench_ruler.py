@@ -181,11 +181,14 @@ def test_curve_lists_every_method_against_full_per_family():
     records = [_record("niah_single_1", 0, "full", 1.0, 10.0), _record("niah_single_1", 0, "lazy", 0.0, 4.0),
                _record("niah_single_1", 0, "win32", 1.0, 5.0), _record("entity_3", 0, "full", 1.0, 8.0),
                _record("entity_3", 0, "lazy", 1.0, 4.0), _record("entity_3", 1, "lazy", 1.0, 4.0)]
+    for r in records[:2]:
+        r["machine"] = {"torch_threads": 2}
+    records[2]["machine"] = {"torch_threads": 1}  # win32 ran at 1 thread against full's 2: the table says so
     lines = ruler.curve_text(records).splitlines()
     assert lines[2:] == [
-        "| m | entity_3 | 4096 | 0 | lazy | 1 | 100.0 | 100.0 | 0 | 0 | 100.0 % | 2.00 | 0.40 |",
-        "| m | RULER 13 | 4096 | 0 | lazy | 1 | 100.0 | 0.0 | 1 | 0 | 0.0 % | 2.50 | 0.40 |",
-        "| m | RULER 13 | 4096 | 0 | win32 | 1 | 100.0 | 100.0 | 0 | 0 | 100.0 % | 2.00 | 0.40 |",
+        "| m | entity_3 | 4096 | 0 | lazy | 1 | 100.0 | 100.0 | 0 | 0 | 100.0 % | 2.00 | 0.40 | ? |",
+        "| m | RULER 13 | 4096 | 0 | lazy | 1 | 100.0 | 0.0 | 1 | 0 | 0.0 % | 2.50 | 0.40 | 2 |",
+        "| m | RULER 13 | 4096 | 0 | win32 | 1 | 100.0 | 100.0 | 0 | 0 | 100.0 % | 2.00 | 0.40 | 2 / 1 |",
     ]
 
 
