@@ -2,7 +2,7 @@
 ``full``, where the answer's tokens fall out of the kept set, and whether revival brought them back.
 
     .venv/bin/python -m benchmarks.ruler_losses --results benchmarks/results/ruler-n20-gemma3-270m.jsonl \
-        --model gemma3-270m --out benchmarks/results/ruler-losses-gemma3-270m-4096.jsonl
+        --method lazy_mid14 --model gemma3-270m --out benchmarks/results/ruler-losses-gemma3-270m-4096.jsonl
     .venv/bin/python -m benchmarks.ruler_losses --results benchmarks/results/ruler-n20-smollm2-135m-instruct.jsonl \
         --model smollm2-135m-instruct --profile --tasks niah_single_1 niah_single_2 niah_single_3 niah_multikey_1 \
         niah_multivalue niah_multiquery qa_1 qa_2 --out benchmarks/results/ruler-layers-smollm2-135m-instruct-4096.jsonl

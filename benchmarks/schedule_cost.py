@@ -57,15 +57,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model, tokenizer = load_model(args.model, dtype="auto", device="cpu", quantize=args.quantize)
     engines = {args.method: LazyLLM(model, method_config(args.method, model)),
                args.against: LazyLLM(model, method_config(args.against, model))}
+    chat = bool(getattr(tokenizer, "chat_template", None))  # a base model (Gemma 3 270M) gets the raw prompt
     plan = PipelineConfig(input="unused", output="unused", max_prompt_tokens=args.prompt_tokens,
-                          max_new_tokens=args.max_new_tokens)
-    papers = choose_papers(tokenizer, args.papers, args.prompt_tokens, args.seed)
+                          max_new_tokens=args.max_new_tokens, chat_template=chat)
+    papers = choose_papers(tokenizer, args.papers, args.prompt_tokens, args.seed, chat)
     prompts = sorted(_prompts(tokenizer, papers, plan), key=len, reverse=True)
     options = DecodingOptions(max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty,
                               no_repeat_ngram_size=args.no_repeat_ngram_size)
     engines[args.method].generate(torch.tensor([prompts[-1][:64]]), max_new_tokens=2)  # warm-up
     pair = args.against if args.method == "lazy" else f"{args.method}-vs-{args.against}"
-    name = f"schedule_cost-{pair}-{args.prompt_tokens}-p{len(prompts)}-s{args.seed}"
+    model_part = "" if args.model == "smollm2-135m-instruct" else f"{args.model}-"
+    name = f"schedule_cost-{model_part}{pair}-{args.prompt_tokens}-p{len(prompts)}-s{args.seed}"
     out = args.out or RESULTS_DIR / f"{name}.jsonl"
     settings = {k: v for k, v in vars(args).items() if k != "out"}
     rounds = []
@@ -103,8 +105,9 @@ def summarize(rounds: list[dict[str, dict[str, Any]]], against: str, method: str
 def report(result: dict[str, Any], args: argparse.Namespace, out: Path) -> str:
     rows = [[m, f"{v['docs_per_s']:.3f}", f"{v['tokens_per_s']:.1f}", f"{v['new_tokens']:.0f}", f"{v['prefill_s']:.1f}"]
             for m, v in result["methods"].items()]
-    return (f"{args.papers} papers at {args.prompt_tokens} tokens (seed {args.seed}), {args.rounds} rounds ABBA, "
-            f"{args.slots} slots, {args.threads} thread, quantize {args.quantize} (`{out.name}`)\n\n"
+    return (f"{args.model}, {args.papers} papers at {args.prompt_tokens} tokens (seed {args.seed}), "
+            f"{args.rounds} rounds ABBA, {args.slots} slots, {args.threads} thread, quantize {args.quantize} "
+            f"(`{out.name}`)\n\n"
             + md_table(["method", "docs/s (median)", "new tokens/s", "new tokens", "prefill s"], rows)
             + f"\n\n{'default' if args.method == 'lazy' else args.method} / {args.against}: docs/s"
             f" **{result['docs_per_s_ratio']:.3f}x**, new tokens/s "

@@ -44,14 +44,16 @@ SETTINGS = ("prompt_tokens", "max_new_tokens", "repetition_penalty", "no_repeat_
             "batch_size", "threads", "model", "seed")
 
 
-def choose_papers(tokenizer: Any, count: int, prompt_tokens: int, seed: int) -> list[dict[str, str]]:
-    """``count`` papers in a seeded order whose templated prompt has at least ``prompt_tokens`` tokens."""
+def choose_papers(tokenizer: Any, count: int, prompt_tokens: int, seed: int,
+                  chat_template: bool = True) -> list[dict[str, str]]:
+    """``count`` papers in a seeded order whose prompt (in the chat template, or raw for a base model: the
+    pipeline's ``chat_template``) has at least ``prompt_tokens`` tokens."""
     from pipeline import PipelineConfig
     from pipeline.prompts import build_prompt_ids
 
     papers = list(load_aclsum())
     random.Random(seed).shuffle(papers)
-    cfg = PipelineConfig(input="unused", output="unused")
+    cfg = PipelineConfig(input="unused", output="unused", chat_template=chat_template)
     chosen = []
     for paper in papers:
         if len(build_prompt_ids(tokenizer, cfg, paper["text"], None)) >= prompt_tokens:

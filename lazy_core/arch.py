@@ -8,6 +8,7 @@ hybrid model, and :func:`place_schedule` (fractions of the depth -> pruning laye
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,11 +160,13 @@ def hybrid_global_layers(sliding_windows: list[int | None]) -> list[int] | None:
     return global_layers if 0 < len(global_layers) < len(sliding_windows) else None
 
 
-def place_schedule(model_or_num_layers: Any, fractions: tuple[float, ...],
-                   ratios: tuple[float, ...]) -> tuple[list[int], list[float]]:
+def place_schedule(model_or_num_layers: Any, fractions: tuple[float, ...], ratios: tuple[float, ...],
+                   merge: Callable[[float, float], float] = min) -> tuple[list[int], list[float]]:
     """Pruning layers at these fractions of the depth (:func:`layers_at`) with these cumulative keep ratios. On a
     hybrid model (sliding-window and global layers) each layer moves to the nearest global layer that can prune
-    (ties: the later one), and layers that meet keep the smaller ratio."""
+    (ties: the later one), and layers that meet keep ``merge`` of their ratios: ``min`` (the later stage's, the
+    paper's and older schedules') or ``max`` (the earlier, gentler stage's: the default's, BENCHMARKS.md "Stages that
+    meet")."""
     num = model_depth(model_or_num_layers)
     usable = prunable_layers(model_or_num_layers)
     if len(usable) == num - 1:  # not hybrid, or every layer that can prune is global
@@ -173,7 +176,7 @@ def place_schedule(model_or_num_layers: Any, fractions: tuple[float, ...],
     for fraction, ratio in zip(fractions, ratios, strict=False):
         layer = _layer_at(fraction, num)
         snapped = min(usable, key=lambda g, layer=layer: (abs(g - layer), -g))
-        merged[snapped] = min(ratio, merged.get(snapped, 1.0))
+        merged[snapped] = merge(ratio, merged[snapped]) if snapped in merged else ratio
     return sorted(merged), [merged[layer] for layer in sorted(merged)]
 
 

@@ -75,20 +75,20 @@ class CalibrationResult:
 
 def candidate_schedules(model_or_num_layers: Any, answer_shares: Sequence[dict[int, float]] = ()) -> list[LazyConfig]:
     """The default search space for a model (or its config, or a depth): ``LazyConfig.default_for`` itself, then
-    ``PLACEMENTS`` x ``KEEP_RATIOS`` with its scoring (query window, max over heads/queries, pooling, kept tail), plus
-    the paper's own scoring (``LazyConfig.paper``). Every schedule is placed by ``place_schedule``, as the presets are
-    (on a hybrid model: at the nearest global layers). With ``answer_shares`` (per answer standing in a sample's
-    prompt, :func:`~lazy_core.profile.worst_rank_shares` under the default's scoring), each of those schedules also
-    comes with its layers moved to where the model's attention ranks the answers high enough to keep them
-    (:func:`~lazy_core.profile.profiled_layers`). Duplicates (shallow models, or placements that snap to the same
-    layers) are dropped; order is deterministic."""
+    ``PLACEMENTS`` x ``KEEP_RATIOS`` with its scoring (query window, max over heads/queries, pooling, kept tail),
+    plus the paper's own scoring (``LazyConfig.paper``). Every schedule is placed by ``place_schedule``, as the
+    default is (on a hybrid model: at the nearest global layers, stages that meet keeping the larger ratio). With
+    ``answer_shares`` (per answer standing in a sample's prompt, :func:`~lazy_core.profile.worst_rank_shares` under
+    the default's scoring), each of those schedules also comes with its layers moved to where the model's attention
+    ranks the answers high enough to keep them (:func:`~lazy_core.profile.profiled_layers`). Duplicates (shallow
+    models, or placements that snap to the same layers) are dropped; order is deterministic."""
     base = LazyConfig.default_for(model_or_num_layers)
     out: list[LazyConfig] = []
     if model_depth(model_or_num_layers) >= 4:
         out.append(base)
         for fractions in PLACEMENTS.values():
             for ratios in KEEP_RATIOS:
-                layers, kept = place_schedule(model_or_num_layers, fractions, ratios)
+                layers, kept = place_schedule(model_or_num_layers, fractions, ratios, merge=max)
                 out.append(base.rescheduled(layers, kept))
         if answer_shares:
             out += [cfg.model_copy(update={"prune_layers": profiled_layers(cfg, model_or_num_layers, answer_shares)})

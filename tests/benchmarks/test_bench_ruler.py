@@ -260,3 +260,16 @@ def test_layer_profile_ranks_the_answer_at_every_layer(tiny_tokenizer):
     assert shares["4711"] == worst_rank_shares(model, config, item.prompt_ids, [positions])[0]
     table = profile_table([prof, prof], shares=(1.01,))
     assert table.count("| 2/2 |") == 5  # every answer ranks below the whole prompt, at each of the 5 layers
+
+
+def test_gentle_merge_keeps_the_larger_ratio_where_stages_meet():
+    """On Gemma 3 270M's layout the middle and last stages meet at layer 11: the default keeps 10 % there, the
+    candidate 20 %; on a model whose stages do not meet it is the default."""
+    from transformers import Gemma3TextConfig
+
+    gemma = Gemma3TextConfig(num_hidden_layers=18, sliding_window=512)
+    default, gentle = ruler.method_config("mid17", gemma), ruler.method_config("gentle_merge", gemma)
+    assert default.prune_layers == gentle.prune_layers == [5, 11]
+    assert default.keep_ratios == [0.4, 0.1] and gentle.keep_ratios == [0.4, 0.2]
+    assert gentle == default.model_copy(update={"keep_ratios": [0.4, 0.2]})
+    assert ruler.method_config("gentle_merge", 30) == ruler.method_config("mid17", 30)

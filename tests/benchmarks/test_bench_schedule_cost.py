@@ -21,11 +21,11 @@ def test_ratios_are_medians_of_each_rounds_ratio():
     assert abs(result["docs_per_s_ratio"] - 10 / 11) < 1e-12
     assert abs(result["tokens_per_s_ratio"] - 0.9) < 1e-12  # median of 0.9, 0.8, 0.909
     assert result["methods"]["lazy"]["wall_s"] == 11.0 and result["rounds"] == 3
-    args = Namespace(papers=4, prompt_tokens=4096, seed=0, rounds=3, slots=4, threads=1, quantize="auto",
+    args = Namespace(model="m", papers=4, prompt_tokens=4096, seed=0, rounds=3, slots=4, threads=1, quantize="auto",
                      against="old", method="lazy")
     text = report(result, args, Path("x.jsonl"))
     assert "docs/s **0.909x**" in text and "| old |" in text and "| lazy |" in text
-    assert "default / old: docs/s" in text
+    assert "default / old: docs/s" in text and text.startswith("m, 4 papers at 4096 tokens")
 
 
 def test_a_named_method_against_another():
@@ -34,6 +34,6 @@ def test_a_named_method_against_another():
     result = summarize(rounds, "old", "cand")
     assert abs(result["docs_per_s_ratio"] - 0.9) < 1e-12  # median of 0.8 and 1.0
     assert set(result["methods"]) == {"cand", "old"}
-    args = Namespace(papers=4, prompt_tokens=4096, seed=0, rounds=2, slots=4, threads=1, quantize="auto",
+    args = Namespace(model="m", papers=4, prompt_tokens=4096, seed=0, rounds=2, slots=4, threads=1, quantize="auto",
                      against="old", method="cand")
     assert "cand / old: docs/s **0.900x**" in report(result, args, Path("x.jsonl"))

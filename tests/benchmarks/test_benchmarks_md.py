@@ -26,6 +26,12 @@ REMEDIES = {  # block -> (results file or files, methods of its per-task table)
                         "ruler-remedies-smollm2-135m-instruct-s1-round3.jsonl"),
                        ["full", "mid17", "first63_sink4", "first63_sink4_dec31"]),
     "ruler_entity_gemma": ("ruler-entity-gemma3-270m.jsonl", ["full", "lazy_mid14"]),
+    "ruler_gentle": (("ruler-n20-gemma3-270m.jsonl", "ruler-n60-gemma3-270m-4096.jsonl",
+                      "ruler-remedies-gemma3-270m-round4.jsonl"), ["full", "lazy_mid14", "gentle_merge"]),
+    "ruler_gentle_s1": ("ruler-remedies-gemma3-270m-s1-round4.jsonl", ["full", "lazy_mid14", "gentle_merge"]),
+    "ruler_gentle_8k": (("ruler-n20-gemma3-270m-8192.jsonl", "ruler-n60-gemma3-270m-8192.jsonl",
+                         "ruler-remedies-gemma3-270m-8192-round4.jsonl"), ["full", "lazy_mid14", "gentle_merge"]),
+    "ruler_gemma_8k_rest": ("ruler-n20-gemma3-270m-8192-rest.jsonl", ["full", "lazy_mid14"]),
 }
 
 
@@ -42,7 +48,7 @@ def test_benchmarks_md_blocks_are_what_the_results_give(name):
     elif name == "ruler_n20":
         records = [r for model in ("gemma3-270m", "smollm2-135m-instruct")
                    for r in ruler.load_records(RESULTS_DIR / f"ruler-n20-{model}.jsonl")]
-        body = ruler.section(records, ["full", "lazy"])
+        body = ruler.section(records, ["full", "lazy", "lazy_mid14"])  # Gemma's default then: lazy_mid14 (= mid17)
     elif name in REMEDIES:
         paths, methods = REMEDIES[name]
         paths = (paths,) if isinstance(paths, str) else paths
