@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from benchmarks.common import RESULTS_DIR, md_table, replace_section
 from lazy_core import LazyConfig, LazyLLM
@@ -99,6 +100,28 @@ class Timer:
         start_s = time.perf_counter()
         out = fn()
         return time.perf_counter() - start_s, out
+
+
+class StepClock(LogitsProcessor):
+    """Clocks each step of ``model.generate`` as its logits come out (after a synchronize on a GPU): the decoding
+    steps' own time, not a whole call's time less a separately timed prefill (a difference that noise can make
+    negative)."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
+        self.times: list[float] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter())
+        return scores
+
+    def per_step(self) -> float:
+        """Seconds per decoding step after the first token (the first call follows prefill)."""
+        if len(self.times) < 2:
+            raise ValueError("StepClock saw fewer than 2 steps: generate at least 2 new tokens")
+        return (self.times[-1] - self.times[0]) / (len(self.times) - 1)
 
 
 def peak_memory(device: str, fn) -> tuple[int | None, Any]:
@@ -247,7 +270,6 @@ def ttft(model, device: str, lengths: list[int], batch_runs: list[tuple[int, int
 
 def decode(model, device: str, length: int, new_tokens: int, repeats: int) -> list[dict]:
     """ms per decoding step after the first token: model.generate, LazyLLM off, LazyLLM default (revival)."""
-    timer = Timer(device)
     vocab = model.config.vocab_size
     ids = torch.randint(3, vocab, (1, length), generator=torch.Generator().manual_seed(7)).to(device)
     engines = {"off": LazyLLM(model, LazyConfig.off()), "lazy": LazyLLM(model, LazyConfig.default_for(model))}
@@ -255,18 +277,15 @@ def decode(model, device: str, length: int, new_tokens: int, repeats: int) -> li
     mems: dict[str, int | None] = {}
     revived = 0
 
-    def hf_prefill():
-        with torch.inference_mode():
-            return model(ids, logits_to_keep=1)
-
     for r in range(repeats + 1):  # the first round warms up
         for name in ("generate", "off", "lazy"):
             if name == "generate":
+                clock = StepClock(device)
                 with torch.inference_mode():
-                    pre, _ = timer(hf_prefill)
-                    mem, (total, _) = peak_memory(device, lambda: timer(lambda: model.generate(
-                        ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, eos_token_id=None)))
-                step = (total - pre) / (new_tokens - 1)
+                    mem, _ = peak_memory(device, lambda clock=clock: model.generate(
+                        ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
+                        logits_processor=LogitsProcessorList([clock])))
+                step = clock.per_step()
             else:
                 mem, out = peak_memory(device, lambda name=name: engines[name].generate(
                     ids, max_new_tokens=new_tokens, eos_token_id=[]))

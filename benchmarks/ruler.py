@@ -144,12 +144,12 @@ CANDIDATES: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
     # themselves), so a token keeps what follows it rather than as much before
     "fwd31": ("mid17 with its 31-wide pool reaching 27 tokens ahead and 3 back (pool_shift 12)",
               lambda m: mid17(m, pool_shift=12)),
+    "fwd41": ("mid17 with a 41-wide pool reaching 36 tokens ahead and 4 back (pool_shift 16)",
+              lambda m: mid17(m, pool_kernel=41, pool_shift=16)),
     # Gemma's held-answer losses (the answer kept at every layer, a held distractor or a run of digits written
     # instead) and fwe's word counts point at how little its last 6 of 18 layers see (10 % of the prompt)
     "gentle_merge": ("mid17 where stages meeting at one layer of a hybrid model keep the larger ratio (Gemma 3: "
                      "40 % / 20 %, not 40 % / 10 %)", gentle_merge),
-    "fwd41": ("mid17 with a 41-wide pool reaching 36 tokens ahead and 4 back (pool_shift 16)",
-              lambda m: mid17(m, pool_kernel=41, pool_shift=16)),
 }
 
 
