@@ -49,10 +49,11 @@ def before_losses(model: Any, **update: Any) -> LazyConfig:
 MID17_FRACTIONS = (8 / 30, 18 / 30, 22 / 30)  # the placement that became DEFAULT_FRACTIONS (lazy_core.config)
 
 
-def mid17(model: Any, **update: Any) -> LazyConfig:
+def mid17(model: Any, merge: Callable[[float, float], float] = min, **update: Any) -> LazyConfig:
     """``mid17``, the default since 2026-12-05 20:00 (``before_losses`` with the middle layer at 17 of 30), with these
-    fields changed (validated)."""
-    layers, ratios = place_schedule(model, MID17_FRACTIONS, DEFAULT_RATIOS)
+    fields changed (validated); ``merge``: the ratio stages that meet at one layer of a hybrid model keep
+    (``place_schedule``; ``max`` is the default's since 2026-12-06)."""
+    layers, ratios = place_schedule(model, MID17_FRACTIONS, DEFAULT_RATIOS, merge=merge)
     return before_losses(model, prune_layers=layers, keep_ratios=ratios, **update)
 
 

@@ -47,7 +47,6 @@ from benchmarks.common import (
 )
 from benchmarks.eval import (
     LAST_TOKEN_SCORING,
-    MID17_FRACTIONS,
     before_losses,
     first47_sink4,
     first63_sink4,
@@ -58,7 +57,7 @@ from benchmarks.eval import (
 from benchmarks.ruler_tasks import TASK_NAMES, RulerItem, build_items, score
 from lazy_core import LazyConfig, LazyLLM
 from lazy_core.arch import place_schedule
-from lazy_core.config import DEFAULT_RATIOS, MID14_FRACTIONS
+from lazy_core.config import MID14_FRACTIONS
 
 DEFAULT_OUT = RESULTS_DIR / "ruler.jsonl"
 CHAT_MODELS = ("smollm2-135m-instruct",)
@@ -75,14 +74,6 @@ def _placed(model: Any, ratios: tuple[float, ...]) -> dict[str, Any]:
     """The pruning layers of the default the candidates were measured against with these keep ratios."""
     layers, kept = place_schedule(model, MID14_FRACTIONS, ratios)
     return {"prune_layers": layers, "keep_ratios": kept}
-
-
-def gentle_merge(model: Any, **update: Any) -> LazyConfig:
-    """``mid17`` where stages that meet at one global layer of a hybrid model keep the larger of their ratios (``mid17``
-    keeps the smaller): Gemma 3 270M keeps 40 % after layer 5 and 20 % (not 10 %) after layer 11. The same config as
-    ``mid17`` on a model whose stages do not meet; the default since 2026-12-06 (BENCHMARKS.md, "Stages that meet")."""
-    layers, ratios = place_schedule(model, MID17_FRACTIONS, DEFAULT_RATIOS, merge=max)
-    return before_losses(model, prune_layers=layers, keep_ratios=ratios, **update)
 
 
 # name -> (what it is, config factory)
@@ -149,7 +140,7 @@ CANDIDATES: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
     # Gemma's held-answer losses (the answer kept at every layer, a held distractor or a run of digits written
     # instead) and fwe's word counts point at how little its last 6 of 18 layers see (10 % of the prompt)
     "gentle_merge": ("mid17 where stages meeting at one layer of a hybrid model keep the larger ratio (Gemma 3: "
-                     "40 % / 20 %, not 40 % / 10 %)", gentle_merge),
+                     "40 % / 20 %, not 40 % / 10 %; the default since 2026-12-06)", lambda m: mid17(m, merge=max)),
 }
 
 

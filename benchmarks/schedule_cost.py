@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               no_repeat_ngram_size=args.no_repeat_ngram_size)
     engines[args.method].generate(torch.tensor([prompts[-1][:64]]), max_new_tokens=2)  # warm-up
     pair = args.against if args.method == "lazy" else f"{args.method}-vs-{args.against}"
-    model_part = "" if args.model == "smollm2-135m-instruct" else f"{args.model}-"
+    model_part = "" if args.model == parser.get_default("model") else f"{args.model}-"  # the default model's names
     name = f"schedule_cost-{model_part}{pair}-{args.prompt_tokens}-p{len(prompts)}-s{args.seed}"
     out = args.out or RESULTS_DIR / f"{name}.jsonl"
     settings = {k: v for k, v in vars(args).items() if k != "out"}
