@@ -57,6 +57,11 @@ def mid17(model: Any, merge: Callable[[float, float], float] = min, **update: An
     return before_losses(model, prune_layers=layers, keep_ratios=ratios, **update)
 
 
+def first_ratio(config: LazyConfig, ratio: float) -> LazyConfig:
+    """``config`` keeping ``ratio`` of the prompt at its first pruning layer, its own ratios at the others."""
+    return config.rescheduled(list(config.prune_layers), [ratio, *config.keep_ratios[1:]])
+
+
 def first_pool(config: LazyConfig, width: int) -> LazyConfig:
     """``config`` with a ``width``-wide pool at its first pruning layer, its own pool at the others."""
     pools = [width] + [config.pool_kernel] * (len(config.prune_layers) - 1)

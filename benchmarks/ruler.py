@@ -52,6 +52,7 @@ from benchmarks.eval import (
     first63_sink4,
     first63_sink4_dec31,
     first_pool,
+    first_ratio,
     mid17,
 )
 from benchmarks.ruler_tasks import TASK_NAMES, RulerItem, build_items, score
@@ -141,6 +142,12 @@ CANDIDATES: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
     # instead) and fwe's word counts point at how little its last 6 of 18 layers see (10 % of the prompt)
     "gentle_merge": ("mid17 where stages meeting at one layer of a hybrid model keep the larger ratio (Gemma 3: "
                      "40 % / 20 %, not 40 % / 10 %; the default since 2026-12-06)", lambda m: mid17(m, merge=max)),
+    # Gemma's 8K niah_single_1 losses hold the needle and its key at every layer and fall with how much the first
+    # stage (global layer 5 of 18) keeps: a gentler first stage, or none
+    "first80": ("gentle_merge keeping 80 % at its first pruning layer (Gemma 3: 80 % / 20 %)",
+                lambda m: first_ratio(mid17(m, merge=max), 0.8)),
+    "late_start": ("gentle_merge without its first stage: pruning starts at its second layer (Gemma 3: layer 11 "
+                   "keeping 20 %)", lambda m: mid17(m, merge=max).later_start()),
 }
 
 

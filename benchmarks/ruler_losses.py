@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     lines = stop_ids(tok) if not lost or not lost[0].get("chat") else []
     results = []
     for r in lost:
-        item = _item(tok, r)
+        item = item_of(tok, r)
         roles = bound_strings(item, r["text"], tok.decode(item.prompt_ids)) if args.bound else {}
         item = dataclasses.replace(item, answers=item.answers + list(roles))
         lazy = LazyLLM(model, LazyConfig(**r["config"]), keep_state=True)
@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     return results
 
 
-def _item(tok: Any, record: dict[str, Any]):
+def item_of(tok: Any, record: dict[str, Any]):
+    """The RULER item a results record was measured on, rebuilt from its id, length, seed and chat flag."""
     return build_item(tok, record["task"], record["length"], int(record["id"].split("-")[2]), record.get("seed", 0),
                       record.get("chat", False))
 
@@ -193,7 +194,7 @@ def profile_main(args: argparse.Namespace, records: list[dict[str, Any]]) -> lis
     model, tok = models.get("none"), models.tokenizer
     profiles = []
     for r in found:
-        profiles += layer_profile(model, tok, config, [_item(tok, r)])
+        profiles += layer_profile(model, tok, config, [item_of(tok, r)])
         print(json.dumps(profiles[-1]), flush=True)
     if args.out:
         args.out.write_text("\n".join(json.dumps(p) for p in profiles) + "\n")

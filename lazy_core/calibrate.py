@@ -9,7 +9,9 @@ candidate order, ties broken by that order.
 Where to prune: the placements of ``PLACEMENTS``, and, when samples' references stand in their prompts (extractive
 answers), the same schedules with each pruning layer moved to the nearby layer whose attention ranks those answers
 high enough to keep them (:mod:`lazy_core.profile`; the evidence the default's placement was chosen on, BENCHMARKS.md
-"Why the default loses facts"): one extra prefill per such sample.
+"Why the default loses facts"): one extra prefill per such sample. Each schedule also without its first stage (a
+later start: Gemma 3 270M at 8K needs the whole prompt past its first pruning layer, BENCHMARKS.md "A later first
+stage").
 
 Score of one sample: word-level F1 (lower case, no punctuation or articles) of the generated text against the sample's
 reference when given, else against the full model's own output (the full model then scores 1.0 by definition).
@@ -77,7 +79,9 @@ def candidate_schedules(model_or_num_layers: Any, answer_shares: Sequence[dict[i
     """The default search space for a model (or its config, or a depth): ``LazyConfig.default_for`` itself, then
     ``PLACEMENTS`` x ``KEEP_RATIOS`` with its scoring (query window, max over heads/queries, pooling, kept tail),
     plus the paper's own scoring (``LazyConfig.paper``). Every schedule is placed by ``place_schedule``, as the
-    default is (on a hybrid model: at the nearest global layers, stages that meet keeping the larger ratio). With
+    default is (on a hybrid model: at the nearest global layers, stages that meet keeping the larger ratio), and each
+    of two or more stages also comes without its first (``LazyConfig.later_start``: slower, for models whose facts
+    fall out at the first pruning layer). With
     ``answer_shares`` (per answer standing in a sample's prompt, :func:`~lazy_core.profile.worst_rank_shares` under
     the default's scoring), each of those schedules also comes with its layers moved to where the model's attention
     ranks the answers high enough to keep them (:func:`~lazy_core.profile.profiled_layers`). Duplicates (shallow
@@ -90,6 +94,9 @@ def candidate_schedules(model_or_num_layers: Any, answer_shares: Sequence[dict[i
             for ratios in KEEP_RATIOS:
                 layers, kept = place_schedule(model_or_num_layers, fractions, ratios, merge=max)
                 out.append(base.rescheduled(layers, kept))
+        # a later first stage: where the model needs the whole prompt deeper than the first pruning layer (Gemma 3
+        # 270M at 8K loses single needles to its first stage whatever it scores by: BENCHMARKS.md "A later first stage")
+        out += [cfg.later_start() for cfg in out if len(cfg.prune_layers) >= 2]
         if answer_shares:
             out += [cfg.model_copy(update={"prune_layers": profiled_layers(cfg, model_or_num_layers, answer_shares)})
                     for cfg in out]

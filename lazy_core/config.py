@@ -275,6 +275,16 @@ class LazyConfig(BaseModel):
         return LazyConfig(**{**self.model_dump(), "prune_layers": prune_layers, "keep_ratios": keep_ratios,
                              "pool_kernels": pools})
 
+    def later_start(self) -> LazyConfig:
+        """This schedule without its first stage: pruning starts at its second layer, each later stage keeping what it
+        kept (the first pool width of ``pool_kernels`` moves to the new first layer). The remedy where a model needs
+        the whole prompt deeper than the first pruning layer (Gemma 3 270M at 8K: BENCHMARKS.md "A later first
+        stage"). Raises ValueError for a schedule of fewer than two stages: it would not prune at all."""
+        if len(self.prune_layers) < 2:
+            raise ValueError(f"later_start needs a schedule of at least two pruning layers, got {self.prune_layers}; "
+                             "LazyConfig.off() is the schedule that prunes nothing")
+        return self.rescheduled(list(self.prune_layers[1:]), list(self.keep_ratios[1:]))
+
     def pool_at(self, layer: int, decoding: bool = False) -> int:
         """The max-pool width scoring uses at ``layer``: ``decode_pool_kernel`` when a decoding step scores (if set),
         else its entry of ``pool_kernels`` at a pruning layer, else ``pool_kernel``."""

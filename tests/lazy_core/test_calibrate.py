@@ -92,7 +92,8 @@ def test_default_candidates_fit_the_depth():
 
 def test_candidates_on_the_gemma3_270m_layout_sit_at_global_layers():
     """Gemma 3 270M's layout (global layers 5, 11, 17 of 18): every candidate prunes at the global layers that can
-    prune, as default_for and paper do; placements that snap to the same layers are one candidate."""
+    prune, as default_for and paper do; placements that snap to the same layers are one candidate; each schedule
+    also starts at layer 11 (its later start: the remedy for the 8K needles its first stage loses)."""
     from transformers import Gemma3TextConfig
 
     config = Gemma3TextConfig(num_hidden_layers=18, sliding_window=512)
@@ -101,8 +102,11 @@ def test_candidates_on_the_gemma3_270m_layout_sit_at_global_layers():
     assert len(cands) > 1 and len(set(map(str, cands))) == len(cands)
     assert cands[0] == LazyConfig.default_for(config) and cands[-1] == LazyConfig.paper(config)
     for cfg in cands:
-        assert cfg.prune_layers == [5, 11]
+        assert cfg.prune_layers in ([5, 11], [11])
         cfg.check_layers(windows)
+    late = [cfg for cfg in cands if cfg.prune_layers == [11]]
+    assert sorted(cfg.keep_ratios[0] for cfg in late) == [0.07, 0.1, 0.2, 0.3]  # each grid row's second stage
+    assert LazyConfig.default_for(config).later_start() in late
 
 
 def test_calibrate_runs_on_a_hybrid_model(tiny_tokenizer):

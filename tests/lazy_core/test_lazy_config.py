@@ -81,6 +81,19 @@ def test_rescheduled_keeps_a_per_layer_pool_wide_first():
     assert LazyConfig.default_for(30).pool_kernels is None and LazyConfig.default_for(30).keep_head == 0
 
 
+def test_later_start_drops_the_first_stage_only():
+    """later_start: pruning from the second layer on, each later stage keeping its ratio and scoring as before (a
+    per-layer pool's first width moves to the new first layer); a one-stage schedule has no later start."""
+    default = LazyConfig.default_for(30)
+    late = default.later_start()
+    assert (late.prune_layers, late.keep_ratios) == (default.prune_layers[1:], default.keep_ratios[1:])
+    assert late.model_copy(update={"prune_layers": default.prune_layers, "keep_ratios": default.keep_ratios}) == default
+    wide_first = default.model_copy(update={"pool_kernels": [63, 31, 15]})
+    assert wide_first.later_start().pool_kernels == [63, 15]
+    with pytest.raises(ValueError, match=r"at least two pruning layers, got \[21\]"):
+        late.later_start().later_start()
+
+
 def test_resolve_names_the_pipelines_schedules(tiny_llama):
     """LazyConfig.resolve: what the worker and the driver's batch budget both read a `lazy` setting as."""
     assert LazyConfig.resolve("default", tiny_llama) == LazyConfig.default_for(tiny_llama)
