@@ -273,3 +273,18 @@ def test_gentle_merge_keeps_the_larger_ratio_where_stages_meet():
     assert default.keep_ratios == [0.4, 0.1] and gentle.keep_ratios == [0.4, 0.2]
     assert gentle == default.model_copy(update={"keep_ratios": [0.4, 0.2]})
     assert ruler.method_config("gentle_merge", 30) == ruler.method_config("mid17", 30)
+
+
+def test_first_stage_remedies_change_the_first_stage_of_gentle_merge_only():
+    """first80 keeps 80 % at gentle_merge's first pruning layer, late_start drops that stage (Gemma 3 270M: layer 11
+    keeping 20 %); every other field as gentle_merge's."""
+    from transformers import Gemma3TextConfig
+
+    gemma = Gemma3TextConfig(num_hidden_layers=18, sliding_window=512)
+    gentle = ruler.method_config("gentle_merge", gemma)
+    first80, late = ruler.method_config("first80", gemma), ruler.method_config("late_start", gemma)
+    assert (first80.prune_layers, first80.keep_ratios) == ([5, 11], [0.8, 0.2])
+    assert (late.prune_layers, late.keep_ratios) == ([11], [0.2])
+    for cfg in (first80, late):
+        assert cfg.model_copy(update={"prune_layers": [5, 11], "keep_ratios": [0.4, 0.2]}) == gentle
+    assert ruler.method_config("late_start", 30).prune_layers == [17, 21]

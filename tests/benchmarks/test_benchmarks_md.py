@@ -25,7 +25,7 @@ REMEDIES = {  # block -> (results file or files, methods of its per-task table)
     "ruler_dec31_s1": (("ruler-remedies-smollm2-135m-instruct-s1.jsonl",
                         "ruler-remedies-smollm2-135m-instruct-s1-round3.jsonl"),
                        ["full", "mid17", "first63_sink4", "first63_sink4_dec31"]),
-    "ruler_entity_gemma": ("ruler-entity-gemma3-270m.jsonl", ["full", "lazy_mid14"]),
+    "ruler_entity_gemma": ("ruler-entity-gemma3-270m.jsonl", ["full", "lazy_mid14", "gentle_merge"]),
     "ruler_gentle": (("ruler-n20-gemma3-270m.jsonl", "ruler-n60-gemma3-270m-4096.jsonl",
                       "ruler-remedies-gemma3-270m-round4.jsonl", "ruler-remedies-gemma3-270m-qa2-round4.jsonl"),
                      ["full", "lazy_mid14", "gentle_merge"]),
