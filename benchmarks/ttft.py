@@ -26,22 +26,27 @@ import torch
 
 from benchmarks.common import RESULTS_DIR, context_limit, load, machine, md_table, median, replace_section, write_json
 from benchmarks.data import essay_prompt_ids
+from benchmarks.ruler import CANDIDATES, method_config
 from lazy_core import LazyConfig, LazyLLM
 
 
 def parse_config(spec: str, model: Any) -> LazyConfig:
-    """'default', 'paper', 'off', a JSON object, or a path to a JSON file -> LazyConfig."""
+    """'default', 'paper', 'off', a method of ``benchmarks.ruler.CANDIDATES``, a JSON object, or a path to a JSON
+    file -> LazyConfig."""
     if spec == "default":
         return LazyConfig.default_for(model)
     if spec == "paper":
         return LazyConfig.paper(model)
     if spec == "off":
         return LazyConfig.off()
+    if spec in CANDIDATES:
+        return method_config(spec, model)
     text = Path(spec).read_text(encoding="utf-8") if Path(spec).is_file() else spec
     try:
         return LazyConfig(**json.loads(text))
     except json.JSONDecodeError as err:
-        raise ValueError(f"--config {spec!r}: expected default, paper, off, a JSON object or a JSON file") from err
+        raise ValueError(f"--config {spec!r}: expected default, paper, off, a method of benchmarks.ruler.CANDIDATES, "
+                         "a JSON object or a JSON file") from err
 
 
 def time_full(model: Any, ids: torch.Tensor) -> tuple[float, float, int]:
@@ -198,7 +203,8 @@ def markdown(result: dict, command: str) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--config", default="default", help="default | paper | JSON object | JSON file")
+    parser.add_argument("--config", default="default",
+                        help="default | paper | a method of benchmarks.ruler.CANDIDATES | JSON object | JSON file")
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)

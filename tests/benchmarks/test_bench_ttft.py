@@ -26,5 +26,9 @@ def test_ttft_runner_on_a_tiny_model(tiny_llama, tiny_tokenizer, tmp_path):
     assert "| 300 |" in markdown(result, "python -m benchmarks.ttft")
     assert parse_config("off", tiny_llama) == LazyConfig.off()
     assert parse_config('{"prune_layers": [1], "keep_ratios": [0.5]}', tiny_llama).keep_ratios == [0.5]
+    from benchmarks.ruler import method_config
+
+    assert parse_config("late_start", tiny_llama) == method_config("late_start", tiny_llama)
+    assert parse_config("late_start", tiny_llama) != parse_config("default", tiny_llama)
     with pytest.raises(ValueError, match="JSON"):
         parse_config("nonsense", tiny_llama)
