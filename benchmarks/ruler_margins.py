@@ -102,6 +102,16 @@ def item_table(rows: list[dict[str, Any]], methods: list[str], below: float) -> 
     return md_table(["item", "margin", "full's output", *methods], table)
 
 
+def section(rows: list[dict[str, Any]]) -> str:
+    """The report (what BENCHMARKS.md shows): the bucket table, then the items below the first edge or lost."""
+    methods = sorted({m for r in rows for m in r["scores"]})
+    return bucket_table(rows, methods) + "\n\n" + item_table(rows, methods, EDGES[0])
+
+
+def load_rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--results", type=Path, nargs="+", required=True)
@@ -118,7 +128,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if not found:
         raise SystemExit(f"no item of {args.model} that the full model answers in {[str(p) for p in args.results]}")
     scores = outcomes(records)
-    methods = sorted({m for s in scores.values() for m in s} - {"full"})
     models = QuantizedModels(args.model, args.threads, found[0]["dtype"])
     model, tok = models.get("none"), models.tokenizer
     rows = []
@@ -134,9 +143,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         print(json.dumps(row), flush=True)
     if args.out:
         args.out.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
-    print(bucket_table(rows, methods))
-    print()
-    print(item_table(rows, methods, EDGES[0]))
+    print(section(rows))
     return rows
 
 

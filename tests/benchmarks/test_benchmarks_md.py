@@ -1,5 +1,5 @@
-"""BENCHMARKS.md's generated blocks (short_prompts, gemma_eval, ruler, ruler_n20, ruler_remedies*) are what their
-``--report-only`` writes from the results files now."""
+"""BENCHMARKS.md's generated blocks (short_prompts, gemma_eval, ruler, ruler_n20, ruler_remedies*, ruler_margins*)
+are what their ``--report-only`` (or, for the margins, ``ruler_margins.section``) writes from the results files now."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import pytest
 from helpers import _block
 
-from benchmarks import gemma_eval, ruler, short_prompts
+from benchmarks import gemma_eval, ruler, ruler_margins, short_prompts
 from benchmarks.common import BENCHMARKS_MD, RESULTS_DIR
 from lazy_core import LazyConfig
 
@@ -33,10 +33,21 @@ REMEDIES = {  # block -> (results file or files, methods of its per-task table)
     "ruler_gentle_8k": (("ruler-n20-gemma3-270m-8192.jsonl", "ruler-n60-gemma3-270m-8192.jsonl",
                          "ruler-remedies-gemma3-270m-8192-round4.jsonl"), ["full", "lazy_mid14", "gentle_merge"]),
     "ruler_gemma_8k_rest": ("ruler-n20-gemma3-270m-8192-rest.jsonl", ["full", "lazy_mid14"]),
+    "ruler_late_start_8k": (("ruler-n20-gemma3-270m-8192.jsonl", "ruler-n20-gemma3-270m-8192-rest.jsonl",
+                             "ruler-n60-gemma3-270m-8192.jsonl", "ruler-remedies-gemma3-270m-8192-round4.jsonl",
+                             "ruler-remedies-gemma3-270m-8192-round5.jsonl",
+                             "ruler-remedies-gemma3-270m-8192-round5b.jsonl"), ["full", "gentle_merge", "late_start"]),
+    "ruler_late_start_8k_s12": (("ruler-remedies-gemma3-270m-8192-s1-round5.jsonl",
+                                 "ruler-remedies-gemma3-270m-8192-s2-round5.jsonl"),
+                                ["full", "gentle_merge", "first80", "late_start"]),
 }
 
 
-@pytest.mark.parametrize("name", ["short", "gemma", "ruler", "ruler_n20", *REMEDIES])
+MARGINS = {"ruler_margins": "ruler-margins-gemma3-270m-8192.jsonl",  # block -> benchmarks.ruler_margins --out
+           "ruler_margins_s12": "ruler-margins-gemma3-270m-8192-s12.jsonl"}
+
+
+@pytest.mark.parametrize("name", ["short", "gemma", "ruler", "ruler_n20", *MARGINS, *REMEDIES])
 def test_benchmarks_md_blocks_are_what_the_results_give(name):
     """BENCHMARKS.md's generated block is what ``--report-only`` writes from the results file now (not stale)."""
     if name == "short":
@@ -50,6 +61,8 @@ def test_benchmarks_md_blocks_are_what_the_results_give(name):
         records = [r for model in ("gemma3-270m", "smollm2-135m-instruct")
                    for r in ruler.load_records(RESULTS_DIR / f"ruler-n20-{model}.jsonl")]
         body = ruler.section(records, ["full", "lazy", "lazy_mid14"])  # Gemma's default then: lazy_mid14 (= mid17)
+    elif name in MARGINS:
+        body = ruler_margins.section(ruler_margins.load_rows(RESULTS_DIR / MARGINS[name]))
     elif name in REMEDIES:
         paths, methods = REMEDIES[name]
         paths = (paths,) if isinstance(paths, str) else paths
