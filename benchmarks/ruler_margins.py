@@ -72,6 +72,7 @@ def outcomes(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 
 def bucket_of(margin: float, edges: tuple[float, ...] = EDGES) -> str:
+    """The name of the bucket ``margin`` falls in: below the first edge, between two, or at or above the last."""
     for low, high in zip((None, *edges), edges, strict=False):
         if margin < high:
             return f"< {high:g}" if low is None else f"{low:g}-{high:g}"

@@ -81,8 +81,8 @@ def candidate_schedules(model_or_num_layers: Any, answer_shares: Sequence[dict[i
     ``PLACEMENTS`` x ``KEEP_RATIOS`` with its scoring (query window, max over heads/queries, pooling, kept tail),
     plus the paper's own scoring (``LazyConfig.paper``). Every schedule is placed by ``place_schedule``, as the
     default is (on a hybrid model: at the nearest global layers, stages that meet keeping the larger ratio), and each
-    of two or more stages also comes without its first (``LazyConfig.later_start``: slower, for models whose facts
-    fall out at the first pruning layer). With
+    of two or more stages also comes without its first (``LazyConfig.later_start``: slower, for models that need the
+    whole prompt past their first pruning layer). With
     ``answer_shares`` (per answer standing in a sample's prompt, :func:`~lazy_core.profile.worst_rank_shares` under
     the default's scoring), each of those schedules also comes with its layers moved to where the model's attention
     ranks the answers high enough to keep them (:func:`~lazy_core.profile.profiled_layers`). Duplicates (shallow
@@ -96,7 +96,8 @@ def candidate_schedules(model_or_num_layers: Any, answer_shares: Sequence[dict[i
                 layers, kept = place_schedule(model_or_num_layers, fractions, ratios, merge=max)
                 out.append(base.rescheduled(layers, kept))
         # a later first stage: where the model needs the whole prompt deeper than the first pruning layer (Gemma 3
-        # 270M at 8K loses single needles to its first stage whatever it scores by: BENCHMARKS.md "A later first stage")
+        # 270M at 8K loses single needles it holds at every layer to its first stage: BENCHMARKS.md "A later first
+        # stage")
         out += [cfg.later_start() for cfg in out if len(cfg.prune_layers) >= 2]
         if answer_shares:
             out += [cfg.model_copy(update={"prune_layers": profiled_layers(cfg, model_or_num_layers, answer_shares)})
