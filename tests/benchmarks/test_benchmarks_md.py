@@ -44,7 +44,8 @@ REMEDIES = {  # block -> (results file or files, methods of its per-task table)
 
 
 MARGINS = {"ruler_margins": "ruler-margins-gemma3-270m-8192.jsonl",  # block -> benchmarks.ruler_margins --out
-           "ruler_margins_s12": "ruler-margins-gemma3-270m-8192-s12.jsonl"}
+           "ruler_margins_s12": "ruler-margins-gemma3-270m-8192-s12.jsonl",
+           "ruler_margins_tasks": "ruler-margins-gemma3-270m-8192-tasks.jsonl"}
 
 
 @pytest.mark.parametrize("name", ["short", "gemma", "ruler", "ruler_n20", *MARGINS, *REMEDIES])
