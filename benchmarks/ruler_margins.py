@@ -47,10 +47,10 @@ def token_margins(model: Any, prompt_ids: list[int], continuation: list[int]) ->
     ids = torch.tensor([prompt_ids + continuation])  # [1, T + n]
     logits = model(input_ids=ids, logits_to_keep=n + 1).logits[0, :n].float()  # [n, V]: rows predict continuation
     logp = logits.log_softmax(-1)
-    chosen = logp[torch.arange(n), torch.tensor(continuation)]  # [n]
-    others = logp.clone()
-    others[torch.arange(n), torch.tensor(continuation)] = float("-inf")
-    return (chosen - others.max(-1).values).tolist()
+    at = (torch.arange(n), torch.tensor(continuation))  # each row's continuation token
+    chosen = logp[at]  # [n]
+    logp[at] = float("-inf")  # what is left: every other token
+    return (chosen - logp.max(-1).values).tolist()
 
 
 def found_items(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -82,11 +82,11 @@ def candidate_schedules(model_or_num_layers: Any, answer_shares: Sequence[dict[i
     plus the paper's own scoring (``LazyConfig.paper``). Every schedule is placed by ``place_schedule``, as the
     default is (on a hybrid model: at the nearest global layers, stages that meet keeping the larger ratio), and each
     of two or more stages also comes without its first (``LazyConfig.later_start``: slower, for models that need the
-    whole prompt past their first pruning layer). With
-    ``answer_shares`` (per answer standing in a sample's prompt, :func:`~lazy_core.profile.worst_rank_shares` under
-    the default's scoring), each of those schedules also comes with its layers moved to where the model's attention
-    ranks the answers high enough to keep them (:func:`~lazy_core.profile.profiled_layers`). Duplicates (shallow
-    models, or placements that snap to the same layers) are dropped; order is deterministic."""
+    whole prompt past their first pruning layer). With ``answer_shares`` (per answer standing in a sample's prompt,
+    :func:`~lazy_core.profile.worst_rank_shares` under the default's scoring), each of those schedules also comes
+    with its layers moved to where the model's attention ranks the answers high enough to keep them
+    (:func:`~lazy_core.profile.profiled_layers`). Duplicates (shallow models, or placements that snap to the same
+    layers) are dropped; order is deterministic."""
     base = LazyConfig.default_for(model_or_num_layers)
     out: list[LazyConfig] = []
     if model_depth(model_or_num_layers) >= 4:
