@@ -66,6 +66,15 @@ class LazyConfig(BaseModel):
         "prefill saves little time and risks the answer (BENCHMARKS.md, 'Short prompts: where pruning stops "
         "paying'). 0 = prune every prompt (the paper).",
     )
+    later_start_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Prompts of at least this many tokens skip the first pruning stage: its layer keeps all of "
+        "their tokens and the later stages prune as scheduled (what :meth:`later_start` does, for the long prompts "
+        "only; each later stage keeps its own pool width). Decided per item, so a batch may mix both. Where a model "
+        "needs the whole prompt deeper on long prompts only (Gemma 3 270M: BENCHMARKS.md, 'A first stage by "
+        "length'). None = every prompt takes every stage. Needs two or more stages and a method other than 'static'.",
+    )
     revive: bool = Field(
         True,
         description="Aux Cache revival during decoding (§3.3): a pruned token selected again by a later query is "
@@ -175,6 +184,13 @@ class LazyConfig(BaseModel):
         if self.decode_pool_kernel is not None and (self.decode_pool_kernel < 1 or self.decode_pool_kernel % 2 == 0):
             raise ValueError(f"decode_pool_kernel must be odd and >= 1 (centred on each token), got "
                              f"{self.decode_pool_kernel}; or None for the prefill's width")
+        if self.later_start_tokens is not None and (len(self.prune_layers) < 2 or self.method == "static"):
+            raise ValueError(
+                f"later_start_tokens={self.later_start_tokens} drops the first of {len(self.prune_layers)} pruning "
+                f"stage(s) under method {self.method!r}: long prompts would not be pruned at all. It needs a schedule "
+                "of two or more stages and method 'attention' or 'random'; or set min_prompt_tokens to leave long "
+                "prompts whole"
+            )
         narrowest = min([self.pool_kernel, *(self.pool_kernels or []), self.decode_pool_kernel or self.pool_kernel])
         if self.pool_shift > narrowest // 2:
             raise ValueError(
@@ -266,14 +282,15 @@ class LazyConfig(BaseModel):
 
     # ---- schedule arithmetic -------------------------------------------------------------------------------------
 
-    def rescheduled(self, prune_layers: list[int], keep_ratios: list[float]) -> LazyConfig:
-        """This config's scoring on other pruning layers (validated). A per-layer pool keeps its shape: the first
-        pruning layer takes the first width of ``pool_kernels``, every later one the last (wide where the budget is)."""
+    def rescheduled(self, prune_layers: list[int], keep_ratios: list[float], **changes: Any) -> LazyConfig:
+        """This config's scoring on other pruning layers (validated), with any other field in ``changes``. A per-layer
+        pool keeps its shape: the first pruning layer takes the first width of ``pool_kernels``, every later one the
+        last (wide where the budget is)."""
         pools = self.pool_kernels
         if pools is not None:
             pools = ([pools[0]] + [pools[-1]] * (len(prune_layers) - 1))[: len(prune_layers)]
         return LazyConfig(**{**self.model_dump(), "prune_layers": prune_layers, "keep_ratios": keep_ratios,
-                             "pool_kernels": pools})
+                             "pool_kernels": pools, **changes})
 
     def later_start(self) -> LazyConfig:
         """This schedule without its first stage: pruning starts at its second layer, each later stage keeping what it
@@ -283,7 +300,7 @@ class LazyConfig(BaseModel):
         if len(self.prune_layers) < 2:
             raise ValueError(f"later_start needs a schedule of at least two pruning layers, got {self.prune_layers}; "
                              "LazyConfig.off() is the schedule that prunes nothing")
-        return self.rescheduled(list(self.prune_layers[1:]), list(self.keep_ratios[1:]))
+        return self.rescheduled(list(self.prune_layers[1:]), list(self.keep_ratios[1:]), later_start_tokens=None)
 
     def pool_at(self, layer: int, decoding: bool = False) -> int:
         """The max-pool width scoring uses at ``layer``: ``decode_pool_kernel`` when a decoding step scores (if set),
@@ -296,7 +313,7 @@ class LazyConfig(BaseModel):
 
     def keep_budget(self, step: int, prompt_tokens: int) -> int:
         """Tokens of a ``prompt_tokens``-long prompt alive after pruning step ``step`` (index into prune_layers)."""
-        if prompt_tokens < self.min_prompt_tokens:
+        if self.leaves_whole(step, prompt_tokens):
             return prompt_tokens
         ratio = self.keep_ratios[step]
         if self.method == "static":
@@ -304,6 +321,16 @@ class LazyConfig(BaseModel):
         forced = min(self.keep_tail + self.keep_head, prompt_tokens)
         budget = max(self.min_keep_tokens, math.ceil(ratio * prompt_tokens), forced)
         return min(prompt_tokens, budget)
+
+    def starts_later(self, prompt_tokens: int) -> bool:
+        """True when a ``prompt_tokens``-long prompt skips the first pruning stage (``later_start_tokens``)."""
+        return self.later_start_tokens is not None and prompt_tokens >= self.later_start_tokens
+
+    def leaves_whole(self, step: int, prompt_tokens: int) -> bool:
+        """True when pruning step ``step`` neither scores nor drops any token of a ``prompt_tokens``-long prompt by
+        rule: the prompt is under ``min_prompt_tokens``, or long enough to skip the first stage. (A keep ratio of 1
+        still scores: lazy_core.profile ranks that way.)"""
+        return prompt_tokens < self.min_prompt_tokens or (step == 0 and self.starts_later(prompt_tokens))
 
     def prunes(self, prompt_tokens: int) -> bool:
         """True when a ``prompt_tokens``-long prompt loses any token in prefill under this schedule."""

@@ -69,6 +69,7 @@ class BatchState:
         self.max_positions = capacity
         self._budgets: dict[int, torch.Tensor] = {}
         self._budget_max: dict[int, int] = {}
+        self._whole: dict[int, bool] = {}
         self.host_lengths: list[int] = lengths.tolist()  # one sync per batch: what the loops size things by
         self.longest = max(self.host_lengths)
         # per item: its schedule prunes it (False: computed in full; its steps never score, and it is counted as
@@ -117,7 +118,7 @@ class BatchState:
         self._reset_sizes()
 
     def _reset_sizes(self) -> None:
-        self._budgets, self._budget_max = {}, {}
+        self._budgets, self._budget_max, self._whole = {}, {}, {}
         self.longest = max(self.host_lengths)
 
     def budget(self, config: LazyConfig, step: int) -> torch.Tensor:
@@ -132,6 +133,13 @@ class BatchState:
         """max of :meth:`budget`, on the host."""
         self.budget(config, step)
         return self._budget_max[step]
+
+    def leaves_whole(self, config: LazyConfig, step: int) -> bool:
+        """True when pruning step ``step`` leaves every row whole by rule (``LazyConfig.leaves_whole``: each prompt too
+        short to prune, or long enough to skip the first stage), so its layer neither scores nor packs. On the host."""
+        if step not in self._whole:
+            self._whole[step] = all(config.leaves_whole(step, n) for n in self.host_lengths)
+        return self._whole[step]
 
 
 class LayerLoop:
@@ -220,18 +228,20 @@ class LayerLoop:
         window_cols = torch.arange(self.config.query_window, device=input_ids.device)
         kept = []
         cos_sin = parts.position_embeddings(hidden, pos)  # recomputed only when the rows change (after pruning)
+        # the pruning layers where some row may lose tokens (a stage leaving every row whole by rule does not score)
+        pruning = {j for j, step in self.prune_step.items() if not state.leaves_whole(self.config, step)}
         for j in range(parts.num_layers):
             window = self._window_active(j, width)
             mask = position_mask(pos, valid, pos, valid, window) if window is not None else None
             query_rows = query_valid = None
-            if j in self.prune_step:
+            if j in pruning:
                 count = valid.sum(1)
                 raw = count[:, None] - self.config.query_window + window_cols  # [B, W] last W real rows
                 query_valid = raw >= 0
                 query_rows = raw.clamp(min=0)
             hidden, query = self._run_layer(state, j, hidden, pos, valid, mask, cos_sin, query_rows)
             kept.append(valid.sum(1))
-            if j not in self.prune_step:
+            if j not in pruning:
                 continue
             everyone = torch.ones_like(lengths, dtype=torch.bool)
             inputs = self._score_inputs(state, j, query, pos.gather(1, query_rows), query_valid, everyone, width)
@@ -273,9 +283,11 @@ class LayerLoop:
         if reviving and not all(rows_reviving):
             scored = live & torch.tensor(rows_reviving, device=live.device)
         packing = None  # set once revived rows widen the step (lazy_core.packing)
+        # the pruning layers where some row may have lost tokens: nothing else revives
+        pruned = {j for j, s in self.prune_step.items() if not state.leaves_whole(self.config, s)}
         for j in range(self.parts.num_layers):
             mask = self._decode_mask(state, j, pos, valid, visible, self._window_active(j, span))
-            scoring = reviving and j in self.prune_step
+            scoring = reviving and j in pruned
             rows = torch.full_like(pos[:, -1:], hidden.shape[1] - 1) if scoring else None
             hidden, query = self._run_layer(state, j, hidden, pos, valid, mask, cos_sin, rows, packing)
             if not scoring:

@@ -102,6 +102,28 @@ def test_prompts_under_min_prompt_tokens_are_computed_in_full(tiny_model, tiny_t
     assert out.stats[0].kept_per_layer[-1] < lengths[0]
 
 
+@pytest.mark.parametrize("policy", ["select", "top"])
+def test_long_prompts_skip_the_first_stage(tiny_model, tiny_tokenizer, policy):
+    """later_start_tokens, per item: in a batch of 94-, 13- and 72-token prompts with the threshold at 72, the two long
+    ones are generated as LazyConfig.later_start() generates them and the short one as the whole schedule, token for
+    token and layer for layer; the batch equals its items alone."""
+    enc = encode(tiny_tokenizer)
+    lengths = enc.attention_mask.sum(1).tolist()
+    config = LazyConfig(**PRUNE, revival={"name": policy}, later_start_tokens=72)
+    late = LazyLLM(tiny_model, config.later_start())
+    whole = LazyLLM(tiny_model, config.model_copy(update={"later_start_tokens": None}))
+    for b, out, alone in batch_vs_alone(LazyLLM(tiny_model, config), enc):
+        n = lengths[b]
+        real = enc.input_ids[b][enc.attention_mask[b].bool()][None]
+        ref = (late if n >= 72 else whole).generate(real, max_new_tokens=10)
+        assert alone.sequences.tolist() == ref.sequences.tolist()
+        assert alone.stats[0].kept_per_layer == ref.stats[0].kept_per_layer == out.stats[b].kept_per_layer
+        assert alone.stats[0].revived_tokens == ref.stats[0].revived_tokens
+        first = config.keep_budget(0, n)
+        assert out.stats[b].kept_per_layer[1] == (n if n >= 72 else first) and first == (n if n >= 72 else (n + 1) // 2)
+    assert [s.pruned for s in out.stats] == [True, True, True]
+
+
 def test_a_pruned_empty_output_is_the_full_models_under_the_threshold(empty_case):
     """The pruned prefill picks end-of-sequence first on this prompt (an empty output); with the prompt under
     min_prompt_tokens it is computed in full and matches model.generate."""

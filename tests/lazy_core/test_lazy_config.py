@@ -94,6 +94,28 @@ def test_later_start_drops_the_first_stage_only():
         late.later_start().later_start()
 
 
+def test_later_start_tokens_by_prompt_length():
+    """later_start_tokens: from that length on the first stage keeps every token and the later ones their ratios (the
+    schedule arithmetic of later_start), shorter prompts every stage; a one-stage or static schedule is refused."""
+    default = LazyConfig.default_for(30)
+    by_length = default.model_copy(update={"later_start_tokens": 6000})
+    late = default.later_start()
+    assert by_length.kept_per_layer(30, 5999) == default.kept_per_layer(30, 5999)
+    assert by_length.kept_per_layer(30, 6000) == late.kept_per_layer(30, 6000)
+    assert by_length.kept_per_layer(30, 8000) == late.kept_per_layer(30, 8000) != default.kept_per_layer(30, 8000)
+    assert by_length.starts_later(6000) and not by_length.starts_later(5999) and not default.starts_later(10**6)
+    # the skipped stage neither scores nor drops (as under min_prompt_tokens); the later ones and shorter prompts do
+    assert by_length.leaves_whole(0, 6000) and by_length.leaves_whole(2, 999)
+    assert not by_length.leaves_whole(1, 6000) and not by_length.leaves_whole(0, 5999)
+    assert by_length.later_start() == late  # the threshold goes with the stage it drops
+    with pytest.raises(ValidationError, match="two or more stages"):
+        LazyConfig(prune_layers=[3], keep_ratios=[0.5], later_start_tokens=100)
+    with pytest.raises(ValidationError, match="method 'attention' or 'random'"):
+        LazyConfig(**PRUNE, method="static", later_start_tokens=100)
+    with pytest.raises(ValidationError, match="later_start_tokens"):
+        LazyConfig(**PRUNE, later_start_tokens=0)
+
+
 def test_resolve_names_the_pipelines_schedules(tiny_llama):
     """LazyConfig.resolve: what the worker and the driver's batch budget both read a `lazy` setting as."""
     assert LazyConfig.resolve("default", tiny_llama) == LazyConfig.default_for(tiny_llama)
