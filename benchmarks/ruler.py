@@ -151,6 +151,16 @@ CANDIDATES: dict[str, tuple[str, Callable[[Any], LazyConfig]]] = {
 }
 
 
+DTYPE_SEP = "@"
+REFERENCE_DTYPE = "bfloat16"  # the dtype the job runs in on a bf16 CPU: every method's name alone means this one
+
+
+def dtype_label(method: str, dtype: str) -> str:
+    """A method's name in a run of another dtype than the reference's: ``full@float32`` (bf16: the name alone), so a
+    report sets the model in fp32 beside the same model in bf16 as one more method."""
+    return method if dtype == REFERENCE_DTYPE else f"{method}{DTYPE_SEP}{dtype}"
+
+
 def method_config(name: str, model: Any) -> LazyConfig:
     if name not in CANDIDATES:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(CANDIDATES)}")
@@ -192,7 +202,8 @@ def measure(args: argparse.Namespace) -> None:
     lengths = [min(length, limit) for length in args.lengths]
     items = build_items(tok, args.tasks, lengths, args.count, args.seed, chat)
     done = measured(args.out, *args.measured_in)
-    engines = {quant_label(name, q): LazyLLM(models.get(q), method_config(name, models.get(q)))
+    engines = {dtype_label(quant_label(name, q), args.dtype): LazyLLM(models.get(q),
+                                                                      method_config(name, models.get(q)))
                for q in args.quantize for name in args.methods}
     labels = list(engines)
     eos = list(LazyLLM(model, LazyConfig.off())._eos_ids(None))
@@ -208,7 +219,7 @@ def measure(args: argparse.Namespace) -> None:
             result = run_item(engines[method], tok, item, args.max_new, eos, lines)
             record = {**header, "id": item.id, "task": item.task, "length": item.length, "seed": item.seed,
                       "prompt_tokens": len(item.prompt_ids), "answers": item.answers, "method": method,
-                      "quantize": split_quant(method)[1],
+                      "quantize": split_quant(method.partition(DTYPE_SEP)[0])[1],
                       "config": engines[method].config.model_dump(), "wall_s": time.perf_counter() - started,
                       **result}
             with args.out.open("a", encoding="utf-8") as f:

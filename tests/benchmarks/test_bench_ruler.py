@@ -151,6 +151,22 @@ def test_report_counts_retention_where_full_scores():
     assert "| vt | 2 | 60 | 60 | 100 % [100, 100] |" in text
 
 
+def test_a_run_in_another_dtype_reports_as_one_more_method():
+    """--dtype float32 records its methods as full@float32 (bf16, the job's dtype, the name alone), so the report
+    sets the fp32 model beside the bf16 one like a candidate: what precision alone moves."""
+    assert ruler.dtype_label("full", "bfloat16") == "full"
+    assert ruler.dtype_label("full", "float32") == "full@float32"
+    assert ruler.dtype_label("lazy+int8", "float32") == "lazy+int8@float32"
+    records = []
+    for i, (bf16, fp32) in enumerate([(1.0, 1.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0)]):
+        records += [_record("niah_single_1", i, "full", bf16, 10.0),
+                    _record("niah_single_1", i, "full@float32", fp32, 40.0)]
+    entry = ruler.summarize(records, "m", 4096, ["full", "full@float32"])["tasks"]["niah_single_1"]
+    assert entry["full@float32_lost"] == entry["full@float32_gained"] == 1
+    assert entry["full@float32_speedup"] == 0.25
+    assert "| niah_single_1 | 4 | 75 | 75 | 100 % [" in ruler.report_text(records, ["full", "full@float32"])
+
+
 def test_methods_resolve_and_reject_unknown_names():
     model = make_tiny_model("llama")
     assert not ruler.method_config("full", model).enabled
