@@ -13,13 +13,16 @@ wrote, tokenized, is fed after the prompt in one forward pass of the unpatched m
 ``max_tokens`` of it at most); at each of its tokens the margin is the log-probability of that token minus the best
 other token's (nats; > 0 where the greedy choice was that token). The item's margin is the smallest of them: how near
 the full model came to writing something else. The report buckets the found items by margin and counts, per method,
-the items it lost in each bucket.
+the items it lost in each bucket. ``--margins-from`` an earlier ``--out`` reuses the margins of the items it holds,
+so new methods' records (another schedule, the model in fp32: ``full@float32``) are set beside them without computing
+again.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +116,21 @@ def load_rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def margin_rows(found: list[dict[str, Any]], scores: dict[str, dict[str, float]], known: dict[str, dict[str, Any]],
+                compute: Callable[[dict[str, Any]], tuple[str, list[float]]]) -> list[dict[str, Any]]:
+    """One row per found record: the full model's answer text and per-token margins from ``known`` (rows of an earlier
+    run, by item id: the margins depend only on the full model's record) or else from ``compute(record)``, beside
+    every other method's score on the item in ``scores``."""
+    rows = []
+    for r in found:
+        text, margins = ((known[r["id"]]["answer_text"], known[r["id"]]["margins"]) if r["id"] in known
+                         else compute(r))
+        rows.append({"id": r["id"], "task": r["task"], "length": r["length"], "answer_text": text,
+                     "margins": [round(m, 3) for m in margins], "margin": min(margins), "full_score": r["score"],
+                     "scores": {m: s for m, s in scores[r["id"]].items() if m != "full"}})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--results", type=Path, nargs="+", required=True)
@@ -122,26 +140,29 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--max-tokens", type=int, default=64, help="the longest output prefix fed")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path)
+    p.add_argument("--margins-from", type=Path, nargs="+", default=[],
+                   help="earlier --out files whose items' margins are reused, not computed again (e.g. to set a new "
+                   "method's records beside margins measured before)")
     args = p.parse_args(argv)
     records = [r for path in args.results for r in load_records(path) if r["model"] == args.model
                and (not args.tasks or r["task"] in args.tasks) and (not args.lengths or r["length"] in args.lengths)]
     found = found_items(records)
     if not found:
         raise SystemExit(f"no item of {args.model} that the full model answers in {[str(p) for p in args.results]}")
-    scores = outcomes(records)
-    models = QuantizedModels(args.model, args.threads, found[0]["dtype"])
-    model, tok = models.get("none"), models.tokenizer
-    rows = []
-    for r in found:
-        item = item_of(tok, r)
+    known = {row["id"]: row for path in args.margins_from for row in load_rows(path)}
+    models = None
+
+    def compute(r: dict[str, Any]) -> tuple[str, list[float]]:
+        nonlocal models
+        models = models or QuantizedModels(args.model, args.threads, found[0]["dtype"])
+        tok = models.tokenizer
         text = answer_prefix(r["text"], r["answers"])
         continuation = tok(text, add_special_tokens=False).input_ids[: args.max_tokens]
-        margins = token_margins(model, item.prompt_ids, continuation)
-        row = {"id": r["id"], "task": r["task"], "length": r["length"], "answer_text": text,
-               "margins": [round(m, 3) for m in margins], "margin": min(margins), "full_score": r["score"],
-               "scores": {m: s for m, s in scores[r["id"]].items() if m != "full"}}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        margins = token_margins(models.get("none"), item_of(tok, r).prompt_ids, continuation)
+        print(json.dumps({"id": r["id"], "answer_text": text, "margins": margins}), flush=True)
+        return text, margins
+
+    rows = margin_rows(found, outcomes(records), known, compute)
     if args.out:
         args.out.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
     print(section(rows))

@@ -5,7 +5,15 @@ from __future__ import annotations
 import torch
 from conftest import make_tiny_model
 
-from benchmarks.ruler_margins import answer_prefix, bucket_of, bucket_table, found_items, token_margins
+from benchmarks.ruler_margins import (
+    answer_prefix,
+    bucket_of,
+    bucket_table,
+    found_items,
+    margin_rows,
+    outcomes,
+    token_margins,
+)
 
 
 def test_answer_prefix_ends_at_the_last_answer_written():
@@ -49,3 +57,25 @@ def test_found_items_and_the_bucket_table_count_losses_by_margin():
     lines = bucket_table(rows, ["lazy", "late"]).splitlines()
     assert lines[2].split("|")[1:-1] == [" < 0.5 ", " 2 ", " 1 / 2 ", " 0 / 1 "]
     assert lines[5].split("|")[1:-1] == [" >= 2 ", " 1 ", " 0 / 1 ", " 0 / 1 "]
+
+
+def test_margin_rows_reuse_known_margins_and_compute_the_rest():
+    """--margins-from: an item measured before keeps its margins (they depend on the full model's record only) and
+    takes the scores of every method now in the results; only new items are computed."""
+    def rec(item, method, score):
+        return {"id": item, "task": "niah_single_1", "length": 8192, "method": method, "score": score,
+                "text": ": 123.", "answers": ["123"]}
+
+    records = [rec("a", "full", 1.0), rec("a", "lazy", 0.0), rec("a", "full@float32", 0.0),
+               rec("b", "full", 1.0), rec("b", "lazy", 1.0)]
+    known = {"a": {"id": "a", "answer_text": ": 123", "margins": [2.0, 0.25], "scores": {"lazy": 0.0}}}
+    computed = []
+
+    def compute(r):
+        computed.append(r["id"])
+        return ": 123", [1.5]
+
+    rows = margin_rows(found_items(records), outcomes(records), known, compute)
+    assert computed == ["b"]
+    assert [(r["id"], r["margin"], r["scores"]) for r in rows] == [
+        ("a", 0.25, {"lazy": 0.0, "full@float32": 0.0}), ("b", 1.5, {"lazy": 1.0})]
