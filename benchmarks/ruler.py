@@ -161,6 +161,14 @@ def dtype_label(method: str, dtype: str) -> str:
     return method if dtype == REFERENCE_DTYPE else f"{method}{DTYPE_SEP}{dtype}"
 
 
+def within_dtype(records: list[dict[str, Any]], dtype: str) -> list[dict[str, Any]]:
+    """The records run in ``dtype``, each under its method's own name (``full@float32`` -> ``full``): a report of them
+    compares the methods within that precision, each against the full model in the same dtype."""
+    suffix = dtype_label("", dtype)
+    return [{**r, "method": r["method"].removesuffix(suffix)} for r in records
+            if r.get("dtype", REFERENCE_DTYPE) == dtype]
+
+
 def method_config(name: str, model: Any) -> LazyConfig:
     if name not in CANDIDATES:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(CANDIDATES)}")
@@ -352,7 +360,8 @@ def curve_text(records: list[dict[str, Any]]) -> str:
         mine = [r for r in records if r["model"] == model and r["length"] == length
                 and family_of(r["task"]) == family and r.get("seed", 0) == seed]
         full = {r["id"]: r for r in mine if r["method"] == "full"}
-        for method in CANDIDATES:
+        others = sorted({r["method"] for r in mine} - set(CANDIDATES))  # another dtype's runs: full@float32
+        for method in [*CANDIDATES, *others]:
             pairs = [(full[r["id"]], r) for r in mine if r["method"] == method and r["id"] in full]
             if method == "full" or not pairs:
                 continue
@@ -406,6 +415,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--section", default="ruler", help="the BENCHMARKS.md block --report writes (<!-- NAME:begin -->); "
                    "ruler_n20 holds the 20-items-per-task runs (benchmarks/results/ruler-n20-<model>.jsonl)")
     p.add_argument("--report-from", type=Path, nargs="+", help="results files the report reads (default: --out)")
+    p.add_argument("--report-dtype", help="report only the records run in this dtype, each method against the full "
+                   "model in the same dtype (default: every record, another dtype's methods as name@dtype)")
     p.add_argument("--measured-in", type=Path, nargs="+", default=[],
                    help="results files whose records are not measured again (e.g. full's, in an earlier round's "
                    "file), so a new round's file holds only its own methods; report with --report-from both")
@@ -415,7 +426,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.report_only:
         measure(args)
     if args.report or args.report_only:
-        text = section([r for path in args.report_from or [args.out] for r in load_records(path)],
+        records = [r for path in args.report_from or [args.out] for r in load_records(path)]
+        text = section(within_dtype(records, args.report_dtype) if args.report_dtype else records,
                        args.report_methods)
         replace_section(args.section, text, BENCHMARKS_MD)
         print(text)

@@ -165,6 +165,15 @@ def test_a_run_in_another_dtype_reports_as_one_more_method():
     assert entry["full@float32_lost"] == entry["full@float32_gained"] == 1
     assert entry["full@float32_speedup"] == 0.25
     assert "| niah_single_1 | 4 | 75 | 75 | 100 % [" in ruler.report_text(records, ["full", "full@float32"])
+    assert "| m | RULER 13 | 4096 | 0 | full@float32 | 4 | 75.0 | 75.0 | 1 | 1 |" in ruler.curve_text(records)
+    # within fp32: its own methods against its own full model; records without a dtype are bf16 ones
+    for r in records:
+        r["dtype"] = "float32" if r["method"].endswith("@float32") else "bfloat16"
+    records += [{**_record("niah_single_1", i, "lazy@float32", 1.0, 20.0), "dtype": "float32"} for i in range(4)]
+    fp32 = ruler.within_dtype(records, "float32")
+    assert {r["method"] for r in fp32} == {"full", "lazy"} and len(fp32) == 8
+    assert ruler.summarize(fp32, "m", 4096, ["full", "lazy"])["tasks"]["niah_single_1"]["lazy_gained"] == 1
+    assert len(ruler.within_dtype(records, "bfloat16")) == 4
 
 
 def test_methods_resolve_and_reject_unknown_names():

@@ -12,7 +12,7 @@ from benchmarks import gemma_eval, ruler, ruler_margins, short_prompts
 from benchmarks.common import BENCHMARKS_MD, RESULTS_DIR
 from lazy_core import LazyConfig
 
-REMEDIES = {  # block -> (results file or files, methods of its per-task table)
+REMEDIES = {  # block -> (results file or files, methods of its per-task table[, the one dtype it compares within])
     "ruler_remedies": (("ruler-remedies-smollm2-135m-instruct.jsonl",  # the second round's candidates: -round2
                         "ruler-remedies-smollm2-135m-instruct-round2.jsonl"), ["full", "mid17", "first63_sink4"]),
     "ruler_remedies_s1": ("ruler-remedies-smollm2-135m-instruct-s1.jsonl", ["full", "mid17", "first63_sink4"]),
@@ -65,9 +65,10 @@ def test_benchmarks_md_blocks_are_what_the_results_give(name):
     elif name in MARGINS:
         body = ruler_margins.section(ruler_margins.load_rows(RESULTS_DIR / MARGINS[name]))
     elif name in REMEDIES:
-        paths, methods = REMEDIES[name]
+        paths, methods, *dtype = REMEDIES[name]
         paths = (paths,) if isinstance(paths, str) else paths
-        body = ruler.section([r for path in paths for r in ruler.load_records(RESULTS_DIR / path)], methods)
+        records = [r for path in paths for r in ruler.load_records(RESULTS_DIR / path)]
+        body = ruler.section(ruler.within_dtype(records, dtype[0]) if dtype else records, methods)
     else:
         lines = (RESULTS_DIR / "gemma_eval.jsonl").read_text(encoding="utf-8").splitlines()
         body = gemma_eval.section([json.loads(line) for line in lines if line.strip()], gemma_eval.DEFAULT_OUT)
