@@ -195,6 +195,16 @@ def run_item(lazy: LazyLLM, tok: Any, item: RulerItem, max_new: int, eos: list[i
             "new_tokens": st.new_tokens}
 
 
+def only_ids(items: list[RulerItem], ids: list[str]) -> list[RulerItem]:
+    """The items whose id is in ``ids``; an id none of them has is an error (its task, length, seed or index is not
+    among those the run builds)."""
+    missing = sorted(set(ids) - {item.id for item in items})
+    if missing:
+        raise SystemExit(f"--ids {missing} are not among the items of --tasks / --lengths / --count / --seed; an id is "
+                         "<task>-<length>-<index>-s<seed>: raise --count above the largest index")
+    return [item for item in items if item.id in ids]
+
+
 def measured(*paths: Path) -> set[tuple[str, str, str]]:
     """(model, item id, method) of every record in these results files (missing files hold none): what a run does
     not measure again."""
@@ -209,6 +219,8 @@ def measure(args: argparse.Namespace) -> None:
     limit = int(getattr(model.config, "max_position_embeddings", 1 << 30))
     lengths = [min(length, limit) for length in args.lengths]
     items = build_items(tok, args.tasks, lengths, args.count, args.seed, chat)
+    if args.ids:  # only these of them: a run on the items an earlier one lost (build_items seeds each by its index)
+        items = only_ids(items, args.ids)
     done = measured(args.out, *args.measured_in)
     engines = {dtype_label(quant_label(name, q), args.dtype): LazyLLM(models.get(q),
                                                                       method_config(name, models.get(q)))
@@ -398,6 +410,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tasks", nargs="+", default=list(TASK_NAMES), help="RULER task names, or entity_<k>")
     p.add_argument("--lengths", nargs="+", type=int, default=[4096])
     p.add_argument("--count", type=int, default=2, help="items per task and length")
+    p.add_argument("--ids", nargs="+", help="only the items of these ids among those built (e.g. the items an earlier "
+                   "run lost: niah_single_1-8192-6-s0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--methods", nargs="+", default=["full", "lazy", "paper"], choices=list(CANDIDATES))
     p.add_argument("--max-new", type=int, default=64, help="cap on RULER's generation budget per task")

@@ -88,6 +88,10 @@ def test_items_are_seeded_per_task_length_and_index(tiny_tokenizer):
     listed = build_items(tiny_tokenizer, ["niah_single_1", "qa_1"], [2048], 2, seed=3)
     assert [i.id for i in listed] == ["niah_single_1-2048-0-s3", "qa_1-2048-0-s3", "niah_single_1-2048-1-s3",
                                       "qa_1-2048-1-s3"]
+    # --ids: a run on some of them, the same items; an id the run does not build says how to reach it
+    assert ruler.only_ids(listed, ["qa_1-2048-1-s3"]) == [listed[3]]
+    with pytest.raises(SystemExit, match=r"\['qa_1-2048-5-s3'\] are not among the items.*raise --count"):
+        ruler.only_ids(listed, ["qa_1-2048-1-s3", "qa_1-2048-5-s3"])
 
 
 def test_entity_needles_share_a_haystack_and_ask_each_name(tiny_tokenizer):
