@@ -42,8 +42,8 @@ def before_losses(model: Any, **update: Any) -> LazyConfig:
     vary it, so their names keep the meaning their records have."""
     layers, ratios = place_schedule(model, MID14_FRACTIONS, DEFAULT_RATIOS)
     return LazyConfig(**{**LazyConfig.default_for(model).model_dump(), "pool_kernel": 31, "pool_kernels": None,
-                         "decode_pool_kernel": None, "keep_head": 0, "prune_layers": layers, "keep_ratios": ratios,
-                         **update})
+                         "decode_pool_kernel": None, "keep_head": 0, "later_start_tokens": None,
+                         "prune_layers": layers, "keep_ratios": ratios, **update})
 
 
 MID17_FRACTIONS = (8 / 30, 18 / 30, 22 / 30)  # the placement that became DEFAULT_FRACTIONS (lazy_core.config)

@@ -77,7 +77,8 @@ class CalibrationResult:
 
 
 def candidate_schedules(model_or_num_layers: Any, answer_shares: Sequence[dict[int, float]] = ()) -> list[LazyConfig]:
-    """The default search space for a model (or its config, or a depth): ``LazyConfig.default_for`` itself, then
+    """The default search space for a model (or its config, or a depth): ``LazyConfig.default_for`` itself (on a
+    hybrid model by prompt length: ``later_start_tokens``), then, for every prompt alike, its schedule and
     ``PLACEMENTS`` x ``KEEP_RATIOS`` with its scoring (query window, max over heads/queries, pooling, kept tail),
     plus the paper's own scoring (``LazyConfig.paper``). Every schedule is placed by ``place_schedule``, as the
     default is (on a hybrid model: at the nearest global layers, stages that meet keeping the larger ratio), and each
@@ -87,7 +88,8 @@ def candidate_schedules(model_or_num_layers: Any, answer_shares: Sequence[dict[i
     with its layers moved to where the model's attention ranks the answers high enough to keep them
     (:func:`~lazy_core.profile.profiled_layers`). Duplicates (shallow models, or placements that snap to the same
     layers) are dropped; order is deterministic."""
-    base = LazyConfig.default_for(model_or_num_layers)
+    default = LazyConfig.default_for(model_or_num_layers)
+    base = default.model_copy(update={"later_start_tokens": None})  # every prompt takes each candidate's stages
     out: list[LazyConfig] = []
     if model_depth(model_or_num_layers) >= 4:
         out.append(base)
@@ -103,6 +105,7 @@ def candidate_schedules(model_or_num_layers: Any, answer_shares: Sequence[dict[i
             out += [cfg.model_copy(update={"prune_layers": profiled_layers(cfg, model_or_num_layers, answer_shares)})
                     for cfg in out]
         out.append(LazyConfig.paper(model_or_num_layers))
+        out.insert(0, default)  # on a hybrid model the default by length: long samples skip its first stage
     unique: list[LazyConfig] = []
     for cfg in out:
         if cfg not in unique:

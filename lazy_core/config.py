@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from lazy_core.arch import hybrid_global_layers, model_depth, place_schedule
+from lazy_core.arch import hybrid_global_layers, model_depth, place_schedule, prunable_layers
 from lazy_core.revival import FLAT_REVIVAL_KEYS, Revival, SelectRevival, TopRevival, revival_from_flat_keys
 
 PruningMethod = Literal["attention", "static", "random"]
@@ -25,6 +25,9 @@ HeadReduce = Literal["mean", "max", "kv_group"]
 DEFAULT_FRACTIONS = (8 / 30, 18 / 30, 22 / 30)  # default_for: 0-based layers 7, 17, 21 of 30
 MID14_FRACTIONS = (8 / 30, 15 / 30, 22 / 30)  # the default before the loss analysis: layers 7, 14, 21 of 30
 DEFAULT_RATIOS = (0.4, 0.2, 0.1)
+# default_for on a hybrid model: prompts of at least this many tokens skip the first stage (measured at 4K, where
+# every stage holds, and 8K, where the first one costs answers; nothing measured between)
+HYBRID_LATER_START_TOKENS = 6144
 LATE_FRACTIONS = (10 / 30, 17 / 30, 24 / 30)
 EARLY_FRACTIONS = (3 / 30, 15 / 30, 22 / 30)
 PAPER_FRACTIONS = (9 / 30, 19 / 30, 28 / 30)  # paper: about 1/3, 2/3 and the end of the depth
@@ -241,12 +244,17 @@ class LazyConfig(BaseModel):
         pool and the first tokens" (a per-layer pool that keeps UUIDs whole, measured and not adopted: it revives more
         tokens in decoding and costs the job 8-12 % docs/s) and "Decoding's own pool" (the same prefill with decoding
         scoring its revivals over 31: the default's job cost, about half of the UUIDs kept, Gemma's and HotpotQA's
-        targets missed) and "Stages that meet" (on Gemma the 10 % stage cost word counts and look-alike keys).
+        targets missed) and "Stages that meet" (on Gemma the 10 % stage cost word counts and look-alike keys). On a
+        hybrid model (sliding-window and global layers, whose first stage sits at an early global layer) prompts of
+        ``HYBRID_LATER_START_TOKENS`` or more skip the first stage (``later_start_tokens``; BENCHMARKS.md, "A first
+        stage by length": Gemma 3 270M at 8K writes runs of digits for needles the full model finds).
         """
         if model_depth(model_or_num_layers) < 4:
             return cls.off()
         layers, ratios = place_schedule(model_or_num_layers, DEFAULT_FRACTIONS, DEFAULT_RATIOS, merge=max)
+        hybrid = len(prunable_layers(model_or_num_layers)) < model_depth(model_or_num_layers) - 1
         return cls(
+            later_start_tokens=HYBRID_LATER_START_TOKENS if hybrid and len(layers) >= 2 else None,
             prune_layers=layers,
             keep_ratios=ratios,
             min_keep_tokens=64,

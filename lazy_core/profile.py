@@ -61,7 +61,8 @@ def scoring_only(config: LazyConfig, prompt_tokens: int) -> LazyConfig:
     """``config`` scoring at every one of its pruning layers but keeping every token there, except one at the last
     (a schedule that drops nothing is not run as one): each layer ranks what the full model's attention ranks."""
     ratios = [1.0] * (len(config.keep_ratios) - 1) + [(prompt_tokens - 1.5) / prompt_tokens]
-    return LazyConfig(**{**config.model_dump(), "min_prompt_tokens": 0, "keep_ratios": ratios})
+    return LazyConfig(**{**config.model_dump(), "min_prompt_tokens": 0, "later_start_tokens": None,
+                         "keep_ratios": ratios})
 
 
 def every_layer(config: LazyConfig, model_or_num_layers: Any, prompt_tokens: int) -> LazyConfig:

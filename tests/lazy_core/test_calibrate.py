@@ -106,8 +106,12 @@ def test_candidates_on_the_gemma3_270m_layout_sit_at_global_layers():
         cfg.check_layers(windows)
     late = [cfg for cfg in cands if cfg.prune_layers == [11]]
     assert sorted(cfg.keep_ratios[0] for cfg in late) == [0.07, 0.1, 0.2, 0.3]  # each grid row's second stage
-    assert LazyConfig.default_for(config).later_start() in late
-    assert LazyConfig.default_for(config).rescheduled([5, 11], [0.8, 0.2]) in cands  # a gentle first stage
+    default = LazyConfig.default_for(config)
+    assert default.later_start_tokens is not None  # the default by length comes first, then its stages for all
+    assert cands[1] == default.model_copy(update={"later_start_tokens": None})
+    assert all(cfg.later_start_tokens is None for cfg in cands[1:])
+    assert default.later_start() in late
+    assert cands[1].rescheduled([5, 11], [0.8, 0.2]) in cands  # a gentle first stage
 
 
 def test_calibrate_runs_on_a_hybrid_model(tiny_tokenizer):

@@ -9,6 +9,7 @@ import torch
 from conftest import GEMMA_GLOBAL, make_tiny_model
 
 from lazy_core import LazyConfig, LazyLLM
+from lazy_core.config import HYBRID_LATER_START_TOKENS
 from lazy_core.revival import TopRevival
 
 PROMPTS = [
@@ -53,6 +54,10 @@ def test_real_gemma_default_schedule_sits_on_global_layers():
     # the 20 % and 10 % stages (layers 17 and 21 of 30) meet at layer 11: the larger ratio is kept (BENCHMARKS.md,
     # "Stages that meet"); the paper's stages keep the smaller, as measured
     assert default.prune_layers == [5, 11] and default.keep_ratios == [0.4, 0.2]
+    # long prompts skip the first stage (BENCHMARKS.md, "A first stage by length"); full-attention models never do
+    assert default.later_start_tokens == HYBRID_LATER_START_TOKENS
+    assert LazyConfig.default_for(30).later_start_tokens is None
+    assert default.kept_per_layer(18, 8000)[6] == 8000 and default.kept_per_layer(18, 6000)[6] == 2400
     default.check_layers([None if t == "full_attention" else 512 for t in config.layer_types])
     paper = LazyConfig.paper(config)  # the paper's scoring, at the nearest global layers too
     assert paper.prune_layers == [5, 11] and paper.keep_ratios == [0.7, 0.3] and paper.head_reduce == "mean"
