@@ -40,12 +40,32 @@ REMEDIES = {  # block -> (results file or files, methods of its per-task table[,
     "ruler_late_start_8k_s12": (("ruler-remedies-gemma3-270m-8192-s1-round5.jsonl",
                                  "ruler-remedies-gemma3-270m-8192-s2-round5.jsonl"),
                                 ["full", "gentle_merge", "first80", "late_start"]),
+    "ruler_by_length_8k_s12": (("ruler-remedies-gemma3-270m-8192-s1-round6.jsonl",
+                                "ruler-remedies-gemma3-270m-8192-s2-round6.jsonl"),
+                               ["full", "gentle_merge", "late_start"]),
+    "ruler_by_length_8k": (("ruler-n20-gemma3-270m-8192.jsonl", "ruler-n20-gemma3-270m-8192-rest.jsonl",
+                            "ruler-n60-gemma3-270m-8192.jsonl", "ruler-remedies-gemma3-270m-8192-round4.jsonl",
+                            "ruler-remedies-gemma3-270m-8192-round5.jsonl",
+                            "ruler-remedies-gemma3-270m-8192-round5b.jsonl",
+                            "ruler-remedies-gemma3-270m-8192-s1-round5.jsonl",
+                            "ruler-remedies-gemma3-270m-8192-s2-round5.jsonl",
+                            "ruler-remedies-gemma3-270m-8192-s1-round6.jsonl",
+                            "ruler-remedies-gemma3-270m-8192-s2-round6.jsonl"), ["full", "gentle_merge", "late_start"]),
+    "ruler_fp32_8k": (("ruler-remedies-gemma3-270m-8192-s1-round5.jsonl",
+                       "ruler-remedies-gemma3-270m-8192-s2-round5.jsonl",
+                       "ruler-fp32-gemma3-270m-8192-s1.jsonl", "ruler-fp32-gemma3-270m-8192-s2.jsonl",
+                       "ruler-remedies-gemma3-270m-8192-s1-round6.jsonl", "ruler-fp32-gemma3-270m-8192-mq-s1.jsonl"),
+                      ["full", "full@float32", "gentle_merge", "late_start"]),
+    "ruler_fp32_within": (("ruler-fp32-gemma3-270m-8192-s1.jsonl", "ruler-fp32-gemma3-270m-8192-s2.jsonl",
+                           "ruler-fp32-gemma3-270m-8192-s1-lazy.jsonl", "ruler-fp32-gemma3-270m-8192-s2-lazy.jsonl"),
+                          ["full", "gentle_merge"], "float32"),
 }
 
 
 MARGINS = {"ruler_margins": "ruler-margins-gemma3-270m-8192.jsonl",  # block -> benchmarks.ruler_margins --out
            "ruler_margins_s12": "ruler-margins-gemma3-270m-8192-s12.jsonl",
-           "ruler_margins_tasks": "ruler-margins-gemma3-270m-8192-tasks.jsonl"}
+           "ruler_margins_tasks": "ruler-margins-gemma3-270m-8192-tasks.jsonl",
+           "ruler_margins_fp32": "ruler-margins-gemma3-270m-8192-fp32.jsonl"}
 
 
 @pytest.mark.parametrize("name", ["short", "gemma", "ruler", "ruler_n20", *MARGINS, *REMEDIES])
