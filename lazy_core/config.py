@@ -25,8 +25,8 @@ HeadReduce = Literal["mean", "max", "kv_group"]
 DEFAULT_FRACTIONS = (8 / 30, 18 / 30, 22 / 30)  # default_for: 0-based layers 7, 17, 21 of 30
 MID14_FRACTIONS = (8 / 30, 15 / 30, 22 / 30)  # the default before the loss analysis: layers 7, 14, 21 of 30
 DEFAULT_RATIOS = (0.4, 0.2, 0.1)
-# default_for on a hybrid model: prompts of at least this many tokens skip the first stage (measured at 4K, where
-# every stage holds, and 8K, where the first one costs answers; nothing measured between)
+# default_for on a hybrid model: prompts of at least this many tokens skip the first stage (Gemma 3 270M: every stage
+# holds at 4K and 6K, the first one costs answers at 8K; nothing measured between 6K and 8K)
 HYBRID_LATER_START_TOKENS = 6144
 LATE_FRACTIONS = (10 / 30, 17 / 30, 24 / 30)
 EARLY_FRACTIONS = (3 / 30, 15 / 30, 22 / 30)
