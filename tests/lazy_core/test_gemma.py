@@ -64,6 +64,27 @@ def test_real_gemma_default_schedule_sits_on_global_layers():
     assert LazyConfig.paper(30).prune_layers == [8, 18, 27]  # full-attention models: unchanged
 
 
+def test_long_prompts_skip_the_first_stage_on_a_hybrid_model(gemma, tiny_tokenizer):
+    """later_start_tokens on tiny Gemma 3 (global layers 2 and 4): in one batch the prompts at or past the threshold
+    are generated as later_start() generates them alone, the others as the whole schedule, token for token and layer
+    for layer."""
+    enc = _encode(tiny_tokenizer)
+    lengths = enc.attention_mask.sum(1).tolist()
+    threshold = sorted(lengths)[1]  # the middle prompt and the longest start later, the shortest does not
+    config = LazyConfig(**PRUNE, later_start_tokens=threshold)
+    late = LazyLLM(gemma, config.later_start())
+    whole = LazyLLM(gemma, config.model_copy(update={"later_start_tokens": None}))
+    out = LazyLLM(gemma, config).generate(enc.input_ids, attention_mask=enc.attention_mask, max_new_tokens=8,
+                                          eos_token_id=[])
+    width = enc.input_ids.shape[1]
+    for b, n in enumerate(lengths):
+        real = enc.input_ids[b][enc.attention_mask[b].bool()][None]
+        ref = (late if n >= threshold else whole).generate(real, max_new_tokens=8, eos_token_id=[])
+        assert out.sequences[b, width:].tolist() == ref.sequences[0, n:].tolist()
+        assert out.stats[b].kept_per_layer == ref.stats[0].kept_per_layer
+        assert out.stats[b].kept_per_layer[3] == (n if n >= threshold else config.keep_budget(0, n))
+
+
 def test_pruning_off_matches_model_generate(gemma, tiny_tokenizer):
     enc = _encode(tiny_tokenizer)
     ref = gemma.generate(**enc, max_new_tokens=12, do_sample=False)
