@@ -69,7 +69,7 @@ class BatchState:
         self.max_positions = capacity
         self._budgets: dict[int, torch.Tensor] = {}
         self._budget_max: dict[int, int] = {}
-        self._whole: dict[int, bool] = {}
+        self._pruning: frozenset[int] | None = None
         self.host_lengths: list[int] = lengths.tolist()  # one sync per batch: what the loops size things by
         self.longest = max(self.host_lengths)
         # per item: its schedule prunes it (False: computed in full; its steps never score, and it is counted as
@@ -118,7 +118,7 @@ class BatchState:
         self._reset_sizes()
 
     def _reset_sizes(self) -> None:
-        self._budgets, self._budget_max, self._whole = {}, {}, {}
+        self._budgets, self._budget_max, self._pruning = {}, {}, None
         self.longest = max(self.host_lengths)
 
     def budget(self, config: LazyConfig, step: int) -> torch.Tensor:
@@ -134,12 +134,14 @@ class BatchState:
         self.budget(config, step)
         return self._budget_max[step]
 
-    def leaves_whole(self, config: LazyConfig, step: int) -> bool:
-        """True when pruning step ``step`` leaves every row whole by rule (``LazyConfig.leaves_whole``: each prompt too
-        short to prune, or long enough to skip the first stage), so its layer neither scores nor packs. On the host."""
-        if step not in self._whole:
-            self._whole[step] = all(config.leaves_whole(step, n) for n in self.host_lengths)
-        return self._whole[step]
+    def pruning_layers(self, config: LazyConfig) -> frozenset[int]:
+        """The pruning layers where some row may lose tokens, computed once per batch on the host: a stage that leaves
+        every row whole by rule (``LazyConfig.leaves_whole``: each prompt too short to prune, or long enough to skip
+        the first stage) neither scores nor packs in prefill, and no decoding step revives there."""
+        if self._pruning is None:
+            self._pruning = frozenset(j for j, step in config.active_steps().items()
+                                      if not all(config.leaves_whole(step, n) for n in self.host_lengths))
+        return self._pruning
 
 
 class LayerLoop:
@@ -228,8 +230,7 @@ class LayerLoop:
         window_cols = torch.arange(self.config.query_window, device=input_ids.device)
         kept = []
         cos_sin = parts.position_embeddings(hidden, pos)  # recomputed only when the rows change (after pruning)
-        # the pruning layers where some row may lose tokens (a stage leaving every row whole by rule does not score)
-        pruning = {j for j, step in self.prune_step.items() if not state.leaves_whole(self.config, step)}
+        pruning = state.pruning_layers(self.config)
         for j in range(parts.num_layers):
             window = self._window_active(j, width)
             mask = position_mask(pos, valid, pos, valid, window) if window is not None else None
@@ -283,8 +284,7 @@ class LayerLoop:
         if reviving and not all(rows_reviving):
             scored = live & torch.tensor(rows_reviving, device=live.device)
         packing = None  # set once revived rows widen the step (lazy_core.packing)
-        # the pruning layers where some row may have lost tokens: nothing else revives
-        pruned = {j for j, s in self.prune_step.items() if not state.leaves_whole(self.config, s)}
+        pruned = state.pruning_layers(self.config)  # where some row may have lost tokens: nothing else revives
         for j in range(self.parts.num_layers):
             mask = self._decode_mask(state, j, pos, valid, visible, self._window_active(j, span))
             scoring = reviving and j in pruned
